@@ -1,0 +1,175 @@
+"""The ``flatrep`` command line: one subcommand per pipeline stage (Snakemake calls these).
+
+Each subcommand imports only the modules it needs: torch, statsmodels and matplotlib take
+seconds to import, and every Snakemake job is a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from flatrep import config
+
+
+def _study(args) -> dict:
+    """The study config: ``--study-json`` (as Snakemake passes it) or ``--params --study``."""
+    if getattr(args, "study_json", None):
+        return json.loads(args.study_json)
+    return config.study_config(config.load_params(args.params), args.study)
+
+
+def _section(args, name: str) -> dict:
+    """One section of the study: ``--<name>-json`` or read from ``--params --study``."""
+    given = getattr(args, f"{name}_json")
+    if given:
+        return json.loads(given)
+    return config.study_config(config.load_params(args.params), args.study)[name]
+
+
+def cmd_prepare_data(args) -> None:
+    from flatrep import data
+
+    print(data.prepare(args.name, args.root, **json.loads(args.options)))
+
+
+def cmd_train(args) -> None:
+    from flatrep import train
+
+    study = _study(args)
+    run = (config.Run(args.run, json.loads(args.hparams_json)) if args.hparams_json
+           else config.find_run(study, args.run))
+    train.train_run(args.study, study, run, args.out_dir, args.data_root, args.threads)
+
+
+def cmd_measure(args) -> None:
+    from flatrep import checkpoint, cube, measure
+
+    paths = sorted(args.checkpoints, key=lambda p: int(Path(p).stem.split("_")[1]))
+    measure_cfg = _section(args, "measure")
+    ds = measure.measure_run(paths, measure_cfg, args.data_root, args.threads)
+    meta = checkpoint.read(paths[-1])["meta"]
+    ds = cube.with_run_dim(ds, config.Run(meta["run"], meta["hparams"]))
+    ds.attrs.update(cube.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
+                                    meta["device"], meta["determinism"]))
+    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], measure_cfg))
+    cube.write(ds, args.out)
+
+
+def cmd_cube(args) -> None:
+    from flatrep import cube
+
+    combined = cube.combine(args.run_files)
+    combined.attrs["config"] = json.dumps(_study(args), sort_keys=True)
+    cube.write(combined, args.out)
+
+
+def cmd_bounds(args) -> None:
+    from flatrep import bounds, cube
+
+    cube.write(bounds.evaluate(cube.read(args.cube)), args.out)
+
+
+def cmd_stats(args) -> None:
+    from flatrep import cube, stats
+
+    the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
+    result = stats.study_statistics(the_cube, the_bounds, _section(args, "stats"))
+    cube.write(result, args.out)
+    Path(args.summary).write_text(json.dumps(stats.summary(result, the_cube), indent=2,
+                                             sort_keys=True) + "\n")
+
+
+def cmd_figures(args) -> None:
+    from flatrep import cube, report
+
+    report.trajectories(cube.read(args.cube), _section(args, "figures"), args.trajectories)
+    report.bound_panels(cube.read(args.bounds), args.bound_plot)
+
+
+def cmd_validate(args) -> None:
+    from flatrep import data
+
+    params = config.load_params(args.params)
+    for name, study in params["studies"].items():
+        config.check_study(name, study, data.spec(study["data"]["name"]).num_classes)
+    print(f"{args.params}: {len(params['studies'])} studies valid")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="flatrep", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text, sections=()):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        if sections:
+            p.add_argument("--params", default="params.yaml", help="params file to read from")
+            p.add_argument("--study", help="study name in the params file")
+            for section in sections:
+                p.add_argument(f"--{section}-json", help=f"the {section} config as JSON "
+                               "(instead of --params/--study)")
+        return p
+
+    p = command("prepare-data", cmd_prepare_data, "generate a dataset into data/")
+    p.add_argument("name")
+    p.add_argument("--root", default="data")
+    p.add_argument("--options", default="{}", help="dataset options as JSON")
+    p = command("train", cmd_train, "train one run, writing its checkpoints", ["study"])
+    p.add_argument("--run", required=True)
+    p.add_argument("--hparams-json", help="the run's hyperparameters (default: from the grid)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--threads", type=int, default=1)
+    p = command("measure", cmd_measure, "measure every checkpoint of a run", ["measure"])
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--threads", type=int, default=1)
+    p = command("cube", cmd_cube, "combine per-run files into the study cube", ["study"])
+    p.add_argument("run_files", nargs="+")
+    p.add_argument("--out", required=True)
+    p = command("bounds", cmd_bounds, "evaluate every bound on a cube")
+    p.add_argument("cube")
+    p.add_argument("--out", required=True)
+    p = command("stats", cmd_stats, "statistics and summary.json", ["stats"])
+    p.add_argument("cube")
+    p.add_argument("bounds")
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True)
+    p = command("figures", cmd_figures, "trajectory and bound figures", ["figures"])
+    p.add_argument("cube")
+    p.add_argument("bounds")
+    p.add_argument("--trajectories", required=True)
+    p.add_argument("--bound-plot", required=True)
+    p = command("validate", cmd_validate, "check a params file")
+    p.add_argument("params", nargs="?", default="params.yaml")
+    return top
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """Errors with a message meant for the user (the modules are imported lazily)."""
+    errors = []
+    for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            errors.append(getattr(loaded, name))
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (config.ConfigError, FileNotFoundError) + _library_errors() as err:
+        print(f"flatrep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

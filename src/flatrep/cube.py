@@ -1,0 +1,99 @@
+"""NetCDF files: per-run measure files, the study cube, provenance attributes, atomic writes.
+
+Files are written with the netcdf4 engine after loading into memory, to a temporary name and
+then renamed, so a killed job leaves no half-written file and identical data give identical
+content (no wall-clock values are stored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import xarray as xr
+
+import flatrep
+from flatrep import config
+
+
+def git_revision() -> str:
+    """``git describe --always --dirty`` of the working directory, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(study_name: str, study: dict, device: str, determinism: str) -> dict:
+    """Global attributes: the resolved config and the software that produced the numbers."""
+    return {"Conventions": "CF-1.8", "title": f"flatrep study {study_name}",
+            "study": study_name, "config": json.dumps(study, sort_keys=True),
+            "flatrep_version": flatrep.__version__, "git_revision": git_revision(),
+            "torch_version": metadata.version("torch"), "device": device, "determinism": determinism}
+
+
+def with_run_dim(ds: xr.Dataset, run: config.Run) -> xr.Dataset:
+    """Add a length-1 ``run`` dim whose coordinates are the run's hyperparameters."""
+    ds = ds.expand_dims(run=[run.run_id])
+    return ds.assign_coords({key: ("run", [value]) for key, value in run.hparams.items()})
+
+
+def measurement_attrs(num_outputs: int, measure_cfg: dict) -> dict:
+    """Conventions of the measures, stored with every cube."""
+    return {"loss_convention": "measures use L = (1/2n) sum_i ||f(x_i) - y_i||^2 (H = (1/n) "
+                               "sum_i J_i^T J_i at interpolation); training used torch MSELoss "
+                               "(mean over n and K)",
+            "mse_hessian_factor": 2.0 / num_outputs,
+            "mse_hessian_factor_definition": "Hessian of the torch-MSELoss training loss = "
+                                             "mse_hessian_factor * Hessian at the 1/2-MSE "
+                                             "convention (= 2/K)",
+            "measure_points_per_subset": int(measure_cfg["points"]),
+            "measure_dtype": "float64"}
+
+
+def write(ds: xr.Dataset, path: str | Path) -> None:
+    """Write ``ds`` atomically as NETCDF4 (netcdf4 engine, zlib level 4)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = ds.load()
+    encoding = {name: {"zlib": True, "complevel": 4}
+                for name, var in ds.data_vars.items() if var.dtype.kind in "fiu"}
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nc.tmp")
+    os.close(handle)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read(path: str | Path) -> xr.Dataset:
+    """Load a NetCDF file fully into memory (the file is closed afterwards)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; build it with "
+                                f"`snakemake --cores all {path}`")
+    return xr.load_dataset(path, engine="netcdf4")
+
+
+def combine(run_files: list[str | Path]) -> xr.Dataset:
+    """Concatenate per-run measure files along ``run`` into the study cube."""
+    runs = [read(path) for path in run_files]
+    cube = xr.concat(runs, dim="run", data_vars="all", coords="different", compat="equals",
+                     combine_attrs="drop_conflicts")
+    for name in ("git_revision",):
+        values = sorted({ds.attrs.get(name, "unknown") for ds in runs})
+        cube.attrs[name] = values[0] if len(values) == 1 else json.dumps(values)
+    return cube
+
+
+def final_step(cube: xr.Dataset) -> xr.Dataset:
+    """The last checkpoint of every run."""
+    return cube.isel(step=-1)

@@ -1,0 +1,37 @@
+"""Seeds and determinism: one seed per run, sub-seeds from ``numpy.random.SeedSequence``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+#: Named sub-streams of a run's seed, in a fixed order (never reorder: it changes every run).
+STREAMS = ("init", "data_order", "measure_points")
+
+
+def sub_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named stream, derived from the run seed by SeedSequence.spawn."""
+    child = np.random.SeedSequence(seed).spawn(len(STREAMS))[STREAMS.index(stream)]
+    return int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def configure(strict: bool = True, threads: int | None = None) -> dict:
+    """Set deterministic algorithms (strict) or allow fast kernels; return what was set."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(strict)
+    torch.backends.cudnn.benchmark = not strict
+    torch.backends.cudnn.deterministic = strict
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+    return {"mode": "strict" if strict else "fast", "threads": torch.get_num_threads()}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)

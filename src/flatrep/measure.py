@@ -1,0 +1,141 @@
+"""Measure every checkpoint of one run into an xarray Dataset (dims step, subset, sample, layer).
+
+Measures are computed in float64 on a fixed, seeded set of training and test points that is
+the same for every run of a study (so ``sample_index`` has no run dimension). The subset
+``test_misclassified`` holds the test points the checkpoint misclassifies; the others are NaN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm import tqdm
+
+from flatrep import checkpoint, data, determinism, variables
+from flatrep.measures import jacobian, layers
+
+SUBSETS = ("train", "test", "test_misclassified")
+
+
+def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarray:
+    """The rows measured: the first ``n_points`` of a seeded permutation, in ascending order."""
+    if n_points > n_available:
+        raise ValueError(f"measure.points = {n_points} exceeds the {n_available} samples of the split")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_available)[:n_points])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: int):
+    """(torch MSELoss to one-hot, accuracy) on a full split, eval mode."""
+    out = model(x)
+    loss = nn.functional.mse_loss(out, nn.functional.one_hot(y, num_outputs).to(out.dtype))
+    return loss.item(), (out.argmax(1) == y).double().mean().item()
+
+
+def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int) -> dict[str, np.ndarray]:
+    """All per-sample measures at points x (float64 model and inputs)."""
+    jac = jacobian.per_sample_jacobians(model, x, chunk_size)
+    result = jacobian.input_jacobian_measures(jac["input"])
+    result["layer_mls"] = jacobian.layer_sensitivities(jac["layer"])
+    result["nmls"] = result["layer_mls"].sum(1)
+    result["sample_sharpness"] = jac["param_sq"]
+    result["weight_grad_norm"] = jac["weight_grad_norm"]
+    result["layer_input_norm"] = jac["layer_input_norm"]
+    result["input_norm"] = x.reshape(len(x), -1).norm(dim=1)
+    return {key: value.numpy() for key, value in result.items()}
+
+
+def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs: int,
+                       chunk_size: int) -> dict[str, np.ndarray]:
+    """Every measure of one checkpoint, as arrays shaped like the catalogue's dims."""
+    model = model.double()
+    values: dict[str, np.ndarray] = {}
+    for split, (x, y) in splits.items():
+        values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs)
+    per_subset = {subset: point_measures(model, splits[subset][0][points[subset]], chunk_size)
+                  for subset in ("train", "test")}
+    x_test, y_test = splits["test"][0][points["test"]], splits["test"][1][points["test"]]
+    with torch.no_grad():
+        wrong = (model(x_test).argmax(1) != y_test).numpy()
+    per_subset["test_misclassified"] = {
+        key: np.where(wrong.reshape((-1,) + (1,) * (value.ndim - 1)), value, np.nan)
+        for key, value in per_subset["test"].items()}
+    for key in per_subset["train"]:
+        values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
+    values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
+    norms = layers.weight_norms(model)
+    values["weight_spectral_norm"] = norms["spectral"].numpy()
+    values["weight_fro_norm"] = norms["frobenius"].numpy()
+    return values
+
+
+def nan_like(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same shapes filled with NaN (a diverged checkpoint is recorded, not measured)."""
+    return {key: np.full(np.shape(value), np.nan) for key, value in values.items()}
+
+
+def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
+                data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
+    """Measure every checkpoint of one run; returns the run's Dataset (no ``run`` dim yet).
+
+    ``measure_cfg`` is the study's ``measure`` section (``points``, ``point_seed``,
+    ``chunk_size``).
+    """
+    determinism.configure(strict=True, threads=threads)
+    torch.set_default_dtype(torch.float64)
+    metas, rows = [], []
+    first_meta = checkpoint.read(checkpoint_paths[0])["meta"]
+    study = first_meta["config"]
+    num_outputs = first_meta["num_outputs"]
+    splits = {split: tuple(t.double() if t.is_floating_point() else t
+                           for t in data.load_study_split(study["data"], split, data_root))
+              for split in ("train", "test")}
+    seed = measure_cfg["point_seed"]
+    points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
+                                         determinism.sub_seed(seed, "measure_points") + i)
+              for i, split in enumerate(("train", "test"))}
+    template = None
+    for path in tqdm(checkpoint_paths, desc="measure", mininterval=10, leave=False):
+        model, meta = checkpoint.load(path)
+        metas.append(meta)
+        diverged = meta["diverged_at"] is not None and meta["diverged_at"] <= meta["step"]
+        if diverged and template is not None:
+            rows.append(nan_like(template))
+            continue
+        values = measure_checkpoint(model, splits, points, num_outputs, measure_cfg["chunk_size"])
+        if diverged:
+            values = nan_like(values)
+        template = values
+        rows.append(values)
+    return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)])
+
+
+def run_dataset(metas: list[dict], rows: list[dict], points: dict,
+                layer_names: list[str]) -> xr.Dataset:
+    """Assemble per-checkpoint measures into one Dataset with catalogue attributes."""
+    steps = [meta["step"] for meta in metas]
+    data_vars = {}
+    for name, var in variables.CATALOG.items():
+        if name == "diverged":
+            continue
+        stacked = np.stack([np.asarray(row[name], dtype=np.float64) for row in rows])
+        data_vars[name] = (("step",) + var.dims, stacked, variables.attributes(name))
+    diverged_at = metas[-1]["diverged_at"]
+    data_vars["diverged"] = (("step",), np.array(
+        [diverged_at is not None and diverged_at <= step for step in steps], dtype=np.int8),
+        variables.attributes("diverged"))
+    sample_index = np.stack([points["train"], points["test"], points["test"]])
+    coords = {"step": ("step", np.array(steps, dtype=np.int64), {"long_name": "SGD iteration",
+                                                                  "units": "1"}),
+              "subset": ("subset", list(SUBSETS)),
+              "layer": ("layer", np.arange(len(layer_names))),
+              "layer_name": ("layer", layer_names, {"long_name": "module name in the model"}),
+              "sample_index": (("subset", "sample"), sample_index,
+                               {"long_name": "row in that split of flatrep.data.load",
+                                "units": "1"})}
+    return xr.Dataset(data_vars, coords)

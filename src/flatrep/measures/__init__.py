@@ -1,0 +1,1 @@
+"""Pure measure functions: tensors in, tensors out (no file I/O)."""

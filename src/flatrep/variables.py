@@ -1,0 +1,76 @@
+"""The catalogue of cube variables: dims (besides run, step), long name, units, definition.
+
+Names are a contract (DESIGN.md): analysis scripts rely on them. Every variable written to a
+NetCDF file gets its ``long_name``, ``units`` and ``definition`` from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variable:
+    dims: tuple[str, ...]
+    long_name: str
+    units: str
+    definition: str
+
+
+_PER_SAMPLE = ("subset", "sample")
+
+CATALOG: dict[str, Variable] = {
+    "train_loss": Variable((), "training loss on the full train split", "1",
+                           "torch MSELoss to one-hot targets: mean over samples and K outputs, "
+                           "model in eval mode"),
+    "test_loss": Variable((), "test loss on the full test split", "1",
+                          "torch MSELoss to one-hot targets: mean over samples and K outputs"),
+    "train_acc": Variable((), "training accuracy on the full train split", "1",
+                          "fraction of argmax_k f_k(x) == y"),
+    "test_acc": Variable((), "test accuracy on the full test split", "1",
+                         "fraction of argmax_k f_k(x) == y"),
+    "diverged": Variable((), "run had diverged by this checkpoint", "1",
+                         "1 if the minibatch loss became NaN/inf at or before this step, else 0; "
+                         "measures of diverged checkpoints are NaN"),
+    "sharpness": Variable((), "sharpness (Gauss-Newton trace)", "1",
+                          "S = (1/n) sum_i ||grad_theta f(x_i)||_F^2 over the measurement points "
+                          "of subset=train, all parameters; Tr of the 1/2-MSE loss Hessian at "
+                          "interpolation, H = (1/n) sum_i J_i^T J_i (Chen et al. Sec. 1, Eq. 2; "
+                          "Tr of the torch-MSELoss Hessian = S * mse_hessian_factor)"),
+    "sample_sharpness": Variable(_PER_SAMPLE, "per-sample Gauss-Newton trace", "1",
+                                 "||grad_theta f(x_i)||_F^2 summed over all K outputs and "
+                                 "parameters; sharpness is its mean over subset=train"),
+    "mls": Variable(_PER_SAMPLE, "maximum local sensitivity", "1",
+                    "MLS(x) = s_1(df/dx) = ||J_x||_2 (Chen et al. M2)"),
+    "log_lvr": Variable(_PER_SAMPLE, "log local volumetric ratio", "1",
+                        "sum_{k=1}^{min(K,d)} log s_k(df/dx); -inf where a singular value is 0 "
+                        "(Chen et al. M1, LVR = prod_k s_k)"),
+    "log_lvr_top3": Variable(_PER_SAMPLE, "log volume, top-3 singular values", "1",
+                             "sum_{k=1}^{3} log s_k(df/dx), the reference code's 'log volume'"),
+    "local_dim": Variable(_PER_SAMPLE, "local dimensionality (participation ratio)", "1",
+                          "(sum_k s_k^2)^2 / sum_k s_k^4 of J_x J_x^T; 0 where J_x = 0 "
+                          "(Chen et al. M3)"),
+    "jacobian_fro_sq": Variable(_PER_SAMPLE, "squared Frobenius norm of the input Jacobian", "1",
+                                "||df/dx||_F^2 = sum_k s_k^2 (Ma & Ying g_x, k=2; Chen et al. M6)"),
+    "nmls": Variable(_PER_SAMPLE, "network maximum local sensitivity", "1",
+                     "sum_l s_1(df/dh_l) over the input h_l of every Linear/Conv layer "
+                     "(Chen et al. M4; l=1 is MLS for an MLP)"),
+    "input_norm": Variable(_PER_SAMPLE, "input norm", "1", "||x_i||_2 of the flattened input"),
+    "layer_mls": Variable(_PER_SAMPLE + ("layer",), "layer sensitivity", "1",
+                          "s_1(df/dh_l) = ||df/dh_l||_2 (summand of NMLS)"),
+    "layer_input_norm": Variable(_PER_SAMPLE + ("layer",), "layer input norm", "1",
+                                 "||h_l(x_i)||_2, h_l the input of layer l"),
+    "weight_grad_norm": Variable(_PER_SAMPLE + ("layer",), "per-sample weight-gradient norm", "1",
+                                 "||grad_{W_l} f(x_i)||_F over all K outputs (weights only, "
+                                 "no bias)"),
+    "weight_spectral_norm": Variable(("layer",), "layer weight spectral norm", "1",
+                                     "||W_l||_2, largest singular value of the weight "
+                                     "(out x in; conv kernels reshaped)"),
+    "weight_fro_norm": Variable(("layer",), "layer weight Frobenius norm", "1", "||W_l||_F"),
+}
+
+
+def attributes(name: str) -> dict[str, str]:
+    """The NetCDF attributes of one catalogued variable."""
+    var = CATALOG[name]
+    return {"long_name": var.long_name, "units": var.units, "definition": var.definition}

@@ -1,0 +1,109 @@
+# Shared helpers: validate params.yaml, expand studies into runs, derive every path from params.
+import json
+
+from snakemake.utils import validate
+
+from flatrep import config as study_config
+from flatrep import data as datasets
+
+
+validate(config, "../schemas/params.schema.yaml")
+for _name, _study in config["studies"].items():
+    study_config.check_study(_name, _study, datasets.spec(_study["data"]["name"]).num_classes)
+SELECTED = study_config.selected_studies(config)
+
+wildcard_constraints:
+    study="[A-Za-z][A-Za-z0-9_]*",
+    run="[A-Za-z0-9_.+-]+",
+
+
+def src(*modules):
+    """Library files a job imports, declared as inputs so that code edits rerun it."""
+    return [f"src/flatrep/{module}" for module in modules]
+
+
+def study(name):
+    return config["studies"][name]
+
+
+def run_ids(name):
+    return [run.run_id for run in study_config.expand_runs(study(name))]
+
+
+def data_file(name):
+    """The prepared dataset a study trains on (a pure function of its data options)."""
+    cfg = study(name)["data"]
+    options = {key: value for key, value in cfg.items() if key != "name"}
+    return str(datasets.prepared_path(cfg["name"], "data", **options))
+
+
+def training_config(name):
+    """The sections that determine a run's checkpoints (grid and seed list excluded, so
+    adding a run does not retrain the others); passed to `flatrep train` as JSON."""
+    cfg = study(name)
+    train = {key: value for key, value in cfg["train"].items() if key not in ("grid", "seeds")}
+    return json.dumps({"data": cfg["data"], "model": cfg["model"], "train": train},
+                      sort_keys=True)
+
+
+def checkpoint_files(name, run):
+    steps = study_config.checkpoint_steps(study(name)["train"])
+    return [f"results/{name}/runs/{run}/step_{step}.pt" for step in steps]
+
+
+def section_json(section):
+    """Input function: one section of the wildcard study as JSON."""
+
+    def get(wildcards):
+        return json.dumps(study(wildcards.study)[section], sort_keys=True)
+
+    return get
+
+
+def study_json(wildcards):
+    return json.dumps(study(wildcards.study), sort_keys=True)
+
+
+def study_targets(names):
+    """The targets built for each selected study."""
+    return [
+        path
+        for name in names
+        for path in (
+            f"results/{name}/summary.json",
+            f"results/{name}/figures/trajectories.png",
+            f"results/{name}/figures/bounds.png",
+        )
+    ]
+
+
+DATA_CONFIGS = {data_file(name): study(name)["data"] for name in config["studies"]}
+
+
+def dataset_name(wildcards):
+    return DATA_CONFIGS[f"data/{wildcards.dataset}.npz"]["name"]
+
+
+def dataset_options(wildcards):
+    cfg = DATA_CONFIGS[f"data/{wildcards.dataset}.npz"]
+    return json.dumps({key: value for key, value in cfg.items() if key != "name"}, sort_keys=True)
+
+
+def run_hparams(name):
+    runs = {run.run_id: run.hparams for run in study_config.expand_runs(study(name))}
+
+    def get(wildcards):
+        return json.dumps(runs[wildcards.run], sort_keys=True)
+
+    return get
+
+
+def run_checkpoints(wildcards):
+    return checkpoint_files(wildcards.study, wildcards.run)
+
+
+def run_measure_files(wildcards):
+    return [f"results/{wildcards.study}/runs/{run}/measures.nc" for run in run_ids(wildcards.study)]
+
+
+TRAIN_CODE = src("train.py", "models.py", "data.py", "checkpoint.py", "determinism.py", "config.py")

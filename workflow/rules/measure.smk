@@ -1,0 +1,25 @@
+# Measurement: every checkpoint of a run, every measure, into one NetCDF file per run.
+
+
+rule measure:
+    input:
+        checkpoints=run_checkpoints,
+        code=src("measure.py", "measures/jacobian.py", "measures/layers.py", "variables.py",
+                 "cube.py", "checkpoint.py", "data.py"),
+    output:
+        "results/{study}/runs/{run}/measures.nc",
+    params:
+        measure=section_json("measure"),
+    conda:
+        "../envs/flatrep.yaml"
+    log:
+        "logs/{study}/measure/{run}.log",
+    benchmark:
+        "benchmarks/{study}/measure/{run}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "flatrep measure --measure-json {params.measure:q} --checkpoints {input.checkpoints} "
+        "--out {output} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,53 @@
+# The study cube, the bound tests and the statistics.
+
+
+rule cube:
+    input:
+        runs=run_measure_files,
+        code=src("cube.py"),
+    output:
+        "results/{study}/cube.nc",
+    params:
+        study=study_json,
+    conda:
+        "../envs/flatrep.yaml"
+    log:
+        "logs/{study}/cube.log",
+    shell:
+        "flatrep cube --study {wildcards.study} --study-json {params.study:q} {input.runs} "
+        "--out {output} > {log} 2>&1"
+
+
+rule bounds:
+    input:
+        cube="results/{study}/cube.nc",
+        code=src("bounds.py"),
+    output:
+        "results/{study}/bounds.nc",
+    conda:
+        "../envs/flatrep.yaml"
+    log:
+        "logs/{study}/bounds.log",
+    shell:
+        "flatrep bounds {input.cube} --out {output} > {log} 2>&1"
+
+
+rule stats:
+    input:
+        cube="results/{study}/cube.nc",
+        bounds="results/{study}/bounds.nc",
+        code=src("stats.py"),
+    output:
+        stats="results/{study}/stats.nc",
+        summary="results/{study}/summary.json",
+    params:
+        stats=section_json("stats"),
+    conda:
+        "../envs/flatrep.yaml"
+    log:
+        "logs/{study}/stats.log",
+    benchmark:
+        "benchmarks/{study}/stats.tsv"
+    shell:
+        "flatrep stats {input.cube} {input.bounds} --stats-json {params.stats:q} "
+        "--out {output.stats} --summary {output.summary} > {log} 2>&1"

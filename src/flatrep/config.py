@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 #: Hyperparameters a study may sweep; each becomes a coordinate along ``run`` in the cube.
-SWEEPABLE = ("lr", "batch_size", "seed", "weight_decay", "momentum", "optimizer")
+SWEEPABLE = ("lr", "batch_size", "weight_decay", "momentum", "optimizer", "seed")
 #: Short names used in run ids (``lr0.1_bs20_seed0``).
 _ABBREVIATION = {"lr": "lr", "batch_size": "bs", "seed": "seed", "weight_decay": "wd",
                  "momentum": "mom", "optimizer": "opt"}

@@ -87,7 +87,6 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     ``chunk_size``).
     """
     determinism.configure(strict=True, threads=threads)
-    torch.set_default_dtype(torch.float64)
     metas, rows = [], []
     first_meta = checkpoint.read(checkpoint_paths[0])["meta"]
     study = first_meta["config"]

@@ -136,7 +136,11 @@ def _correlation_dataset(tables: list[dict], scope: str) -> xr.Dataset:
 
 
 def log_regression(lhs: np.ndarray, rhs: np.ndarray, groups: np.ndarray | None = None) -> dict:
-    """OLS of log LHS on log RHS: slope, its 95% CI, intercept, R^2, n (cluster-robust by group)."""
+    """OLS of log LHS on log RHS: slope, its 95% CI, intercept, R^2, n.
+
+    With ``groups`` (the run of each checkpoint) the CI is cluster-robust by run; it is NaN
+    when all points come from one run.
+    """
     keep = np.isfinite(np.log(lhs)) & np.isfinite(np.log(rhs))
     out = {key: np.nan for key in ("slope", "slope_ci_low", "slope_ci_high", "intercept", "r2")}
     out["n"] = int(keep.sum())
@@ -144,9 +148,12 @@ def log_regression(lhs: np.ndarray, rhs: np.ndarray, groups: np.ndarray | None =
         return out
     design = sm.add_constant(np.log(rhs[keep]))
     model = sm.OLS(np.log(lhs[keep]), design)
+    clustered = groups is not None
     fit = (model.fit(cov_type="cluster", cov_kwds={"groups": groups[keep]})
-           if groups is not None else model.fit())
-    low, high = fit.conf_int(0.05)[1]
+           if clustered and len(np.unique(groups[keep])) >= 2 else model.fit())
+    # Checkpoints of one run are not independent: with a single cluster no honest CI exists.
+    low, high = ((np.nan, np.nan) if clustered and len(np.unique(groups[keep])) < 2
+                 else fit.conf_int(0.05)[1])
     out.update(slope=fit.params[1], slope_ci_low=low, slope_ci_high=high,
                intercept=fit.params[0], r2=fit.rsquared)
     return out

@@ -66,7 +66,7 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
     x, targets = x.to(device), one_hot(y, num_outputs).to(device)
 
     model = models.seeded_build(study["model"], tuple(x.shape[1:]), num_outputs,
-                                determinism.sub_seed(hp["seed"], "init")).to(device)
+                                determinism.sub_seed(hp["seed"], "init")).to(device, torch.float32)
     optimizer = make_optimizer(hp.get("optimizer", "sgd"), model.parameters(), hp["lr"],
                                hp.get("momentum", 0.0), hp.get("weight_decay", 0.0))
     generator = torch.Generator().manual_seed(determinism.sub_seed(hp["seed"], "data_order"))

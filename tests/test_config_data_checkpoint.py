@@ -1,0 +1,76 @@
+"""Grid expansion, schedules, semantic checks, data files and checkpoints."""
+
+import copy
+
+import pytest
+import torch
+
+from flatrep import checkpoint, config, data
+
+
+def test_paper_cross_expands_to_five_configs_times_seeds():
+    params = config.load_params("params.yaml")
+    runs = config.expand_runs(params["studies"]["quick"])
+    configs = {(r.hparams["lr"], r.hparams["batch_size"]) for r in runs}
+    assert configs == {(0.05, 20), (0.1, 20), (0.2, 20), (0.1, 8), (0.1, 32)}
+    assert len(runs) == 5 * len(params["studies"]["quick"]["train"]["seeds"])
+    assert "lr0.1_bs20_seed0" in {r.run_id for r in runs}
+    assert len({r.run_id for r in runs}) == len(runs)
+
+
+def test_checkpoint_schedule_includes_start_and_end():
+    assert config.checkpoint_steps({"iterations": 100, "checkpoints": {"count": 5}}) == [
+        0, 25, 50, 75, 100]
+    log = config.checkpoint_steps({"iterations": 1000,
+                                   "checkpoints": {"count": 4, "spacing": "log"}})
+    assert log == [0, 1, 10, 100, 1000]
+    assert config.checkpoint_steps({"iterations": 50, "checkpoints": [10, 20]}) == [0, 10, 20, 50]
+
+
+def test_semantic_errors_name_the_key(tiny_study):
+    study = copy.deepcopy(tiny_study)
+    study["train"]["checkpoints"] = [10, 5000]
+    with pytest.raises(config.ConfigError, match=r"studies\.tiny\.train\.checkpoints.*5000"):
+        config.check_study("tiny", study)
+    study = copy.deepcopy(tiny_study)
+    study["data"]["classes"] = [0, 12]
+    with pytest.raises(config.ConfigError, match=r"studies\.tiny\.data\.classes.*12"):
+        config.check_study("tiny", study, dataset_classes=10)
+
+
+def test_float_formatting_in_run_ids():
+    assert config.run_id({"lr": 0.1, "batch_size": 20, "seed": 0}) == "lr0.1_bs20_seed0"
+    assert config.run_id({"seed": 2, "lr": 1e-05}) == "lr1e-05_seed2"
+    assert config.run_id({"lr": 0.1, "weight_decay": 0.0005, "seed": 1}) == "lr0.1_wd0.0005_seed1"
+
+
+def test_data_load_subsets_classes_and_scales(data_root, tiny_study):
+    options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "classes",
+                                                                         "scale")}
+    x, y = data.load("mnist1d", "train", data_root, **options)
+    assert x.shape == (300, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
+    x2, y2 = data.load("mnist1d", "train", data_root, classes=[0, 1], scale="unit_interval",
+                       **options)
+    assert set(y2.tolist()) == {0, 1} and len(y2) == int(((y == 0) | (y == 1)).sum())
+    assert x2.min() >= 0 and x2.max() <= 1
+
+
+def test_missing_data_and_unknown_dataset_errors(tmp_path):
+    with pytest.raises(data.DataError, match="missing.*prepare-data"):
+        data.load("mnist1d", "train", tmp_path, num_samples=100)
+    with pytest.raises(data.DataError, match="unknown dataset 'cifar7'"):
+        data.load("cifar7", "train", tmp_path)
+
+
+def test_checkpoint_round_trip_and_corruption(measured_run, tmp_path):
+    _, paths = measured_run
+    model, meta = checkpoint.load(paths[-1])
+    assert not model.training
+    assert {"study", "run", "step", "config", "hparams"} <= set(meta)
+    assert meta["step"] == max(config.checkpoint_steps(meta["config"]["train"]))
+    corrupt = tmp_path / "step_9.pt"
+    corrupt.write_bytes(paths[-1].read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(corrupt)
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nope.pt")

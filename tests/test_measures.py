@@ -1,0 +1,151 @@
+"""Measures against closed forms and independent dense computations, in float64."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+from flatrep import models
+from flatrep.measures import jacobian, layers
+
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Build every tensor and module of these tests in float64, restoring the default after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def linear_net(*weights):
+    """A deep linear network with the given weights (no bias): f(x) = W_L ... W_1 x."""
+    net = nn.Sequential(*[nn.Linear(w.shape[1], w.shape[0], bias=False) for w in weights])
+    with torch.no_grad():
+        for module, w in zip(net, weights):
+            module.weight.copy_(w)
+    return net
+
+
+def test_single_linear_layer_closed_forms():
+    torch.manual_seed(0)
+    w = torch.randn(4, 6)
+    x = torch.randn(7, 6)
+    jac = jacobian.per_sample_jacobians(linear_net(w), x, chunk_size=3)
+    s = torch.linalg.svdvals(w)
+    measures = jacobian.input_jacobian_measures(jac["input"])
+    assert torch.allclose(jac["input"], w.expand(7, 4, 6))
+    assert torch.allclose(measures["mls"], s[0].expand(7))
+    assert torch.allclose(measures["log_lvr"], torch.log(s).sum().expand(7))
+    assert torch.allclose(measures["log_lvr_top3"], torch.log(s[:3]).sum().expand(7))
+    assert torch.allclose(measures["jacobian_fro_sq"], (w ** 2).sum().expand(7))
+    pr = (s ** 2).sum() ** 2 / (s ** 4).sum()
+    assert torch.allclose(measures["local_dim"], pr.expand(7))
+    # f = W x: d f_c / d W = e_c x^T, so ||grad_W f||_F^2 = K ||x||^2 and S_i = K ||x_i||^2.
+    expected = 4 * (x ** 2).sum(1)
+    assert torch.allclose(jac["param_sq"], expected)
+    assert torch.allclose(jac["weight_grad_norm"][:, 0], expected.sqrt())
+    assert torch.allclose(jac["layer_input_norm"][:, 0], x.norm(dim=1))
+
+
+def test_deep_linear_layer_sensitivities():
+    torch.manual_seed(1)
+    w1, w2 = torch.randn(5, 3), torch.randn(2, 5)
+    x = torch.randn(4, 3)
+    jac = jacobian.per_sample_jacobians(linear_net(w1, w2), x)
+    sens = jacobian.layer_sensitivities(jac["layer"])
+    assert torch.allclose(jac["input"], (w2 @ w1).expand(4, 2, 3))
+    assert torch.allclose(sens[:, 0], torch.linalg.matrix_norm(w2 @ w1, ord=2).expand(4))
+    assert torch.allclose(sens[:, 1], torch.linalg.matrix_norm(w2, ord=2).expand(4))
+    assert torch.allclose(jac["layer_input_norm"][:, 1], (x @ w1.T).norm(dim=1))
+
+
+def test_local_dim_of_known_spectra():
+    s = torch.tensor([[3.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(jacobian.local_dim(s), torch.tensor([121 / 83, 3.0, 0.0]))
+    assert jacobian.log_lvr(s)[2] == -math.inf
+
+
+def test_linear_regression_sharpness_is_trace_of_xtx_over_n():
+    """For f(x) = w.x and L = (1/2n) sum (f - y)^2, H = X^T X / n exactly (any w)."""
+    torch.manual_seed(2)
+    x = torch.randn(11, 5)
+    net = linear_net(torch.randn(1, 5))
+    jac = jacobian.per_sample_jacobians(net, x)
+    assert torch.allclose(jac["param_sq"].mean(), torch.trace(x.T @ x) / len(x))
+
+
+def _dense_loss_hessian(model, x, y):
+    """Dense Hessian of L = (1/2n) sum ||f(x_i) - y_i||^2 over all parameters, flattened."""
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+        return 0.5 * (functional_call(model, params, (x,)) - y).pow(2).sum(1).mean()
+
+    return hessian(loss)(flat)
+
+
+def test_sharpness_equals_dense_hessian_trace_at_interpolation():
+    """At an interpolating point the 1/2-MSE Hessian is the Gauss-Newton matrix."""
+    torch.manual_seed(3)
+    model = models.mlp(4, 3, [6, 5], activation="tanh").double()
+    x = torch.randn(9, 4)
+    y = model(x).detach()  # targets the model fits exactly: residuals are zero
+    dense = _dense_loss_hessian(model, x, y)
+    sharpness = jacobian.per_sample_jacobians(model, x, chunk_size=4)["param_sq"].mean()
+    assert torch.allclose(sharpness, torch.trace(dense), rtol=1e-10)
+
+
+def test_sharpness_differs_from_hessian_trace_off_interpolation():
+    """Away from interpolation the residual term makes them differ (tanh net: f'' != 0)."""
+    torch.manual_seed(4)
+    model = models.mlp(4, 3, [6], activation="tanh").double()
+    x = torch.randn(9, 4)
+    y = model(x).detach() + torch.randn(9, 3)
+    dense = _dense_loss_hessian(model, x, y)
+    sharpness = jacobian.per_sample_jacobians(model, x)["param_sq"].mean()
+    assert not torch.allclose(sharpness, torch.trace(dense), rtol=1e-3)
+
+
+def test_per_sample_jacobians_match_autograd_on_relu_mlp():
+    torch.manual_seed(5)
+    model = models.mlp(5, 3, [7, 6]).double()
+    x = torch.randn(6, 5)
+    jac = jacobian.per_sample_jacobians(model, x, chunk_size=4)
+    for i in range(len(x)):
+        expected = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x[i])
+        assert torch.allclose(jac["input"][i], expected)
+        params = dict(model.named_parameters())
+        grads = torch.autograd.functional.jacobian(
+            lambda *p: functional_call(model, dict(zip(params, p)), (x[i:i + 1],))[0],
+            tuple(p.detach() for p in params.values()))
+        assert torch.allclose(jac["param_sq"][i], sum(g.pow(2).sum() for g in grads))
+        assert torch.allclose(jac["weight_grad_norm"][i, 1], grads[2].norm())
+
+
+def test_weight_norms_and_layer_discovery():
+    torch.manual_seed(6)
+    model = models.mlp(5, 3, [7])
+    names = [name for name, _ in layers.measured_layers(model)]
+    assert names == ["1", "3"]
+    norms = layers.weight_norms(model)
+    assert torch.allclose(norms["spectral"][0], torch.linalg.svdvals(model[1].weight)[0])
+    assert torch.allclose(norms["frobenius"][1], model[3].weight.norm())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 50])
+def test_chunking_does_not_change_results(chunk_size):
+    torch.manual_seed(7)
+    model = models.mlp(5, 3, [4]).double()
+    x = torch.randn(5, 5)
+    reference = jacobian.per_sample_jacobians(model, x, chunk_size=5)
+    chunked = jacobian.per_sample_jacobians(model, x, chunk_size=chunk_size)
+    assert torch.allclose(reference["param_sq"], chunked["param_sq"])
+    assert torch.allclose(reference["input"], chunked["input"])

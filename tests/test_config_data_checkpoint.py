@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -74,3 +76,21 @@ def test_checkpoint_round_trip_and_corruption(measured_run, tmp_path):
         checkpoint.load(corrupt)
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         checkpoint.load(tmp_path / "nope.pt")
+
+
+def test_a_diverging_run_is_recorded_not_fatal(tiny_study, data_root, tmp_path):
+    from flatrep import measure, train
+
+    study = copy.deepcopy(tiny_study)
+    run = config.Run("lr1000.0_bs20_seed0", {"lr": 1000.0, "batch_size": 20, "seed": 0})
+    paths = train.train_run("tiny", study, run, tmp_path, data_root, threads=1)
+    assert [p.name for p in paths] == [f"step_{k}.pt" for k in
+                                       config.checkpoint_steps(study["train"])]
+    metas = [checkpoint.read(p)["meta"] for p in paths]
+    diverged_at = metas[-1]["diverged_at"]
+    assert diverged_at is not None and 0 < diverged_at <= metas[-1]["step"]
+    ds = measure.measure_run(paths, study["measure"], data_root)
+    flags = ds["diverged"].values
+    assert flags[0] == 0 and flags[-1] == 1
+    assert np.isnan(ds["sharpness"].values[flags == 1]).all()
+    assert np.isfinite(ds["sharpness"].values[flags == 0]).all()

@@ -149,3 +149,27 @@ def test_chunking_does_not_change_results(chunk_size):
     chunked = jacobian.per_sample_jacobians(model, x, chunk_size=chunk_size)
     assert torch.allclose(reference["param_sq"], chunked["param_sq"])
     assert torch.allclose(reference["input"], chunked["input"])
+
+
+@pytest.mark.parametrize("activation,bias", [("relu", True), ("tanh", False)])
+def test_linear_closed_forms_match_generic_parameter_jacobians(activation, bias):
+    """The Linear fast path (no parameter Jacobian) against full reverse-mode Jacobians."""
+    torch.manual_seed(8)
+    model = models.mlp(6, 4, [9, 7], activation=activation, bias=bias).double()
+    x = torch.randn(10, 6)
+    fast = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="linear")
+    generic = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="generic")
+    for key in ("input", "param_sq", "weight_grad_norm", "layer_input_norm"):
+        assert torch.allclose(fast[key], generic[key], rtol=1e-12, atol=1e-14), key
+    for fast_layer, generic_layer in zip(fast["layer"], generic["layer"]):
+        assert torch.allclose(fast_layer, generic_layer, rtol=1e-12, atol=1e-14)
+
+
+def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
+    assert not jacobian._only_linear_parameters(model)
+    assert jacobian._only_linear_parameters(models.mlp(3, 2, [4]))
+    x = torch.randn(3, 3)
+    auto = jacobian.per_sample_jacobians(model, x)
+    generic = jacobian.per_sample_jacobians(model, x, method="generic")
+    assert torch.equal(auto["param_sq"], generic["param_sq"])

@@ -89,6 +89,8 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     determinism.configure(strict=True, threads=threads)
     metas, rows = [], []
     first_meta = checkpoint.read(checkpoint_paths[0])["meta"]
+    # The last checkpoint knows whether and when the run diverged; earlier files may not.
+    diverged_at = checkpoint.read(checkpoint_paths[-1])["meta"]["diverged_at"]
     study = first_meta["config"]
     num_outputs = first_meta["num_outputs"]
     splits = {split: tuple(t.double() if t.is_floating_point() else t
@@ -101,16 +103,12 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     template = None
     for path in tqdm(checkpoint_paths, desc="measure", mininterval=10, leave=False):
         model, meta = checkpoint.load(path)
-        metas.append(meta)
-        diverged = meta["diverged_at"] is not None and meta["diverged_at"] <= meta["step"]
-        if diverged and template is not None:
-            rows.append(nan_like(template))
-            continue
-        values = measure_checkpoint(model, splits, points, num_outputs, measure_cfg["chunk_size"])
-        if diverged:
-            values = nan_like(values)
-        template = values
-        rows.append(values)
+        metas.append({**meta, "diverged_at": diverged_at})
+        diverged = diverged_at is not None and diverged_at <= meta["step"]
+        if template is None or not diverged:
+            template = measure_checkpoint(model, splits, points, num_outputs,
+                                          measure_cfg["chunk_size"])
+        rows.append(nan_like(template) if diverged else template)
     return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)])
 
 

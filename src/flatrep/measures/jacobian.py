@@ -20,49 +20,91 @@ from torch.func import functional_call, jacrev, vmap
 from flatrep.measures import layers
 
 
-def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32) -> dict:
+def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32,
+                         method: str = "auto") -> dict:
     """Exact per-sample Jacobians of the model output, reduced to what the measures need.
 
     Returns a dict of tensors with leading dim n = len(x):
-    ``input`` (n, K, d); ``layer`` list over layers of (n, K, d_l); ``layer_input_norm``
-    (n, L) = ||h_l(x_i)||; ``param_sq`` (n,) = ||grad_theta f(x_i)||_F^2 summed over all K
-    outputs and all parameters; ``weight_grad_norm`` (n, L) = ||grad_{W_l} f(x_i)||_F.
+    ``input`` (n, K, d); ``layer`` list over layers of (n, K, d_l) = df/dh_l;
+    ``layer_input_norm`` (n, L) = ||h_l(x_i)||; ``param_sq`` (n,) = ||grad_theta f(x_i)||_F^2
+    summed over all K outputs and all parameters; ``weight_grad_norm`` (n, L) =
+    ||grad_{W_l} f(x_i)||_F.
+
+    ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
+    ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l,
+    df/dh_l = (df/dz_l) W_l, ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2 and
+    ||grad_{b_l} f||^2 = ||df/dz_l||_F^2. ``method="generic"`` differentiates with respect to
+    every parameter and every layer input (any architecture).
     """
+    if method == "auto":
+        method = "linear" if _only_linear_parameters(model) else "generic"
+    compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
+    chunks = [compute(model, x[start:start + chunk_size]) for start in range(0, len(x), chunk_size)]
+    inputs = layers.layer_inputs(model, x)
+    return {
+        "input": torch.cat([c["input"] for c in chunks]),
+        "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(inputs))],
+        "param_sq": torch.cat([c["param_sq"] for c in chunks]),
+        "weight_grad_norm": torch.cat([c["weight_grad_norm"] for c in chunks]),
+        "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
+    }
+
+
+def _only_linear_parameters(model: nn.Module) -> bool:
+    """True when every parameter is the weight or bias of a measured nn.Linear layer."""
+    linear = {id(p) for _, module in layers.measured_layers(model)
+              if isinstance(module, nn.Linear) for p in module.parameters()}
+    return all(id(p) in linear for p in model.parameters())
+
+
+def _frozen(model: nn.Module) -> dict:
+    return {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def _linear_jacobians(model: nn.Module, x: torch.Tensor) -> dict:
+    """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms."""
+    state, holder = _frozen(model), {}
+    measured = [module for _, module in layers.measured_layers(model)]
+    zero = tuple(torch.zeros(module.out_features, dtype=x.dtype) for module in measured)
+
+    def output(x_single, deltas):
+        holder["deltas"] = tuple(d.unsqueeze(0) for d in deltas)
+        return functional_call(model, state, (x_single.unsqueeze(0),)).squeeze(0)
+
+    with layers.perturbed_outputs(model, holder):
+        d_input, d_outputs = vmap(jacrev(output, argnums=(0, 1)), in_dims=(0, None))(x, zero)
+    n = len(x)
+    h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in layers.layer_inputs(model, x)], 1)
+    dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
+    has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
+    return {"input": d_input.reshape(n, d_input.shape[1], -1),
+            "layer": [dz @ module.weight.detach() for dz, module in zip(d_outputs, measured)],
+            "param_sq": (dz_sq * (h_sq + has_bias)).sum(1),
+            "weight_grad_norm": (dz_sq * h_sq).sqrt()}
+
+
+def _generic_jacobians(model: nn.Module, x: torch.Tensor) -> dict:
+    """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach() for name, b in model.named_buffers()}
     measured = layers.measured_layers(model)
     weight_names = [f"{name}.weight" if name else "weight" for name, _ in measured]
-    inputs = layers.layer_inputs(model, x[:1])
-    zero_deltas = tuple(torch.zeros_like(h[0]) for h in inputs)
+    zero = tuple(torch.zeros_like(h[0]) for h in layers.layer_inputs(model, x[:1]))
     holder: dict = {}
 
     def output(params_, x_single, deltas):
         holder["deltas"] = tuple(d.unsqueeze(0) for d in deltas)
         return functional_call(model, (params_, buffers), (x_single.unsqueeze(0),)).squeeze(0)
 
-    jacobian = vmap(jacrev(output, argnums=(0, 1, 2)), in_dims=(None, 0, None))
-    chunks = []
     with layers.perturbed_inputs(model, holder):
-        for start in range(0, len(x), chunk_size):
-            x_chunk = x[start:start + chunk_size]
-            d_params, d_input, d_layers = jacobian(params, x_chunk, zero_deltas)
-            n = len(x_chunk)
-            chunks.append({
-                "input": d_input.reshape(n, d_input.shape[1], -1),
-                "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
-                "param_sq": sum(j.reshape(n, -1).pow(2).sum(1) for j in d_params.values()),
-                "weight_grad_norm": torch.stack(
-                    [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1),
-            })
-    h_norms = torch.stack([h.reshape(len(x), -1).norm(dim=1)
-                           for h in layers.layer_inputs(model, x)], dim=1)
-    return {
-        "input": torch.cat([c["input"] for c in chunks]),
-        "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(measured))],
-        "param_sq": torch.cat([c["param_sq"] for c in chunks]),
-        "weight_grad_norm": torch.cat([c["weight_grad_norm"] for c in chunks]),
-        "layer_input_norm": h_norms,
-    }
+        d_params, d_input, d_layers = vmap(jacrev(output, argnums=(0, 1, 2)),
+                                           in_dims=(None, 0, None))(params, x, zero)
+    n = len(x)
+    return {"input": d_input.reshape(n, d_input.shape[1], -1),
+            "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
+            "param_sq": sum(j.reshape(n, -1).pow(2).sum(1) for j in d_params.values()),
+            "weight_grad_norm": torch.stack(
+                [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
 
 
 def mls(singular_values: torch.Tensor) -> torch.Tensor:

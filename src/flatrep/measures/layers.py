@@ -21,6 +21,17 @@ def measured_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @contextmanager
+def _hooks(model: nn.Module, register):
+    """Register one hook per measured layer (``register(index, module)``), removed on exit."""
+    handles = [register(index, module)
+               for index, (_, module) in enumerate(measured_layers(model))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def perturbed_inputs(model: nn.Module, holder: dict):
     """Add ``holder["deltas"][l]`` to the input of measured layer l during forward passes.
 
@@ -28,28 +39,25 @@ def perturbed_inputs(model: nn.Module, holder: dict):
     to delta_l is exactly the Jacobian with respect to the layer input, df/dh_l. The hooks read
     the deltas at call time, so they work inside ``torch.func`` transforms.
     """
-    handles = []
-    for index, (_, module) in enumerate(measured_layers(model)):
-        def add_delta(_module, args, index=index):
-            return (args[0] + holder["deltas"][index],) + tuple(args[1:])
-        handles.append(module.register_forward_pre_hook(add_delta))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    def register(index, module):
+        return module.register_forward_pre_hook(
+            lambda _m, args: (args[0] + holder["deltas"][index],) + tuple(args[1:]))
+    return _hooks(model, register)
 
 
-@contextmanager
+def perturbed_outputs(model: nn.Module, holder: dict):
+    """Add ``holder["deltas"][l]`` to the output z_l of measured layer l (gives df/dz_l)."""
+    def register(index, module):
+        return module.register_forward_hook(
+            lambda _m, _args, output: output + holder["deltas"][index])
+    return _hooks(model, register)
+
+
 def recorded_inputs(model: nn.Module, store: list):
     """Append the input of every measured layer to ``store`` during forward passes."""
-    handles = [module.register_forward_pre_hook(lambda _m, args: store.append(args[0].detach()))
-               for _, module in measured_layers(model)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    def register(_index, module):
+        return module.register_forward_pre_hook(lambda _m, args: store.append(args[0].detach()))
+    return _hooks(model, register)
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

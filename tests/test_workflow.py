@@ -1,0 +1,125 @@
+"""End-to-end: the Snakemake DAG and DVC stages on the tiny study, in temporary projects."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from flatrep import variables
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+
+def make_project(root: Path) -> Path:
+    """A copy of the workflow with tests/params_tiny.yaml as its params.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("workflow", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "tests" / "params_tiny.yaml", root / "params.yaml")
+    return root
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's bin directory first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("wf") / "project")
+    run(["snakemake", "--cores", "2", "--quiet"], project)
+    return project
+
+
+def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
+    with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as cube:
+        assert set(cube.dims) == {"run", "step", "subset", "sample", "layer"}
+        assert cube.sizes["run"] == 6 and cube.sizes["step"] == 4
+        assert list(cube["subset"].values) == ["train", "test", "test_misclassified"]
+        assert cube["sample_index"].dims == ("subset", "sample")
+        for coord in ("lr", "batch_size", "seed"):
+            assert cube[coord].dims == ("run",)
+        for name, var in variables.CATALOG.items():
+            assert cube[name].dims == ("run", "step") + var.dims, name
+            for attr in ("long_name", "units", "definition"):
+                assert cube[name].attrs[attr], (name, attr)
+        config = json.loads(cube.attrs["config"])
+        assert config["model"]["hidden"] == [16, 16]
+        for attr in ("flatrep_version", "git_revision", "torch_version", "device",
+                     "mse_hessian_factor"):
+            assert attr in cube.attrs
+        assert cube.attrs["mse_hessian_factor"] == pytest.approx(2 / 10)
+        assert float(cube["train_loss"].isel(step=-1).max()) < float(
+            cube["train_loss"].isel(step=0).min())
+
+
+def test_outputs_of_every_stage_exist(snakemake_project):
+    results = snakemake_project / "results/tiny"
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["n_runs"] == 6
+    assert set(summary["correlation_across_runs"]) == {
+        "sharpness~mls", "sharpness~log_lvr", "sharpness~nmls", "sharpness~local_dim"}
+    with xr.open_dataset(results / "bounds.nc") as b:
+        assert (b["holds"] == 1).all()
+    for png in ("trajectories.png", "bounds.png"):
+        assert (results / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((snakemake_project / "logs/tiny/train").glob("*.log"))
+    assert list((snakemake_project / "benchmarks/tiny/measure").glob("*.tsv"))
+
+
+def test_rerun_is_a_no_op_and_code_edit_remeasures_without_retraining(snakemake_project):
+    dry = run(["snakemake", "--cores", "1", "-n"], snakemake_project)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    (snakemake_project / "src/flatrep/bounds.py").touch()
+    dry = run(["snakemake", "--cores", "1", "-n", "--quiet", "rules"], snakemake_project)
+    text = dry.stdout + dry.stderr
+    assert "bounds" in text and "train_tiny" not in text and "measure" not in text
+
+
+def test_two_runs_give_identical_cubes(snakemake_project, tmp_path):
+    other = make_project(tmp_path / "again")
+    run(["snakemake", "--cores", "2", "--quiet", "results/tiny/cube.nc"], other)
+    with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as first, \
+            xr.open_dataset(other / "results/tiny/cube.nc") as second:
+        xr.testing.assert_identical(first.load(), second.load())
+
+
+def test_report_registers_the_figures(snakemake_project):
+    run(["snakemake", "--cores", "1", "--report", "report.zip"], snakemake_project)
+    assert (snakemake_project / "report.zip").stat().st_size > 10_000
+
+
+def test_snakemake_lint_is_clean():
+    result = run(["snakemake", "--lint"], REPO)
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_dvc_repro_round_trip(tmp_path):
+    project = make_project(tmp_path / "dvcproject")
+    (project / ".dvcignore").write_text(".snakemake/\nlogs/\nbenchmarks/\n")
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    first = run(["dvc", "repro"], project)
+    assert "Running stage 'analysis@tiny'" in first.stdout
+    assert (project / "dvc.lock").is_file()
+    again = run(["dvc", "repro"], project)
+    assert "up to date" in again.stdout
+    params = (project / "params.yaml").read_text().replace("bootstrap: 200", "bootstrap: 300")
+    (project / "params.yaml").write_text(params)
+    changed = run(["dvc", "repro"], project)
+    assert "Running stage 'analysis@tiny'" in changed.stdout
+    assert "Running stage 'runs@tiny'" not in changed.stdout
+    assert "Running stage 'data'" in changed.stdout or "Stage 'data' didn't change" in changed.stdout
+    metrics = run(["dvc", "metrics", "show", "--json"], project)
+    assert "results/tiny/summary.json" in metrics.stdout

@@ -52,3 +52,29 @@ def test_study_statistics_on_a_measured_run(measured_run, tiny_study):
     summary = stats.summary(result, ds)
     assert summary["n_runs"] == 1 and summary["n_diverged_runs"] == 0
     assert set(summary["bounds"]) == set(bounds.REGISTRY)
+
+
+def test_within_run_correlations_use_only_interpolated_checkpoints():
+    """Two runs whose sharpness tracks MLS after the loss threshold and anti-tracks before."""
+    import xarray as xr
+
+    steps = np.arange(8)
+    loss = np.array([1.0, 0.9, 0.8, 0.05, 0.04, 0.03, 0.02, 0.01])
+    sharp = np.array([1.0, 2.0, 3.0, 9.0, 8.0, 7.0, 6.0, 5.0])
+    mls = np.array([9.0, 8.0, 7.0, 4.5, 4.0, 3.5, 3.0, 2.5])  # decreases with sharpness after
+    cube = xr.Dataset(
+        {"train_loss": (("run", "step"), np.stack([loss, loss])),
+         "sharpness": (("run", "step"), np.stack([sharp, sharp])),
+         "diverged": (("run", "step"), np.zeros((2, 8), dtype=np.int8))},
+        coords={"run": ["a", "b"], "step": steps})
+    for name in stats.PAIRED_MEASURES:
+        cube[name] = (("run", "step", "subset", "sample"),
+                      np.broadcast_to(mls[None, :, None, None], (2, 8, 1, 3)).copy())
+    cube = cube.assign_coords(subset=["train"])
+    result = stats.within_runs(cube, threshold=0.1, n_boot=100, level=0.95, seed=0)
+    np.testing.assert_allclose(result["within_run_corr"].sel(coefficient="spearman"), 1.0,
+                               rtol=1e-12)
+    # Including the pre-interpolation checkpoints would make the rank correlation negative.
+    everything = stats.within_runs(cube, threshold=2.0, n_boot=100, level=0.95, seed=0)
+    assert (everything["within_run_corr"].sel(coefficient="spearman") < 0).all()
+    assert (result["within_run_n_runs"] == 2).all()

@@ -88,12 +88,7 @@ def combine(run_files: list[str | Path]) -> xr.Dataset:
     runs = [read(path) for path in run_files]
     cube = xr.concat(runs, dim="run", data_vars="all", coords="different", compat="equals",
                      combine_attrs="drop_conflicts")
-    for name in ("git_revision",):
-        values = sorted({ds.attrs.get(name, "unknown") for ds in runs})
-        cube.attrs[name] = values[0] if len(values) == 1 else json.dumps(values)
+    revisions = sorted({ds.attrs.get("git_revision", "unknown") for ds in runs})
+    cube.attrs["git_revision"] = revisions[0] if len(revisions) == 1 else json.dumps(revisions)
     return cube
 
-
-def final_step(cube: xr.Dataset) -> xr.Dataset:
-    """The last checkpoint of every run."""
-    return cube.isel(step=-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
@@ -81,6 +82,7 @@ def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
             ax.plot([low, high], [low, high], "k--", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         rate = 1 - np.nanmean(b["holds"].values)
         ax.set_title(f"{name}  (violations {rate:.1%})", fontsize=9)
         ax.set_xlabel("RHS")

@@ -92,13 +92,15 @@ def across_runs(cube: xr.Dataset, n_boot: int, level: float, seed: int) -> xr.Da
 
 def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
                 seed: int) -> xr.Dataset:
-    """Spearman over time of sharpness with each measure, per run, after interpolation.
+    """Correlations over time of sharpness with each measure, per run, after interpolation.
 
-    The per-run coefficients are summarised by their mean with a bootstrap CI over runs.
+    Per run, every coefficient is computed over the checkpoints whose train loss is below
+    ``threshold`` (at least 3 needed); the per-run coefficients are summarised by their mean
+    with a percentile-bootstrap CI over runs.
     """
     rng = np.random.default_rng(seed)
     healthy = cube.where(healthy_runs(cube), drop=True)
-    per_run = np.full((healthy.sizes["run"], len(PAIRED_MEASURES)), np.nan)
+    per_run = np.full((healthy.sizes["run"], len(PAIRED_MEASURES), len(METHODS)), np.nan)
     for r in range(healthy.sizes["run"]):
         run = healthy.isel(run=r)
         after = run["train_loss"].values < threshold
@@ -107,24 +109,27 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
             y = run_level(run, name).values[after]
             ok = np.isfinite(x) & np.isfinite(y)
             if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
-                per_run[r, m] = correlation(x[ok], y[ok], "spearman")[0]
-    mean, low, high, count = (np.full(len(PAIRED_MEASURES), np.nan) for _ in range(4))
-    for m in range(len(PAIRED_MEASURES)):
-        values = per_run[:, m][np.isfinite(per_run[:, m])]
-        count[m] = len(values)
+                per_run[r, m] = [correlation(x[ok], y[ok], method)[0] for method in METHODS]
+    shape = (len(PAIRED_MEASURES), len(METHODS))
+    mean, low, high, count = (np.full(shape, np.nan) for _ in range(4))
+    for m, k in np.ndindex(*shape):
+        values = per_run[:, m, k][np.isfinite(per_run[:, m, k])]
+        count[m, k] = len(values)
         if len(values) >= 2:
-            mean[m] = values.mean()
+            mean[m, k] = values.mean()
             boots = rng.choice(values, size=(n_boot, len(values))).mean(1)
-            low[m], high[m] = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+            low[m, k], high[m, k] = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    dims = ("measure", "coefficient")
     return xr.Dataset(
-        {"within_run_spearman": (("run", "measure"), per_run,
-                                 {"long_name": "Spearman over checkpoints with train loss < "
-                                               f"{threshold} of sharpness vs measure"}),
-         "within_run_spearman_mean": ("measure", mean, {"long_name": "mean over runs"}),
-         "within_run_spearman_ci_low": ("measure", low),
-         "within_run_spearman_ci_high": ("measure", high),
-         "within_run_n_runs": ("measure", count)},
-        coords={"run": healthy["run"].values, "measure": list(PAIRED_MEASURES)})
+        {"within_run_corr": (("run",) + dims, per_run,
+                             {"long_name": "correlation over checkpoints with train loss < "
+                                           f"{threshold} of sharpness vs measure"}),
+         "within_run_corr_mean": (dims, mean, {"long_name": "mean over runs"}),
+         "within_run_corr_ci_low": (dims, low),
+         "within_run_corr_ci_high": (dims, high),
+         "within_run_n_runs": (dims, count)},
+        coords={"run": healthy["run"].values, "measure": list(PAIRED_MEASURES),
+                "coefficient": list(METHODS)})
 
 
 def _correlation_dataset(tables: list[dict], scope: str) -> xr.Dataset:
@@ -213,15 +218,17 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
     out = {"n_runs": stats.attrs["n_runs"], "n_diverged_runs": stats.attrs["n_diverged_runs"],
            "final_train_loss_max": float(final["train_loss"].max()),
            "final_test_acc_mean": float(final["test_acc"].mean()),
-           "correlation_across_runs": {}, "within_run_spearman": {}, "bounds": {}}
+           "correlation_across_runs": {}, "correlation_within_runs": {}, "bounds": {}}
     for measure in PAIRED_MEASURES:
         out["correlation_across_runs"][f"sharpness~{measure}"] = {
             method: {key: _number(stats[f"corr_{key}"].sel(measure=measure, coefficient=method))
                      for key in ("estimate", "ci_low", "ci_high", "p_value", "n")}
             for method in METHODS}
-        out["within_run_spearman"][f"sharpness~{measure}"] = {
-            key: _number(stats[f"within_run_spearman_{key}"].sel(measure=measure))
-            for key in ("mean", "ci_low", "ci_high")}
+        out["correlation_within_runs"][f"sharpness~{measure}"] = {
+            method: {key: _number(stats[f"within_run_corr_{key}"].sel(measure=measure,
+                                                                       coefficient=method))
+                     for key in ("mean", "ci_low", "ci_high")}
+            for method in METHODS}
     for bound in stats["bound"].values:
         out["bounds"][str(bound)] = {
             key: _number(stats[key].sel(bound=bound))

@@ -21,7 +21,7 @@ rule cube:
 rule bounds:
     input:
         cube="results/{study}/cube.nc",
-        code=src("bounds.py"),
+        code=src("bounds.py", "cube.py"),
     output:
         "results/{study}/bounds.nc",
     conda:
@@ -36,7 +36,7 @@ rule stats:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
-        code=src("stats.py"),
+        code=src("stats.py", "cube.py"),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",

@@ -11,8 +11,6 @@ gives, at once,
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
@@ -149,7 +147,3 @@ def layer_sensitivities(layer_jacobians: list[torch.Tensor]) -> torch.Tensor:
     """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4)."""
     return torch.stack([torch.linalg.matrix_norm(j, ord=2) for j in layer_jacobians], dim=1)
 
-
-def num_singular_values(jacobians: torch.Tensor) -> int:
-    """N = min(K, d), the number of singular values in log LVR."""
-    return min(jacobians.shape[1], math.prod(jacobians.shape[2:]))

@@ -4,11 +4,21 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from flatrep import config, cube, data, measure, train
 
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
+
+
+@pytest.fixture
+def float64_default():
+    """Build tensors and modules in float64 during a test, restoring the default after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="session")

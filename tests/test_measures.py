@@ -12,13 +12,7 @@ from flatrep.measures import jacobian, layers
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Build every tensor and module of these tests in float64, restoring the default after."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def linear_net(*weights):

@@ -54,6 +54,12 @@ def measurement_attrs(num_outputs: int, measure_cfg: dict) -> dict:
                                              "mse_hessian_factor * Hessian at the 1/2-MSE "
                                              "convention (= 2/K)",
             "measure_points_per_subset": int(measure_cfg["points"]),
+            "curvature": json.dumps(measure_cfg.get("curvature", {"enabled": False}),
+                                    sort_keys=True),
+            "curvature_definition": "hessian_* variables: loss over `points` training rows "
+                                    "(all rows if null) drawn by flatrep.measure."
+                                    "measurement_indices with the 'curvature' sub-seed of "
+                                    "measure.point_seed; model in eval mode",
             "measure_dtype": "float64"}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 #: Named sub-streams of a run's seed, in a fixed order (never reorder: it changes every run).
-STREAMS = ("init", "data_order", "measure_points")
+STREAMS = ("init", "data_order", "measure_points", "curvature")
 
 
 def sub_seed(seed: int, stream: str) -> int:

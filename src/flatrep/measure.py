@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from flatrep import checkpoint, data, determinism, variables
-from flatrep.measures import jacobian, layers
+from flatrep.measures import curvature, jacobian, layers
 
 SUBSETS = ("train", "test", "test_misclassified")
 
@@ -50,9 +50,34 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int) -> dict[s
     return {key: value.numpy() for key, value in result.items()}
 
 
+def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                       cfg: dict, seed: int) -> dict[str, float]:
+    """Hessian trace (Hutch++ and Hutchinson), Frobenius norm, effective rank and Lanczos
+    extreme eigenvalues of the 1/2-MSE training loss at points ``x``.
+
+    The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
+    between checkpoints are not probe noise.
+    """
+    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
+                                         cfg.get("probe_chunk", 16))
+    hutch = curvature.hutchinson(operator, cfg["probes"], torch.Generator().manual_seed(seed))
+    plus = curvature.hutch_plus_plus(operator, cfg["probes"], torch.Generator().manual_seed(seed))
+    ritz = curvature.lanczos(operator, cfg["lanczos_steps"], torch.Generator().manual_seed(seed))
+    return {"hessian_trace": plus.value, "hessian_trace_se": plus.standard_error,
+            "hessian_trace_hutchinson": hutch["trace"].value,
+            "hessian_trace_hutchinson_se": hutch["trace"].standard_error,
+            "hessian_fro": hutch["fro"].value, "hessian_fro_se": hutch["fro"].standard_error,
+            "hessian_effective_rank": hutch["effective_rank"],
+            "hessian_lambda_max": ritz.lambda_max,
+            "hessian_lambda_max_residual": ritz.residuals[-1].item(),
+            "hessian_lambda_min": ritz.lambda_min,
+            "hessian_lambda_min_residual": ritz.residuals[0].item()}
+
+
 def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs: int,
-                       chunk_size: int) -> dict[str, np.ndarray]:
+                       measure_cfg: dict) -> dict[str, np.ndarray]:
     """Every measure of one checkpoint, as arrays shaped like the catalogue's dims."""
+    chunk_size = measure_cfg["chunk_size"]
     model = model.double()
     values: dict[str, np.ndarray] = {}
     for split, (x, y) in splits.items():
@@ -68,6 +93,12 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     for key in per_subset["train"]:
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
+    curvature_cfg = measure_cfg.get("curvature", {"enabled": False})
+    if curvature_cfg["enabled"]:
+        x, y = splits["train"][0][points["curvature"]], splits["train"][1][points["curvature"]]
+        targets = nn.functional.one_hot(y, num_outputs).to(x.dtype)
+        seed = determinism.sub_seed(measure_cfg["point_seed"], "curvature")
+        values.update(curvature_measures(model, x, targets, curvature_cfg, seed))
     norms = layers.weight_norms(model)
     values["weight_spectral_norm"] = norms["spectral"].numpy()
     values["weight_fro_norm"] = norms["frobenius"].numpy()
@@ -100,14 +131,19 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
                                          determinism.sub_seed(seed, "measure_points") + i)
               for i, split in enumerate(("train", "test"))}
+    curvature_cfg = measure_cfg.get("curvature", {"enabled": False})
+    if curvature_cfg["enabled"]:
+        n_train = len(splits["train"][1])
+        points["curvature"] = measurement_indices(
+            n_train, min(curvature_cfg.get("points") or n_train, n_train),
+            determinism.sub_seed(seed, "curvature"))
     template = None
     for path in tqdm(checkpoint_paths, desc="measure", mininterval=10, leave=False):
         model, meta = checkpoint.load(path)
         metas.append({**meta, "diverged_at": diverged_at})
         diverged = diverged_at is not None and diverged_at <= meta["step"]
         if template is None or not diverged:
-            template = measure_checkpoint(model, splits, points, num_outputs,
-                                          measure_cfg["chunk_size"])
+            template = measure_checkpoint(model, splits, points, num_outputs, measure_cfg)
         rows.append(nan_like(template) if diverged else template)
     return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)])
 
@@ -118,7 +154,7 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
     steps = [meta["step"] for meta in metas]
     data_vars = {}
     for name, var in variables.CATALOG.items():
-        if name == "diverged":
+        if name == "diverged" or name not in rows[0]:
             continue
         stacked = np.stack([np.asarray(row[name], dtype=np.float64) for row in rows])
         data_vars[name] = (("step",) + var.dims, stacked, variables.attributes(name))

@@ -37,6 +37,32 @@ CATALOG: dict[str, Variable] = {
                           "of subset=train, all parameters; Tr of the 1/2-MSE loss Hessian at "
                           "interpolation, H = (1/n) sum_i J_i^T J_i (Chen et al. Sec. 1, Eq. 2; "
                           "Tr of the torch-MSELoss Hessian = S * mse_hessian_factor)"),
+    "hessian_trace": Variable((), "trace of the training-loss Hessian (Hutch++)", "1",
+                              "Tr H of L = (1/2n) sum_i ||f(x_i) - y_i||^2 over the curvature "
+                              "points (attr curvature_points), Hutch++ (Meyer et al. 2021) with "
+                              "forward-over-reverse HVPs; equals sharpness at interpolation "
+                              "(Chen et al. B7)"),
+    "hessian_trace_se": Variable((), "standard error of hessian_trace", "1",
+                                 "std of the Hutch++ residual probes / sqrt(probes)"),
+    "hessian_trace_hutchinson": Variable((), "trace of the training-loss Hessian (Hutchinson)",
+                                         "1", "mean of v^T H v over Rademacher probes v"),
+    "hessian_trace_hutchinson_se": Variable((), "standard error of hessian_trace_hutchinson",
+                                            "1", "std(v^T H v) / sqrt(probes)"),
+    "hessian_fro": Variable((), "Frobenius norm of the training-loss Hessian", "1",
+                            "||H||_F = sqrt(E ||H v||^2), Rademacher v (same probes as "
+                            "hessian_trace_hutchinson)"),
+    "hessian_fro_se": Variable((), "standard error of hessian_fro", "1",
+                               "delta method: SE(||Hv||^2 mean) / (2 ||H||_F)"),
+    "hessian_effective_rank": Variable((), "effective rank of the Hessian", "1",
+                                       "Tr(H)^2 / ||H||_F^2 from the Hutchinson probes"),
+    "hessian_lambda_max": Variable((), "largest Hessian eigenvalue (Lanczos)", "1",
+                                   "largest Ritz value, Lanczos with full reorthogonalisation"),
+    "hessian_lambda_max_residual": Variable((), "residual bound of hessian_lambda_max", "1",
+                                            "|beta_k y[k]|: an eigenvalue of H lies within it"),
+    "hessian_lambda_min": Variable((), "smallest Hessian eigenvalue (Lanczos)", "1",
+                                   "smallest Ritz value, Lanczos with full reorthogonalisation"),
+    "hessian_lambda_min_residual": Variable((), "residual bound of hessian_lambda_min", "1",
+                                            "|beta_k y[k]|: an eigenvalue of H lies within it"),
     "sample_sharpness": Variable(_PER_SAMPLE, "per-sample Gauss-Newton trace", "1",
                                  "||grad_theta f(x_i)||_F^2 summed over all K outputs and "
                                  "parameters; sharpness is its mean over subset=train"),
@@ -68,6 +94,10 @@ CATALOG: dict[str, Variable] = {
                                      "(out x in; conv kernels reshaped)"),
     "weight_fro_norm": Variable(("layer",), "layer weight Frobenius norm", "1", "||W_l||_F"),
 }
+
+
+#: Variables that exist only when ``measure.curvature.enabled`` is true.
+CURVATURE = tuple(name for name in CATALOG if name.startswith("hessian_"))
 
 
 def attributes(name: str) -> dict[str, str]:

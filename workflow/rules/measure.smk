@@ -4,7 +4,8 @@
 rule measure:
     input:
         checkpoints=run_checkpoints,
-        code=src("measure.py", "measures/jacobian.py", "measures/layers.py", "variables.py",
+        code=src("measure.py", "measures/jacobian.py", "measures/layers.py",
+                 "measures/curvature.py", "variables.py",
                  "cube.py", "checkpoint.py", "models.py", "data.py", "determinism.py"),
     output:
         "results/{study}/runs/{run}/measures.nc",

@@ -1,0 +1,167 @@
+"""Curvature of the training loss: Hessian-vector products and the estimators built on them.
+
+The loss is the 1/2-MSE convention of the measures, L(theta) = (1/2n) sum_i ||f(x_i) - y_i||^2
+(the torch-MSELoss Hessian is ``2/K`` times this), over a fixed set of training points, with
+the model in eval mode. ``HessianOperator`` applies H to a batch of vectors by
+forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``) or by double
+backward; every estimator only sees ``operator(V)``.
+
+* Hutchinson: Tr H = E[v^T H v] for Rademacher v (Hutchinson 1989); SE = std/sqrt(m).
+* Frobenius norm: ||H||_F^2 = E[||H v||^2] from the same probes.
+* Effective rank Tr(H)^2 / ||H||_F^2 from the same probes.
+* Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1): exact trace on the range of H S,
+  Hutchinson on its orthogonal complement; SE from the complement's probes.
+* Lanczos with full reorthogonalisation: extreme Ritz values and their residual bounds
+  |beta_k * e_k^T y| (Golub & Van Loan §10.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+
+class HessianOperator:
+    """v -> H v for the 1/2-MSE loss of ``model`` on ``(x, targets)``, parameters flattened.
+
+    ``method``: ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by ``vmap``) or
+    ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
+    ``probe_chunk`` vectors are pushed through at once (memory grows with it).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                 method: str = "forward_over_reverse", probe_chunk: int = 16):
+        if method not in ("forward_over_reverse", "double_backward"):
+            raise ValueError(f"unknown HVP method {method!r}")
+        self.model, self.x, self.targets = model, x, targets
+        self.method, self.probe_chunk = method, probe_chunk
+        named = [(name, p.detach()) for name, p in model.named_parameters()]
+        self.names = [name for name, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.theta = torch.cat([p.reshape(-1) for _, p in named])
+        self.buffers = {name: b.detach() for name, b in model.named_buffers()}
+        self.dim = self.theta.numel()
+
+    def _unflatten(self, theta: torch.Tensor) -> dict:
+        chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
+        return {name: c.reshape(s) for name, c, s in zip(self.names, chunks, self.shapes)}
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """L(theta) = (1/2n) sum_i ||f(x_i; theta) - y_i||^2."""
+        out = functional_call(self.model, (self._unflatten(theta), self.buffers), (self.x,))
+        return 0.5 * (out - self.targets).pow(2).sum(-1).mean()
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H V for V of shape (m, P) -> (m, P)."""
+        return torch.cat([self._apply(chunk) for chunk in vectors.split(self.probe_chunk)])
+
+    def _apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        if self.method == "forward_over_reverse":
+            gradient = grad(self.loss)
+            return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+        theta = self.theta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.loss(theta), theta, create_graph=True)
+        rows = [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in vectors]
+        return torch.stack(rows).detach()
+
+
+def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
+    """m Rademacher vectors (entries +-1 with probability 1/2), shape (m, dim)."""
+    bits = torch.randint(0, 2, (m, dim), generator=generator)
+    return (2 * bits - 1).to(dtype)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    standard_error: float
+
+
+def _mean_and_se(samples: torch.Tensor) -> Estimate:
+    m = samples.numel()
+    se = samples.std(unbiased=True).item() / math.sqrt(m) if m > 1 else math.nan
+    return Estimate(samples.mean().item(), se)
+
+
+def hutchinson(operator, probes: int, generator: torch.Generator) -> dict[str, Estimate | float]:
+    """Tr H and ||H||_F with standard errors, and the effective rank, from ``probes`` HVPs.
+
+    ``fro`` is sqrt of the mean of ||H v||^2, with SE by the delta method (SE / (2 ||H||_F)).
+    """
+    v = rademacher(probes, operator.dim, generator, operator.theta.dtype)
+    hv = operator(v)
+    trace = _mean_and_se((v * hv).sum(1))
+    fro_sq = _mean_and_se(hv.pow(2).sum(1))
+    fro = math.sqrt(max(fro_sq.value, 0.0))
+    fro_se = fro_sq.standard_error / (2 * fro) if fro > 0 else math.nan
+    rank = trace.value ** 2 / fro_sq.value if fro_sq.value > 0 else math.nan
+    return {"trace": trace, "fro": Estimate(fro, fro_se), "effective_rank": rank}
+
+
+def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estimate:
+    """Hutch++ trace with ``matvecs`` HVPs (a third each for sketch, projection, residual).
+
+    Tr H = Tr(Q^T H Q) + Tr((I - QQ^T) H (I - QQ^T)) with Q an orthonormal basis of H S; the
+    second term by Hutchinson on projected Rademacher vectors, whose SE is returned.
+    """
+    k = max(matvecs // 3, 1)
+    dtype = operator.theta.dtype
+    sketch = rademacher(k, operator.dim, generator, dtype)
+    q, _ = torch.linalg.qr(operator(sketch).T)           # (P, k)
+    exact = (q * operator(q.T).T).sum()
+    g = rademacher(k, operator.dim, generator, dtype)
+    g = g - (g @ q) @ q.T                                 # project out range(Q)
+    residual = (g * operator(g)).sum(1)
+    rest = _mean_and_se(residual)
+    return Estimate(exact.item() + rest.value, rest.standard_error)
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    ritz_values: torch.Tensor   # ascending
+    residuals: torch.Tensor     # |beta_k * last component of each Ritz vector|
+
+    @property
+    def lambda_max(self) -> float:
+        return self.ritz_values[-1].item()
+
+    @property
+    def lambda_min(self) -> float:
+        return self.ritz_values[0].item()
+
+
+def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
+    """Lanczos tridiagonalisation with full reorthogonalisation (two Gram-Schmidt passes).
+
+    Stops early on an invariant subspace (beta below 1e-10 of the largest |alpha| seen).
+    Residual of Ritz pair (theta_j, V y_j) is ||H V y_j - theta_j V y_j|| = |beta_k y_j[k]|.
+    """
+    dtype = operator.theta.dtype
+    steps = min(steps, operator.dim)
+    q = torch.randn(operator.dim, generator=generator, dtype=dtype)
+    basis = [q / q.norm()]
+    alphas, betas = [], []
+    for j in range(steps):
+        w = operator(basis[j][None])[0]
+        alphas.append(torch.dot(w, basis[j]))
+        stacked = torch.stack(basis)
+        for _ in range(2):
+            w = w - stacked.T @ (stacked @ w)
+        beta = w.norm()
+        scale = max(abs(a.item()) for a in alphas)
+        if j == steps - 1 or beta <= 1e-10 * max(scale, 1e-300):
+            betas.append(beta)
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    k = len(alphas)
+    tri = torch.diag(torch.stack(alphas))
+    if k > 1:
+        off = torch.stack(betas[:k - 1])
+        tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
+    values, vectors = torch.linalg.eigh(tri)
+    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs())

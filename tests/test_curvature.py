@@ -1,0 +1,135 @@
+"""Curvature estimators against closed forms and dense Hessians, in float64."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import hessian
+
+from flatrep import models
+from flatrep.measures import curvature
+
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+
+def linear_regression(n=50, d=6, k=1, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(n, d) * torch.linspace(0.5, 2.0, d)
+    model = nn.Linear(d, k, bias=False)
+    return model, x, torch.randn(n, k)
+
+
+def dense(operator):
+    return hessian(operator.loss)(operator.theta)
+
+
+def test_hvp_of_linear_regression_is_xtx_over_n():
+    """L = (1/2n)||Xw - y||^2 has H = X^T X / n for any w (K = 1)."""
+    model, x, y = linear_regression()
+    operator = curvature.HessianOperator(model, x, y)
+    v = torch.randn(3, 6)
+    assert torch.allclose(operator(v), v @ (x.T @ x / len(x)))
+
+
+@pytest.mark.parametrize("method", ["forward_over_reverse", "double_backward"])
+def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method):
+    torch.manual_seed(1)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, y = torch.randn(20, 4), torch.randn(20, 3)
+    operator = curvature.HessianOperator(model, x, y, method=method, probe_chunk=3)
+    v = torch.randn(7, operator.dim)
+    assert torch.allclose(operator(v), v @ dense(operator).T, atol=1e-12)
+
+
+def test_hutchinson_within_standard_errors_of_the_dense_values():
+    torch.manual_seed(2)
+    model = models.mlp(4, 3, [6], activation="tanh").double()
+    x, y = torch.randn(30, 4), torch.randn(30, 3)
+    operator = curvature.HessianOperator(model, x, y)
+    h = dense(operator)
+    est = curvature.hutchinson(operator, 400, torch.Generator().manual_seed(0))
+    assert abs(est["trace"].value - torch.trace(h).item()) < 4 * est["trace"].standard_error
+    assert abs(est["fro"].value - h.norm().item()) < 4 * est["fro"].standard_error
+    assert est["trace"].standard_error > 0
+    rank = torch.trace(h).item() ** 2 / h.norm().item() ** 2
+    assert est["effective_rank"] == pytest.approx(rank, rel=0.2)
+
+
+def test_hutch_plus_plus_is_exact_when_the_sketch_spans_a_low_rank_hessian():
+    """Linear regression with d = 6 parameters: 3 x 9 matvecs sketch the whole space."""
+    model, x, y = linear_regression()
+    operator = curvature.HessianOperator(model, x, y)
+    est = curvature.hutch_plus_plus(operator, 27, torch.Generator().manual_seed(0))
+    assert est.value == pytest.approx(torch.trace(x.T @ x / len(x)).item(), rel=1e-10)
+
+
+def test_hutch_plus_plus_beats_hutchinson_on_a_decaying_spectrum():
+    torch.manual_seed(3)
+    model = models.mlp(5, 2, [8], activation="tanh").double()
+    x, y = torch.randn(40, 5), torch.randn(40, 2)
+    operator = curvature.HessianOperator(model, x, y)
+    exact = torch.trace(dense(operator)).item()
+    errors = {"hutch": [], "hpp": []}
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        errors["hutch"].append(abs(curvature.hutchinson(operator, 30, gen)["trace"].value - exact))
+        gen = torch.Generator().manual_seed(seed)
+        errors["hpp"].append(abs(curvature.hutch_plus_plus(operator, 30, gen).value - exact))
+    assert sum(errors["hpp"]) < sum(errors["hutch"])
+
+
+def test_lanczos_extreme_eigenvalues_match_eigvalsh():
+    torch.manual_seed(4)
+    model = models.mlp(4, 3, [6], activation="tanh").double()
+    x, y = torch.randn(30, 4), torch.randn(30, 3)
+    operator = curvature.HessianOperator(model, x, y)
+    eig = torch.linalg.eigvalsh(dense(operator))
+    result = curvature.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
+    assert result.lambda_max == pytest.approx(eig[-1].item(), rel=1e-9)
+    assert result.lambda_min == pytest.approx(eig[0].item(), abs=1e-9 * eig.abs().max().item())
+    assert result.residuals[-1] < 1e-6
+
+
+def test_lanczos_residual_bounds_the_error_of_few_steps():
+    """With fewer steps than dimensions the true eigenvalue lies within the residual bound."""
+    model, x, y = linear_regression(d=12)
+    operator = curvature.HessianOperator(model, x, y)
+    top = torch.linalg.eigvalsh(x.T @ x / len(x))[-1].item()
+    result = curvature.lanczos(operator, 5, torch.Generator().manual_seed(1))
+    assert abs(result.lambda_max - top) <= result.residuals[-1].item() + 1e-12
+    assert result.lambda_max <= top + 1e-12   # Ritz values interlace from inside
+
+
+def test_softmax_free_linear_regression_with_k_outputs_has_block_diagonal_trace():
+    """K outputs, W in R^{K x d}: H = I_K (x) X^T X / n, so Tr H = K Tr(X^T X)/n."""
+    model, x, y = linear_regression(k=3)
+    operator = curvature.HessianOperator(model, x, y)
+    est = curvature.hutch_plus_plus(operator, 3 * 18, torch.Generator().manual_seed(2))
+    assert est.value == pytest.approx(3 * torch.trace(x.T @ x).item() / len(x), rel=1e-10)
+    assert math.isfinite(est.standard_error)
+
+
+def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(measured_run,
+                                                                               tiny_study,
+                                                                               data_root):
+    from flatrep import checkpoint, data, measure
+
+    ds, paths = measured_run
+    assert all(ds[name].notnull().all() for name in ("hessian_trace", "hessian_lambda_max"))
+    model, _ = checkpoint.load(paths[-1])
+    model = model.double()
+    x, y = data.load_study_split(tiny_study["data"], "train", data_root)
+    x, targets = x[:60].double(), nn.functional.one_hot(y[:60], 10).double()
+    cfg = {"probes": 60, "lanczos_steps": 40}
+    values = measure.curvature_measures(model, x, targets, cfg, seed=0)
+    operator = curvature.HessianOperator(model, x, targets)
+    h = dense(operator)
+    eig = torch.linalg.eigvalsh(h)
+    assert abs(values["hessian_trace"] - torch.trace(h).item()) < 4 * values["hessian_trace_se"]
+    assert abs(values["hessian_trace_hutchinson"] - torch.trace(h).item()) < \
+        4 * values["hessian_trace_hutchinson_se"]
+    assert values["hessian_lambda_max"] <= eig[-1].item() + 1e-9
+    assert eig[-1].item() - values["hessian_lambda_max"] <= values["hessian_lambda_max_residual"] + 1e-9
+    assert values["hessian_lambda_min"] >= eig[0].item() - 1e-9

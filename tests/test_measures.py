@@ -167,3 +167,11 @@ def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
     auto = jacobian.per_sample_jacobians(model, x)
     generic = jacobian.per_sample_jacobians(model, x, method="generic")
     assert torch.equal(auto["param_sq"], generic["param_sq"])
+
+
+def test_layer_sensitivity_is_the_top_singular_value_for_wide_and_tall_jacobians():
+    torch.manual_seed(9)
+    for shape in ((5, 3, 40), (5, 40, 3)):
+        j = torch.randn(*shape)
+        expected = torch.linalg.svdvals(j)[:, 0]
+        assert torch.allclose(jacobian.layer_sensitivities([j])[:, 0], expected, rtol=1e-12)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, jacrev, vjp, vmap
 
 from flatrep.measures import layers
 
@@ -30,15 +30,16 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
 
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
     ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l,
-    df/dh_l = (df/dz_l) W_l, ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2 and
-    ||grad_{b_l} f||^2 = ||df/dz_l||_F^2. ``method="generic"`` differentiates with respect to
+    ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2 and ||grad_{b_l} f||^2 = ||df/dz_l||_F^2. ``method="generic"`` differentiates with respect to
     every parameter and every layer input (any architecture).
     """
     if method == "auto":
         method = "linear" if _only_linear_parameters(model) else "generic"
     compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
-    chunks = [compute(model, x[start:start + chunk_size]) for start in range(0, len(x), chunk_size)]
     inputs = layers.layer_inputs(model, x)
+    chunks = [compute(model, x[start:start + chunk_size],
+                      [h[start:start + chunk_size] for h in inputs])
+              for start in range(0, len(x), chunk_size)]
     return {
         "input": torch.cat([c["input"] for c in chunks]),
         "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(inputs))],
@@ -59,35 +60,46 @@ def _frozen(model: nn.Module) -> dict:
     return {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
-def _linear_jacobians(model: nn.Module, x: torch.Tensor) -> dict:
-    """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms."""
-    state, holder = _frozen(model), {}
+def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor]) -> dict:
+    """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms.
+
+    One forward pass over the chunk and K vector-Jacobian products (basis vectors e_c batched
+    by vmap) with respect to x and to zero perturbations of every layer input h_l and output
+    z_l: row i of each pulled-back gradient is sample i's, because samples do not interact in
+    an eval-mode forward pass. ``inputs`` are the layer inputs h_l of the chunk's samples.
+    """
+    state, into, out_of = _frozen(model), {}, {}
     measured = [module for _, module in layers.measured_layers(model)]
-    zero = tuple(torch.zeros(module.out_features, dtype=x.dtype) for module in measured)
-
-    def output(x_single, deltas):
-        holder["deltas"] = tuple(d.unsqueeze(0) for d in deltas)
-        return functional_call(model, state, (x_single.unsqueeze(0),)).squeeze(0)
-
-    with layers.perturbed_outputs(model, holder):
-        d_input, d_outputs = vmap(jacrev(output, argnums=(0, 1)), in_dims=(0, None))(x, zero)
     n = len(x)
-    h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in layers.layer_inputs(model, x)], 1)
+    zero_in = tuple(torch.zeros_like(h) for h in inputs)
+    zero_out = tuple(torch.zeros(n, module.out_features, dtype=x.dtype) for module in measured)
+
+    def output(x_batch, deltas_in, deltas_out):
+        into["deltas"], out_of["deltas"] = deltas_in, deltas_out
+        return functional_call(model, state, (x_batch,))
+
+    with layers.perturbed_inputs(model, into), layers.perturbed_outputs(model, out_of):
+        out, pullback = vjp(output, x, zero_in, zero_out)
+        k = out.shape[1]
+        basis = torch.eye(k, dtype=out.dtype)[:, None, :].expand(k, n, k)
+        d_input, d_layers, d_outputs = vmap(pullback)(basis)  # leading dim: output c
+    d_outputs = [dz.transpose(0, 1) for dz in d_outputs]      # (n, K, m_l)
+    h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in inputs], 1)
     dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
     has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
-    return {"input": d_input.reshape(n, d_input.shape[1], -1),
-            "layer": [dz @ module.weight.detach() for dz, module in zip(d_outputs, measured)],
+    return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
+            "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
             "param_sq": (dz_sq * (h_sq + has_bias)).sum(1),
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
 
 
-def _generic_jacobians(model: nn.Module, x: torch.Tensor) -> dict:
+def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor]) -> dict:
     """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach() for name, b in model.named_buffers()}
     measured = layers.measured_layers(model)
     weight_names = [f"{name}.weight" if name else "weight" for name, _ in measured]
-    zero = tuple(torch.zeros_like(h[0]) for h in layers.layer_inputs(model, x[:1]))
+    zero = tuple(torch.zeros_like(h[0]) for h in inputs)
     holder: dict = {}
 
     def output(params_, x_single, deltas):
@@ -144,6 +156,12 @@ def input_jacobian_measures(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def layer_sensitivities(layer_jacobians: list[torch.Tensor]) -> torch.Tensor:
-    """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4)."""
-    return torch.stack([torch.linalg.matrix_norm(j, ord=2) for j in layer_jacobians], dim=1)
+    """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4).
 
+    s_1(J) = sqrt(lambda_max(G)) with G the smaller of J J^T and J^T J: the top eigenvalue of a
+    Gram matrix is perfectly conditioned, and G is K x K instead of an SVD of K x d_l.
+    """
+    def top(j: torch.Tensor) -> torch.Tensor:
+        gram = j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
+        return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
+    return torch.stack([top(j) for j in layer_jacobians], dim=1)

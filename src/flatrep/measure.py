@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from flatrep import checkpoint, data, determinism, variables
-from flatrep.measures import curvature, jacobian, layers
+from flatrep.measures import curvature, invariant, jacobian, layers
 
 SUBSETS = ("train", "test", "test_misclassified")
 
@@ -47,13 +47,16 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int) -> dict[s
     result["weight_grad_norm"] = jac["weight_grad_norm"]
     result["layer_input_norm"] = jac["layer_input_norm"]
     result["input_norm"] = x.reshape(len(x), -1).norm(dim=1)
+    result["iimls"] = invariant.iimls(jac["input"], x)
+    result["normalized_mls"] = invariant.normalized_mls(result["mls"], x)
     return {key: value.numpy() for key, value in result.items()}
 
 
 def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                        cfg: dict, seed: int) -> dict[str, float]:
-    """Hessian trace (Hutch++ and Hutchinson), Frobenius norm, effective rank and Lanczos
-    extreme eigenvalues of the 1/2-MSE training loss at points ``x``.
+    """Hessian trace (Hutch++ and Hutchinson), Frobenius norm, effective rank, Lanczos
+    extreme eigenvalues and relative flatness of the first and last layers, all of the 1/2-MSE
+    training loss at points ``x``.
 
     The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
     between checkpoints are not probe noise.
@@ -63,7 +66,12 @@ def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     hutch = curvature.hutchinson(operator, cfg["probes"], torch.Generator().manual_seed(seed))
     plus = curvature.hutch_plus_plus(operator, cfg["probes"], torch.Generator().manual_seed(seed))
     ritz = curvature.lanczos(operator, cfg["lanczos_steps"], torch.Generator().manual_seed(seed))
-    return {"hessian_trace": plus.value, "hessian_trace_se": plus.standard_error,
+    first_layer = layers.measured_layers(model)[0][0]
+    kappa = invariant.relative_flatness(model, x, targets, first_layer, cfg["probes"],
+                                        torch.Generator().manual_seed(seed), operator.method)
+    return {"relative_flatness_first": kappa.value,
+            "relative_flatness_first_se": kappa.standard_error,
+            "relative_flatness_last": invariant.last_layer_relative_flatness(model, x),"hessian_trace": plus.value, "hessian_trace_se": plus.standard_error,
             "hessian_trace_hutchinson": hutch["trace"].value,
             "hessian_trace_hutchinson_se": hutch["trace"].standard_error,
             "hessian_fro": hutch["fro"].value, "hessian_fro_se": hutch["fro"].standard_error,

@@ -63,6 +63,20 @@ CATALOG: dict[str, Variable] = {
                                    "smallest Ritz value, Lanczos with full reorthogonalisation"),
     "hessian_lambda_min_residual": Variable((), "residual bound of hessian_lambda_min", "1",
                                             "|beta_k y[k]|: an eigenvalue of H lies within it"),
+    "relative_flatness_first": Variable((), "relative flatness of the first layer", "1",
+                                        "kappa_Tr(W_1) = Tr((W_1 W_1^T (x) I) H_{W_1}) of the "
+                                        "1/2-MSE loss on the curvature points, Hutchinson "
+                                        "(Petzka et al. 2021; Chen et al. M7, B6)"),
+    "relative_flatness_first_se": Variable((), "standard error of relative_flatness_first",
+                                           "1", "std of the probe values / sqrt(probes)"),
+    "relative_flatness_last": Variable((), "relative flatness of the last layer", "1",
+                                       "kappa_Tr(W_L) = ||W_L||_F^2 (1/n) sum_i ||h_L(x_i)||^2 "
+                                       "on the curvature points, exact (f is linear in W_L)"),
+    "iimls": Variable(_PER_SAMPLE, "input-invariant maximum local sensitivity", "1",
+                      "||J_x(x) x||^2 / d (reference code eval_iimls without the sigmoid; "
+                      "invariant to x -> Dx, W_1 -> W_1 D^-1; Chen et al. M8)"),
+    "normalized_mls": Variable(_PER_SAMPLE, "normalised maximum local sensitivity", "1",
+                               "||x||^2 MLS(x)^2 (Chen et al. M8, B6)"),
     "sample_sharpness": Variable(_PER_SAMPLE, "per-sample Gauss-Newton trace", "1",
                                  "||grad_theta f(x_i)||_F^2 summed over all K outputs and "
                                  "parameters; sharpness is its mean over subset=train"),
@@ -97,7 +111,8 @@ CATALOG: dict[str, Variable] = {
 
 
 #: Variables that exist only when ``measure.curvature.enabled`` is true.
-CURVATURE = tuple(name for name in CATALOG if name.startswith("hessian_"))
+CURVATURE = tuple(name for name in CATALOG
+                  if name.startswith(("hessian_", "relative_flatness_")))
 
 
 def attributes(name: str) -> dict[str, str]:

@@ -31,19 +31,25 @@ class HessianOperator:
     ``method``: ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by ``vmap``) or
     ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
     ``probe_chunk`` vectors are pushed through at once (memory grows with it).
+    ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                 method: str = "forward_over_reverse", probe_chunk: int = 16):
+                 method: str = "forward_over_reverse", probe_chunk: int = 16,
+                 wrt: list[str] | None = None):
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown HVP method {method!r}")
         self.model, self.x, self.targets = model, x, targets
         self.method, self.probe_chunk = method, probe_chunk
-        named = [(name, p.detach()) for name, p in model.named_parameters()]
-        self.names = [name for name, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.theta = torch.cat([p.reshape(-1) for _, p in named])
-        self.buffers = {name: b.detach() for name, b in model.named_buffers()}
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        unknown = set(wrt or []) - set(params)
+        if unknown:
+            raise ValueError(f"no parameters named {sorted(unknown)}")
+        self.names = list(wrt) if wrt is not None else list(params)
+        self.shapes = [params[name].shape for name in self.names]
+        self.theta = torch.cat([params[name].reshape(-1) for name in self.names])
+        self.fixed = {name: p for name, p in params.items() if name not in self.names}
+        self.fixed.update({name: b.detach() for name, b in model.named_buffers()})
         self.dim = self.theta.numel()
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
@@ -52,7 +58,7 @@ class HessianOperator:
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """L(theta) = (1/2n) sum_i ||f(x_i; theta) - y_i||^2."""
-        out = functional_call(self.model, (self._unflatten(theta), self.buffers), (self.x,))
+        out = functional_call(self.model, {**self.fixed, **self._unflatten(theta)}, (self.x,))
         return 0.5 * (out - self.targets).pow(2).sum(-1).mean()
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -81,7 +87,8 @@ class Estimate:
     standard_error: float
 
 
-def _mean_and_se(samples: torch.Tensor) -> Estimate:
+def mean_and_se(samples: torch.Tensor) -> Estimate:
+    """Sample mean and its standard error std/sqrt(m)."""
     m = samples.numel()
     se = samples.std(unbiased=True).item() / math.sqrt(m) if m > 1 else math.nan
     return Estimate(samples.mean().item(), se)
@@ -94,8 +101,8 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict[str, E
     """
     v = rademacher(probes, operator.dim, generator, operator.theta.dtype)
     hv = operator(v)
-    trace = _mean_and_se((v * hv).sum(1))
-    fro_sq = _mean_and_se(hv.pow(2).sum(1))
+    trace = mean_and_se((v * hv).sum(1))
+    fro_sq = mean_and_se(hv.pow(2).sum(1))
     fro = math.sqrt(max(fro_sq.value, 0.0))
     fro_se = fro_sq.standard_error / (2 * fro) if fro > 0 else math.nan
     rank = trace.value ** 2 / fro_sq.value if fro_sq.value > 0 else math.nan
@@ -116,7 +123,7 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     g = rademacher(k, operator.dim, generator, dtype)
     g = g - (g @ q) @ q.T                                 # project out range(Q)
     residual = (g * operator(g)).sum(1)
-    rest = _mean_and_se(residual)
+    rest = mean_and_se(residual)
     return Estimate(exact.item() + rest.value, rest.standard_error)
 
 

@@ -50,7 +50,7 @@ def test_deep_linear_layer_sensitivities():
     w1, w2 = torch.randn(5, 3), torch.randn(2, 5)
     x = torch.randn(4, 3)
     jac = jacobian.per_sample_jacobians(linear_net(w1, w2), x)
-    sens = jacobian.layer_sensitivities(jac["layer"])
+    sens = jacobian.layer_sensitivities(jacobian.layer_gram_spectra(jac["layer"]))
     assert torch.allclose(jac["input"], (w2 @ w1).expand(4, 2, 3))
     assert torch.allclose(sens[:, 0], torch.linalg.matrix_norm(w2 @ w1, ord=2).expand(4))
     assert torch.allclose(sens[:, 1], torch.linalg.matrix_norm(w2, ord=2).expand(4))
@@ -153,7 +153,7 @@ def test_linear_closed_forms_match_generic_parameter_jacobians(activation, bias)
     x = torch.randn(10, 6)
     fast = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="linear")
     generic = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="generic")
-    for key in ("input", "param_sq", "weight_grad_norm", "layer_input_norm"):
+    for key in ("input", "param_sq", "weight_grad_norm", "layer_input_norm", "param_moments"):
         assert torch.allclose(fast[key], generic[key], rtol=1e-12, atol=1e-14), key
     for fast_layer, generic_layer in zip(fast["layer"], generic["layer"]):
         assert torch.allclose(fast_layer, generic_layer, rtol=1e-12, atol=1e-14)
@@ -169,9 +169,24 @@ def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
     assert torch.equal(auto["param_sq"], generic["param_sq"])
 
 
-def test_layer_sensitivity_is_the_top_singular_value_for_wide_and_tall_jacobians():
+def test_layer_spectra_give_top_singular_value_and_log_volume_for_wide_and_tall_jacobians():
     torch.manual_seed(9)
     for shape in ((5, 3, 40), (5, 40, 3)):
         j = torch.randn(*shape)
-        expected = torch.linalg.svdvals(j)[:, 0]
-        assert torch.allclose(jacobian.layer_sensitivities([j])[:, 0], expected, rtol=1e-12)
+        s = torch.linalg.svdvals(j)
+        spectra = jacobian.layer_gram_spectra([j])
+        assert torch.allclose(jacobian.layer_sensitivities(spectra)[:, 0], s[:, 0], rtol=1e-12)
+        assert torch.allclose(jacobian.layer_log_volumes(spectra)[:, 0], torch.log(s).sum(1),
+                              rtol=1e-10)
+
+
+def test_ma_ying_moments_of_a_single_linear_layer():
+    """f = W x: df_c/dW_ja = delta_cj x_a, so sum (.)^{2k} = K sum_a x_a^{2k}; g_x uses W."""
+    torch.manual_seed(10)
+    w, x = torch.randn(3, 5), torch.randn(4, 5)
+    jac = jacobian.per_sample_jacobians(linear_net(w), x, moments=(1, 2, 3))
+    for column, k in enumerate((1, 2, 3)):
+        assert torch.allclose(jac["param_moments"][:, column], 3 * x.pow(2 * k).sum(1))
+        assert torch.allclose(jacobian.moments_of(jac["input"], (k,))[:, 0],
+                              w.pow(2 * k).sum().expand(4))
+    assert torch.allclose(jac["param_moments"][:, 0], jac["param_sq"])

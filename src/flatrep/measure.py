@@ -19,6 +19,8 @@ from flatrep import checkpoint, data, determinism, variables
 from flatrep.measures import curvature, invariant, jacobian, layers
 
 SUBSETS = ("train", "test", "test_misclassified")
+#: Default orders k of Ma & Ying's moments g_x(k), g_W(k) (``measure.moments``).
+MOMENTS = (1, 2)
 
 
 def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarray:
@@ -37,12 +39,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: in
     return loss.item(), (out.argmax(1) == y).double().mean().item()
 
 
-def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int) -> dict[str, np.ndarray]:
+def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
+                   moments: tuple[int, ...]) -> dict[str, np.ndarray]:
     """All per-sample measures at points x (float64 model and inputs)."""
-    jac = jacobian.per_sample_jacobians(model, x, chunk_size)
+    jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments)
     result = jacobian.input_jacobian_measures(jac["input"])
-    result["layer_mls"] = jacobian.layer_sensitivities(jac["layer"])
+    spectra = jacobian.layer_gram_spectra(jac["layer"])
+    result["layer_mls"] = jacobian.layer_sensitivities(spectra)
     result["nmls"] = result["layer_mls"].sum(1)
+    result["layer_log_lvr"] = jacobian.layer_log_volumes(spectra)
+    result["log_nvr"] = torch.logsumexp(result["layer_log_lvr"], dim=1)
+    result["input_grad_moment"] = jacobian.moments_of(jac["input"], moments)
+    result["param_grad_moment"] = jac["param_moments"]
     result["sample_sharpness"] = jac["param_sq"]
     result["weight_grad_norm"] = jac["weight_grad_norm"]
     result["layer_input_norm"] = jac["layer_input_norm"]
@@ -86,11 +94,13 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
                        measure_cfg: dict) -> dict[str, np.ndarray]:
     """Every measure of one checkpoint, as arrays shaped like the catalogue's dims."""
     chunk_size = measure_cfg["chunk_size"]
+    moments = tuple(measure_cfg.get("moments", MOMENTS))
     model = model.double()
     values: dict[str, np.ndarray] = {}
     for split, (x, y) in splits.items():
         values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs)
-    per_subset = {subset: point_measures(model, splits[subset][0][points[subset]], chunk_size)
+    per_subset = {subset: point_measures(model, splits[subset][0][points[subset]], chunk_size,
+                                         moments)
                   for subset in ("train", "test")}
     x_test, y_test = splits["test"][0][points["test"]], splits["test"][1][points["test"]]
     with torch.no_grad():
@@ -101,6 +111,8 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     for key in per_subset["train"]:
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
+    values["generalization_gap"] = values["train_acc"] - values["test_acc"]
+    values["param_norm"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm().item()
     curvature_cfg = measure_cfg.get("curvature", {"enabled": False})
     if curvature_cfg["enabled"]:
         x, y = splits["train"][0][points["curvature"]], splits["train"][1][points["curvature"]]
@@ -153,11 +165,12 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
         if template is None or not diverged:
             template = measure_checkpoint(model, splits, points, num_outputs, measure_cfg)
         rows.append(nan_like(template) if diverged else template)
-    return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)])
+    return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)],
+                       tuple(measure_cfg.get("moments", MOMENTS)))
 
 
-def run_dataset(metas: list[dict], rows: list[dict], points: dict,
-                layer_names: list[str]) -> xr.Dataset:
+def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: list[str],
+                moments: tuple[int, ...]) -> xr.Dataset:
     """Assemble per-checkpoint measures into one Dataset with catalogue attributes."""
     steps = [meta["step"] for meta in metas]
     data_vars = {}
@@ -176,6 +189,8 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
               "subset": ("subset", list(SUBSETS)),
               "layer": ("layer", np.arange(len(layer_names))),
               "layer_name": ("layer", layer_names, {"long_name": "module name in the model"}),
+              "moment": ("moment", list(moments), {"long_name": "order k of the moment",
+                                                  "units": "1"}),
               "sample_index": (("subset", "sample"), sample_index,
                                {"long_name": "row in that split of flatrep.data.load",
                                 "units": "1"})}

@@ -77,6 +77,22 @@ CATALOG: dict[str, Variable] = {
                       "invariant to x -> Dx, W_1 -> W_1 D^-1; Chen et al. M8)"),
     "normalized_mls": Variable(_PER_SAMPLE, "normalised maximum local sensitivity", "1",
                                "||x||^2 MLS(x)^2 (Chen et al. M8, B6)"),
+    "generalization_gap": Variable((), "generalisation gap (accuracy)", "1",
+                                   "train_acc - test_acc on the full splits (the paper's gap, "
+                                   "as a fraction)"),
+    "param_norm": Variable((), "parameter norm", "1", "||theta||_2 over all parameters"),
+    "layer_log_lvr": Variable(_PER_SAMPLE + ("layer",), "layer log volumetric ratio", "1",
+                              "log LVR_l(x) = sum_{k=1}^{min(K,d_l)} log s_k(df/dh_l) (Chen et al. "
+                              "M5, per layer; from the eigenvalues of the smaller Gram matrix)"),
+    "log_nvr": Variable(_PER_SAMPLE, "log network volumetric ratio", "1",
+                        "log sum_l LVR_l(x) (candidate form of Chen et al. NVR, M5; UNCONFIRMED "
+                        "in the paper; the layer mean of layer_log_lvr is the other candidate)"),
+    "input_grad_moment": Variable(_PER_SAMPLE + ("moment",), "input-gradient moment", "1",
+                                  "sum_c sum_d (df_c/dx_d)^{2k}; Ma & Ying g_x(k) = (mean_i of "
+                                  "it)^{1/(2k)} (B.6)"),
+    "param_grad_moment": Variable(_PER_SAMPLE + ("moment",), "parameter-gradient moment", "1",
+                                  "sum_c sum_p (df_c/dtheta_p)^{2k} over all parameters; Ma & Ying "
+                                  "g_W(k) = (mean_i of it)^{1/(2k)} (B.6)"),
     "sample_sharpness": Variable(_PER_SAMPLE, "per-sample Gauss-Newton trace", "1",
                                  "||grad_theta f(x_i)||_F^2 summed over all K outputs and "
                                  "parameters; sharpness is its mean over subset=train"),

@@ -19,18 +19,21 @@ from flatrep.measures import layers
 
 
 def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32,
-                         method: str = "auto") -> dict:
+                         method: str = "auto", moments: tuple[int, ...] = (1, 2)) -> dict:
     """Exact per-sample Jacobians of the model output, reduced to what the measures need.
 
     Returns a dict of tensors with leading dim n = len(x):
     ``input`` (n, K, d); ``layer`` list over layers of (n, K, d_l) = df/dh_l;
     ``layer_input_norm`` (n, L) = ||h_l(x_i)||; ``param_sq`` (n,) = ||grad_theta f(x_i)||_F^2
     summed over all K outputs and all parameters; ``weight_grad_norm`` (n, L) =
-    ||grad_{W_l} f(x_i)||_F.
+    ||grad_{W_l} f(x_i)||_F; ``param_moments`` (n, len(moments)) =
+    sum_c sum_p (df_c/dtheta_p)^{2k} for each k in ``moments`` (Ma & Ying's g_W(k)^{2k};
+    ``moments=()`` skips them).
 
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
     ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l,
-    ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2 and ||grad_{b_l} f||^2 = ||df/dz_l||_F^2. ``method="generic"`` differentiates with respect to
+    ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2, ||grad_{b_l} f||^2 = ||df/dz_l||_F^2, and
+    sum_{j,a} (df_c/dz_j h_a)^{2k} = (sum_j (df_c/dz_j)^{2k}) (sum_a h_a^{2k}). ``method="generic"`` differentiates with respect to
     every parameter and every layer input (any architecture).
     """
     if method == "auto":
@@ -38,13 +41,14 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
     inputs = layers.layer_inputs(model, x)
     chunks = [compute(model, x[start:start + chunk_size],
-                      [h[start:start + chunk_size] for h in inputs])
+                      [h[start:start + chunk_size] for h in inputs], moments)
               for start in range(0, len(x), chunk_size)]
     return {
         "input": torch.cat([c["input"] for c in chunks]),
         "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(inputs))],
         "param_sq": torch.cat([c["param_sq"] for c in chunks]),
         "weight_grad_norm": torch.cat([c["weight_grad_norm"] for c in chunks]),
+        "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
     }
 
@@ -60,7 +64,8 @@ def _frozen(model: nn.Module) -> dict:
     return {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
-def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor]) -> dict:
+def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
+                      moments: tuple[int, ...]) -> dict:
     """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms.
 
     One forward pass over the chunk and K vector-Jacobian products (basis vectors e_c batched
@@ -87,13 +92,19 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in inputs], 1)
     dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
     has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
+    param_moments = torch.stack([
+        sum((dz.pow(2 * p).sum(2) * (h.reshape(n, -1).pow(2 * p).sum(1, keepdim=True) + bias))
+            .sum(1) for dz, h, bias in zip(d_outputs, inputs, has_bias))
+        for p in moments], dim=1) if moments else x.new_zeros(n, 0)
     return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
+            "param_moments": param_moments,
             "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
             "param_sq": (dz_sq * (h_sq + has_bias)).sum(1),
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
 
 
-def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor]) -> dict:
+def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
+                       moments: tuple[int, ...]) -> dict:
     """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach() for name, b in model.named_buffers()}
@@ -113,6 +124,9 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
     return {"input": d_input.reshape(n, d_input.shape[1], -1),
             "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
             "param_sq": sum(j.reshape(n, -1).pow(2).sum(1) for j in d_params.values()),
+            "param_moments": torch.stack([sum(j.reshape(n, -1).pow(2 * p).sum(1)
+                                              for j in d_params.values()) for p in moments], 1)
+            if moments else x.new_zeros(n, 0),
             "weight_grad_norm": torch.stack(
                 [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
 
@@ -155,13 +169,29 @@ def input_jacobian_measures(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
             "local_dim": local_dim(s), "jacobian_fro_sq": s.pow(2).sum(-1)}
 
 
-def layer_sensitivities(layer_jacobians: list[torch.Tensor]) -> torch.Tensor:
-    """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4).
+def layer_gram_spectra(layer_jacobians: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Squared singular values s_k^2 of each df/dh_l, ascending, (n, min(K, d_l)) per layer.
 
-    s_1(J) = sqrt(lambda_max(G)) with G the smaller of J J^T and J^T J: the top eigenvalue of a
-    Gram matrix is perfectly conditioned, and G is K x K instead of an SVD of K x d_l.
+    They are the eigenvalues of the smaller Gram matrix (J J^T or J^T J), K x K instead of an
+    SVD of K x d_l. Absolute error ~ eps * s_1^2, so log s_k is accurate while
+    s_k / s_1 >> 1e-8 (float64).
     """
-    def top(j: torch.Tensor) -> torch.Tensor:
-        gram = j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
-        return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
-    return torch.stack([top(j) for j in layer_jacobians], dim=1)
+    def gram(j: torch.Tensor) -> torch.Tensor:
+        return j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
+    return [torch.linalg.eigvalsh(gram(j)).clamp_min(0) for j in layer_jacobians]
+
+
+def layer_sensitivities(spectra: list[torch.Tensor]) -> torch.Tensor:
+    """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4)."""
+    return torch.stack([eig[:, -1].sqrt() for eig in spectra], dim=1)
+
+
+def layer_log_volumes(spectra: list[torch.Tensor]) -> torch.Tensor:
+    """log LVR_l(x) = sum_k log s_k(df/dh_l), all min(K, d_l) values, shape (n, L) (M5)."""
+    return torch.stack([0.5 * torch.log(eig).sum(1) for eig in spectra], dim=1)
+
+
+def moments_of(jacobians: torch.Tensor, moments: tuple[int, ...]) -> torch.Tensor:
+    """sum_c sum_d J_cd^{2k} per sample for each k, shape (n, len(moments)) (g_x(k)^{2k})."""
+    flat = jacobians.reshape(len(jacobians), -1)
+    return torch.stack([flat.pow(2 * p).sum(1) for p in moments], dim=1)

@@ -62,7 +62,7 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
 
 def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                        cfg: dict, seed: int) -> dict[str, float]:
-    """Hessian trace (Hutch++ and Hutchinson), Frobenius norm, effective rank, Lanczos
+    """Hessian trace (control variate, Hutch++, Hutchinson), Frobenius norm, effective rank, Lanczos
     extreme eigenvalues and relative flatness of the first and last layers, all of the 1/2-MSE
     training loss at points ``x``.
 
@@ -72,14 +72,20 @@ def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
                                          cfg.get("probe_chunk", 16))
     hutch = curvature.hutchinson(operator, cfg["probes"], torch.Generator().manual_seed(seed))
+    gauss_newton = jacobian.per_sample_jacobians(model, x, moments=())["param_sq"].mean().item()
+    controlled = curvature.control_variate_trace(operator, gauss_newton, cfg["probes"], None,
+                                                 hutch["vectors"], hutch["products"])
     plus = curvature.hutch_plus_plus(operator, cfg["probes"], torch.Generator().manual_seed(seed))
     ritz = curvature.lanczos(operator, cfg["lanczos_steps"], torch.Generator().manual_seed(seed))
     first_layer = layers.measured_layers(model)[0][0]
     kappa = invariant.relative_flatness(model, x, targets, first_layer, cfg["probes"],
                                         torch.Generator().manual_seed(seed), operator.method)
-    return {"relative_flatness_first": kappa.value,
+    return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
+            "hessian_trace_hutchpp": plus.value, "hessian_trace_hutchpp_se": plus.standard_error,
+            "hessian_gauss_newton_trace": gauss_newton,
+            "relative_flatness_first": kappa.value,
             "relative_flatness_first_se": kappa.standard_error,
-            "relative_flatness_last": invariant.last_layer_relative_flatness(model, x),"hessian_trace": plus.value, "hessian_trace_se": plus.standard_error,
+            "relative_flatness_last": invariant.last_layer_relative_flatness(model, x),
             "hessian_trace_hutchinson": hutch["trace"].value,
             "hessian_trace_hutchinson_se": hutch["trace"].standard_error,
             "hessian_fro": hutch["fro"].value, "hessian_fro_se": hutch["fro"].standard_error,

@@ -37,13 +37,20 @@ CATALOG: dict[str, Variable] = {
                           "of subset=train, all parameters; Tr of the 1/2-MSE loss Hessian at "
                           "interpolation, H = (1/n) sum_i J_i^T J_i (Chen et al. Sec. 1, Eq. 2; "
                           "Tr of the torch-MSELoss Hessian = S * mse_hessian_factor)"),
-    "hessian_trace": Variable((), "trace of the training-loss Hessian (Hutch++)", "1",
+    "hessian_trace": Variable((), "trace of the training-loss Hessian", "1",
                               "Tr H of L = (1/2n) sum_i ||f(x_i) - y_i||^2 over the curvature "
-                              "points (attr curvature_points), Hutch++ (Meyer et al. 2021) with "
-                              "forward-over-reverse HVPs; equals sharpness at interpolation "
-                              "(Chen et al. B7)"),
+                              "points (attr curvature): exact Gauss-Newton trace + Hutchinson on "
+                              "H - G (control variate; exact at interpolation, Chen et al. B7), "
+                              "forward-over-reverse HVPs"),
     "hessian_trace_se": Variable((), "standard error of hessian_trace", "1",
-                                 "std of the Hutch++ residual probes / sqrt(probes)"),
+                                 "std(v^T H v - v^T G v) / sqrt(probes)"),
+    "hessian_gauss_newton_trace": Variable((), "Gauss-Newton trace on the curvature points", "1",
+                                           "(1/n) sum_i ||grad_theta f(x_i)||_F^2, exact; "
+                                           "sharpness on the curvature points"),
+    "hessian_trace_hutchpp": Variable((), "trace of the training-loss Hessian (Hutch++)", "1",
+                                      "Hutch++ (Meyer et al. 2021), probes matvecs"),
+    "hessian_trace_hutchpp_se": Variable((), "standard error of hessian_trace_hutchpp", "1",
+                                         "std of the Hutch++ residual probes / sqrt(probes/3)"),
     "hessian_trace_hutchinson": Variable((), "trace of the training-loss Hessian (Hutchinson)",
                                          "1", "mean of v^T H v over Rademacher probes v"),
     "hessian_trace_hutchinson_se": Variable((), "standard error of hessian_trace_hutchinson",

@@ -11,6 +11,10 @@ backward; every estimator only sees ``operator(V)``.
 * Effective rank Tr(H)^2 / ||H||_F^2 from the same probes.
 * Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1): exact trace on the range of H S,
   Hutchinson on its orthogonal complement; SE from the complement's probes.
+* Control variate: Tr H = Tr G + Tr(H - G) with G = (1/n) sum_i J_i^T J_i the Gauss-Newton
+  matrix, whose trace the per-sample Jacobians give exactly; Hutchinson estimates only the
+  residual term (1/n) sum_i sum_c r_ic grad^2 f_c(x_i) (Chen et al. B7) as v^T H v - v^T G v,
+  so its variance vanishes at interpolation (r = 0).
 * Lanczos with full reorthogonalisation: extreme Ritz values and their residual bounds
   |beta_k * e_k^T y| (Golub & Van Loan §10.1).
 """
@@ -94,10 +98,11 @@ def mean_and_se(samples: torch.Tensor) -> Estimate:
     return Estimate(samples.mean().item(), se)
 
 
-def hutchinson(operator, probes: int, generator: torch.Generator) -> dict[str, Estimate | float]:
+def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     """Tr H and ||H||_F with standard errors, and the effective rank, from ``probes`` HVPs.
 
     ``fro`` is sqrt of the mean of ||H v||^2, with SE by the delta method (SE / (2 ||H||_F)).
+    The probes and their products are returned too (``vectors``, ``products``) for reuse.
     """
     v = rademacher(probes, operator.dim, generator, operator.theta.dtype)
     hv = operator(v)
@@ -106,7 +111,35 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict[str, E
     fro = math.sqrt(max(fro_sq.value, 0.0))
     fro_se = fro_sq.standard_error / (2 * fro) if fro > 0 else math.nan
     rank = trace.value ** 2 / fro_sq.value if fro_sq.value > 0 else math.nan
-    return {"trace": trace, "fro": Estimate(fro, fro_se), "effective_rank": rank}
+    return {"trace": trace, "fro": Estimate(fro, fro_se), "effective_rank": rank,
+            "vectors": v, "products": hv}
+
+
+def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """v^T G v = (1/n) sum_i ||J_i v||^2 for each row v: one forward-mode JVP of the outputs."""
+    def outputs(theta):
+        return functional_call(operator.model, {**operator.fixed, **operator._unflatten(theta)},
+                               (operator.x,))
+
+    def quadratic(v):
+        return jvp(outputs, (operator.theta,), (v,))[1].pow(2).sum(-1).mean()
+
+    return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
+
+
+def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float, probes: int,
+                          generator: torch.Generator, vectors: torch.Tensor | None = None,
+                          products: torch.Tensor | None = None) -> Estimate:
+    """Tr H = Tr G (exact, given) + Hutchinson on H - G with Rademacher probes.
+
+    ``vectors`` and their ``products`` H V may be passed in to share HVPs with ``hutchinson``.
+    """
+    if vectors is None:
+        vectors = rademacher(probes, operator.dim, generator, operator.theta.dtype)
+        products = operator(vectors)
+    residual = (vectors * products).sum(1) - gauss_newton_quadratic(operator, vectors)
+    rest = mean_and_se(residual)
+    return Estimate(gauss_newton_trace + rest.value, rest.standard_error)
 
 
 def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estimate:

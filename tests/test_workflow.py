@@ -44,7 +44,8 @@ def snakemake_project(tmp_path_factory):
 
 def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
     with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as cube:
-        assert set(cube.dims) == {"run", "step", "subset", "sample", "layer"}
+        assert set(cube.dims) == {"run", "step", "subset", "sample", "layer", "moment"}
+        assert list(cube["moment"].values) == [1, 2]
         assert cube.sizes["run"] == 6 and cube.sizes["step"] == 4
         assert list(cube["subset"].values) == ["train", "test", "test_misclassified"]
         assert cube["sample_index"].dims == ("subset", "sample")

@@ -113,7 +113,8 @@ def main():
                     exact, args.repeats, budgets),
             matched("exact Gauss-Newton trace + Hutchinson on H - G (flatrep)",
                     lambda m, gen: curvature.control_variate_trace(
-                        fast, gauss_newton_trace(model, x), m, gen).value,
+                        fast, gauss_newton_trace(model, x),
+                        curvature.rademacher(m, fast.dim, gen)).value,
                     exact, args.repeats, [3, 6] + budgets)]
     base = rows[0]["seconds"]
     print(f"{args.regime} MLP 40-{'-'.join(map(str, args.hidden))}-10 tanh, {fast.dim} parameters, "

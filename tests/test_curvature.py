@@ -157,8 +157,8 @@ def test_control_variate_trace_within_standard_errors_and_far_tighter_than_hutch
     operator = curvature.HessianOperator(model, x, y)
     exact = torch.trace(dense(operator)).item()
     gauss_newton = jacobian.per_sample_jacobians(model, x)["param_sq"].mean().item()
-    est = curvature.control_variate_trace(operator, gauss_newton, 50,
-                                          torch.Generator().manual_seed(0))
+    probes = curvature.rademacher(50, operator.dim, torch.Generator().manual_seed(0))
+    est = curvature.control_variate_trace(operator, gauss_newton, probes)
     plain = curvature.hutchinson(operator, 50, torch.Generator().manual_seed(0))["trace"]
     assert abs(est.value - exact) < 4 * est.standard_error
     assert est.standard_error < 0.1 * plain.standard_error
@@ -170,7 +170,7 @@ def test_control_variate_trace_is_exact_at_interpolation():
     x = torch.randn(20, 4)
     operator = curvature.HessianOperator(model, x, model(x).detach())
     gauss_newton = jacobian.per_sample_jacobians(model, x)["param_sq"].mean().item()
-    est = curvature.control_variate_trace(operator, gauss_newton, 4,
-                                          torch.Generator().manual_seed(0))
+    probes = curvature.rademacher(4, operator.dim, torch.Generator().manual_seed(0))
+    est = curvature.control_variate_trace(operator, gauss_newton, probes)
     assert est.value == pytest.approx(torch.trace(dense(operator)).item(), rel=1e-12)
     assert est.standard_error < 1e-12

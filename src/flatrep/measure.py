@@ -1,4 +1,5 @@
-"""Measure every checkpoint of one run into an xarray Dataset (dims step, subset, sample, layer).
+"""Measure every checkpoint of one run into an xarray Dataset (dims step, subset, sample, layer,
+moment).
 
 Measures are computed in float64 on a fixed, seeded set of training and test points that is
 the same for every run of a study (so ``sample_index`` has no run dimension). The subset
@@ -73,8 +74,8 @@ def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                                          cfg.get("probe_chunk", 16))
     hutch = curvature.hutchinson(operator, cfg["probes"], torch.Generator().manual_seed(seed))
     gauss_newton = jacobian.per_sample_jacobians(model, x, moments=())["param_sq"].mean().item()
-    controlled = curvature.control_variate_trace(operator, gauss_newton, cfg["probes"], None,
-                                                 hutch["vectors"], hutch["products"])
+    controlled = curvature.control_variate_trace(operator, gauss_newton, hutch["vectors"],
+                                                 hutch["products"])
     plus = curvature.hutch_plus_plus(operator, cfg["probes"], torch.Generator().manual_seed(seed))
     ritz = curvature.lanczos(operator, cfg["lanczos_steps"], torch.Generator().manual_seed(seed))
     first_layer = layers.measured_layers(model)[0][0]

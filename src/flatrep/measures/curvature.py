@@ -127,16 +127,13 @@ def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> 
     return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
 
 
-def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float, probes: int,
-                          generator: torch.Generator, vectors: torch.Tensor | None = None,
-                          products: torch.Tensor | None = None) -> Estimate:
-    """Tr H = Tr G (exact, given) + Hutchinson on H - G with Rademacher probes.
+def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float,
+                          vectors: torch.Tensor, products: torch.Tensor | None = None) -> Estimate:
+    """Tr H = Tr G (exact, given) + Hutchinson on H - G over the Rademacher probes ``vectors``.
 
-    ``vectors`` and their ``products`` H V may be passed in to share HVPs with ``hutchinson``.
+    ``products`` (H V), when given, are reused instead of recomputed (e.g. from ``hutchinson``).
     """
-    if vectors is None:
-        vectors = rademacher(probes, operator.dim, generator, operator.theta.dtype)
-        products = operator(vectors)
+    products = operator(vectors) if products is None else products
     residual = (vectors * products).sum(1) - gauss_newton_quadratic(operator, vectors)
     rest = mean_and_se(residual)
     return Estimate(gauss_newton_trace + rest.value, rest.standard_error)

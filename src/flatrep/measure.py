@@ -24,10 +24,16 @@ SUBSETS = ("train", "test", "test_misclassified")
 MOMENTS = (1, 2)
 
 
+def curvature_config(measure_cfg: dict) -> dict:
+    """The ``measure.curvature`` section; curvature is off when the section is absent."""
+    return measure_cfg.get("curvature", {"enabled": False})
+
+
 def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarray:
     """The rows measured: the first ``n_points`` of a seeded permutation, in ascending order."""
     if n_points > n_available:
-        raise ValueError(f"measure.points = {n_points} exceeds the {n_available} samples of the split")
+        raise ValueError(f"measure.points = {n_points} exceeds the {n_available} samples "
+                         "of the split")
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(n_available)[:n_points])
 
@@ -63,9 +69,9 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
 
 def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                        cfg: dict, seed: int) -> dict[str, float]:
-    """Hessian trace (control variate, Hutch++, Hutchinson), Frobenius norm, effective rank, Lanczos
-    extreme eigenvalues and relative flatness of the first and last layers, all of the 1/2-MSE
-    training loss at points ``x``.
+    """Hessian trace (control variate, Hutch++, Hutchinson), Frobenius norm, effective rank,
+    Lanczos extreme eigenvalues and relative flatness of the first and last layers, all of the
+    1/2-MSE training loss at points ``x``.
 
     The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
     between checkpoints are not probe noise.
@@ -119,8 +125,9 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
     values["generalization_gap"] = values["train_acc"] - values["test_acc"]
-    values["param_norm"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm().item()
-    curvature_cfg = measure_cfg.get("curvature", {"enabled": False})
+    values["param_norm"] = torch.cat([p.detach().reshape(-1)
+                                      for p in model.parameters()]).norm().item()
+    curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
         x, y = splits["train"][0][points["curvature"]], splits["train"][1][points["curvature"]]
         targets = nn.functional.one_hot(y, num_outputs).to(x.dtype)
@@ -158,7 +165,7 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
                                          determinism.sub_seed(seed, "measure_points") + i)
               for i, split in enumerate(("train", "test"))}
-    curvature_cfg = measure_cfg.get("curvature", {"enabled": False})
+    curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
         n_train = len(splits["train"][1])
         points["curvature"] = measurement_indices(

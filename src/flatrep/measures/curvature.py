@@ -60,10 +60,13 @@ class HessianOperator:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
         return {name: c.reshape(s) for name, c, s in zip(self.names, chunks, self.shapes)}
 
+    def outputs(self, theta: torch.Tensor) -> torch.Tensor:
+        """f(x_i; theta) for all points, shape (n, K)."""
+        return functional_call(self.model, {**self.fixed, **self._unflatten(theta)}, (self.x,))
+
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """L(theta) = (1/2n) sum_i ||f(x_i; theta) - y_i||^2."""
-        out = functional_call(self.model, {**self.fixed, **self._unflatten(theta)}, (self.x,))
-        return 0.5 * (out - self.targets).pow(2).sum(-1).mean()
+        return 0.5 * (self.outputs(theta) - self.targets).pow(2).sum(-1).mean()
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (m, P) -> (m, P)."""
@@ -117,12 +120,8 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
 
 def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
     """v^T G v = (1/n) sum_i ||J_i v||^2 for each row v: one forward-mode JVP of the outputs."""
-    def outputs(theta):
-        return functional_call(operator.model, {**operator.fixed, **operator._unflatten(theta)},
-                               (operator.x,))
-
     def quadratic(v):
-        return jvp(outputs, (operator.theta,), (v,))[1].pow(2).sum(-1).mean()
+        return jvp(operator.outputs, (operator.theta,), (v,))[1].pow(2).sum(-1).mean()
 
     return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
 

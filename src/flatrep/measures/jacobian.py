@@ -33,8 +33,9 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
     ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l,
     ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2, ||grad_{b_l} f||^2 = ||df/dz_l||_F^2, and
-    sum_{j,a} (df_c/dz_j h_a)^{2k} = (sum_j (df_c/dz_j)^{2k}) (sum_a h_a^{2k}). ``method="generic"`` differentiates with respect to
-    every parameter and every layer input (any architecture).
+    sum_{j,a} (df_c/dz_j h_a)^{2k} = (sum_j (df_c/dz_j)^{2k}) (sum_a h_a^{2k}).
+    ``method="generic"`` differentiates with respect to every parameter and every layer input
+    (any architecture).
     """
     if method == "auto":
         method = "linear" if _only_linear_parameters(model) else "generic"
@@ -58,6 +59,11 @@ def _only_linear_parameters(model: nn.Module) -> bool:
     linear = {id(p) for _, module in layers.measured_layers(model)
               if isinstance(module, nn.Linear) for p in module.parameters()}
     return all(id(p) in linear for p in model.parameters())
+
+
+def _columns(columns: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Per-sample columns stacked to (n, len(columns)); (n, 0) when there are none."""
+    return torch.stack(columns, dim=1) if columns else x.new_zeros(len(x), 0)
 
 
 def _frozen(model: nn.Module) -> dict:
@@ -92,10 +98,10 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in inputs], 1)
     dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
     has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
-    param_moments = torch.stack([
+    param_moments = _columns([
         sum((dz.pow(2 * p).sum(2) * (h.reshape(n, -1).pow(2 * p).sum(1, keepdim=True) + bias))
             .sum(1) for dz, h, bias in zip(d_outputs, inputs, has_bias))
-        for p in moments], dim=1) if moments else x.new_zeros(n, 0)
+        for p in moments], x)
     return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
             "param_moments": param_moments,
             "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
@@ -124,9 +130,8 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
     return {"input": d_input.reshape(n, d_input.shape[1], -1),
             "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
             "param_sq": sum(j.reshape(n, -1).pow(2).sum(1) for j in d_params.values()),
-            "param_moments": torch.stack([sum(j.reshape(n, -1).pow(2 * p).sum(1)
-                                              for j in d_params.values()) for p in moments], 1)
-            if moments else x.new_zeros(n, 0),
+            "param_moments": _columns([sum(j.reshape(n, -1).pow(2 * p).sum(1)
+                                           for j in d_params.values()) for p in moments], x),
             "weight_grad_norm": torch.stack(
                 [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
 
@@ -194,4 +199,4 @@ def layer_log_volumes(spectra: list[torch.Tensor]) -> torch.Tensor:
 def moments_of(jacobians: torch.Tensor, moments: tuple[int, ...]) -> torch.Tensor:
     """sum_c sum_d J_cd^{2k} per sample for each k, shape (n, len(moments)) (g_x(k)^{2k})."""
     flat = jacobians.reshape(len(jacobians), -1)
-    return torch.stack([flat.pow(2 * p).sum(1) for p in moments], dim=1)
+    return _columns([flat.pow(2 * p).sum(1) for p in moments], flat)

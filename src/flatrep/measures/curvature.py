@@ -160,6 +160,7 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
 class LanczosResult:
     ritz_values: torch.Tensor   # ascending
     residuals: torch.Tensor     # |beta_k * last component of each Ritz vector|
+    weights: torch.Tensor       # squared first component of each Ritz vector (quadrature)
 
     @property
     def lambda_max(self) -> float:
@@ -175,6 +176,9 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
 
     Stops early on an invariant subspace (beta below 1e-10 of the largest |alpha| seen).
     Residual of Ritz pair (theta_j, V y_j) is ||H V y_j - theta_j V y_j|| = |beta_k y_j[k]|.
+    The weights gamma_j = y_j[1]^2 make (theta_j, gamma_j) the Gauss quadrature of the start
+    vector's spectral measure: sum_j gamma_j p(theta_j) = q^T p(H) q for every polynomial p
+    of degree < 2k (Golub & Meurant), the basis of stochastic Lanczos quadrature.
     """
     dtype = operator.theta.dtype
     steps = min(steps, operator.dim)
@@ -200,4 +204,4 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
         off = torch.stack(betas[:k - 1])
         tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
     values, vectors = torch.linalg.eigh(tri)
-    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs())
+    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs(), vectors[0].pow(2))

@@ -2,10 +2,12 @@
 
 import copy
 
+import jsonschema
 import numpy as np
 
 import pytest
 import torch
+import yaml
 
 from flatrep import checkpoint, config, data
 
@@ -94,3 +96,38 @@ def test_a_diverging_run_is_recorded_not_fatal(tiny_study, data_root, tmp_path):
     assert flags[0] == 0 and flags[-1] == 1
     assert np.isnan(ds["sharpness"].values[flags == 1]).all()
     assert np.isfinite(ds["sharpness"].values[flags == 0]).all()
+
+
+SCHEMA = yaml.safe_load(open("workflow/schemas/params.schema.yaml"))
+
+
+def schema_errors(params: dict) -> list[str]:
+    validator = jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
+    return [error.message for error in validator.iter_errors(params)]
+
+
+def test_schema_accepts_the_shipped_params_and_model_and_measure_variants():
+    params = config.load_params("params.yaml")
+    assert schema_errors(params) == []
+    assert schema_errors(config.load_params("tests/params_tiny.yaml")) == []
+    study = params["studies"]["quick"]
+    study["model"] = {"name": "cnn", "channels": [8, 8], "kernel_size": 3}
+    study["train"]["loss"] = "cross_entropy"
+    study["measure"]["curvature"].update(lanczos=False, rank=True)
+    assert schema_errors(params) == []
+
+
+@pytest.mark.parametrize("model,curvature", [
+    ({"name": "cnn", "hidden": [4]}, {}),                    # hidden is an mlp option
+    ({"name": "mlp"}, {}),                                   # mlp needs hidden
+    ({"name": "mlp", "hidden": [4], "channels": [2]}, {}),   # channels is a cnn option
+    ({"name": "mlp", "hidden": [4]}, {"rank": {"point": 3}}),
+    ({"name": "mlp", "hidden": [4]}, {"spectral_density": {"bins": 2}}),
+    ({"name": "mlp", "hidden": [4]}, {"lanczos_steps": 12}),
+])
+def test_schema_rejects_bad_model_and_measure_options(model, curvature):
+    params = config.load_params("params.yaml")
+    study = params["studies"]["quick"]
+    study["model"] = model
+    study["measure"]["curvature"].update(curvature)
+    assert schema_errors(params)

@@ -114,7 +114,8 @@ def test_softmax_free_linear_regression_with_k_outputs_has_block_diagonal_trace(
 def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(measured_run,
                                                                                tiny_study,
                                                                                data_root):
-    from flatrep import checkpoint, data, measure
+    from flatrep import checkpoint, data, losses
+    from flatrep.measures import suite
 
     ds, paths = measured_run
     assert all(ds[name].notnull().all() for name in ("hessian_trace", "hessian_lambda_max"))
@@ -122,8 +123,8 @@ def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(me
     model = model.double()
     x, y = data.load_study_split(tiny_study["data"], "train", data_root)
     x, targets = x[:60].double(), nn.functional.one_hot(y[:60], 10).double()
-    cfg = {"probes": 60, "lanczos_steps": 40}
-    values = measure.curvature_measures(model, x, targets, cfg, seed=0)
+    cfg = {"probes": 60, "lanczos": {"steps": 40}}
+    values = suite.measure(model, x, targets, losses.get("mse"), cfg, seed=0)
     operator = curvature.HessianOperator(model, x, targets)
     h = dense(operator)
     eig = torch.linalg.eigvalsh(h)

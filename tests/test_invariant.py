@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import hessian
 
-from flatrep import models
+from flatrep import losses, models
 from flatrep.measures import curvature, invariant, jacobian
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -98,3 +98,68 @@ def test_iimls_closed_form_for_a_linear_map():
     x = torch.randn(6, 4)
     expected = (x @ w.T).pow(2).sum(1) / 4
     assert torch.allclose(invariant.iimls(w.expand(6, 3, 4), x), expected)
+
+
+def dense_adaptive_sharpness(model, x, y):
+    """Tr(D H D) = sum_p theta_p^2 H_pp from the dense Hessian."""
+    operator = curvature.HessianOperator(model, x, y)
+    h = hessian(operator.loss)(operator.theta)
+    return (operator.theta.pow(2) * torch.diagonal(h)).sum().item()
+
+
+def test_adaptive_sharpness_estimators_agree_with_the_dense_weighted_trace():
+    model, x, y = problem("tanh", seed=5)
+    operator = curvature.HessianOperator(model, x, y)
+    exact = dense_adaptive_sharpness(model, x, y)
+    jac = torch.func.jacrev(operator.outputs)(operator.theta)             # (n, K, P)
+    gauss_newton_diagonal = jac.pow(2).sum((0, 1)) / len(x)
+    gauss_newton_part = (operator.theta.pow(2) * gauss_newton_diagonal).sum().item()
+    grams = jacobian.per_sample_jacobians(model, x)["param_gram_adaptive"]
+    assert grams.diagonal(dim1=1, dim2=2).sum(-1).mean().item() == pytest.approx(
+        gauss_newton_part, rel=1e-12)
+    probes = curvature.rademacher(300, operator.dim, torch.Generator().manual_seed(0))
+    controlled = invariant.adaptive_sharpness(operator, gauss_newton_part, probes)
+    assert abs(controlled.value - exact) < 4 * controlled.standard_error
+    sampled = invariant.adaptive_sharpness_monte_carlo(operator, 0.01, 2000,
+                                                       torch.Generator().manual_seed(1))
+    assert sampled.standard_error < 0.05 * abs(exact)
+    assert abs(sampled.value - exact) < 4 * sampled.standard_error
+
+
+def test_antithetic_monte_carlo_bias_vanishes_as_rho_shrinks():
+    """Same draws z at every rho: the error is the O(rho^2) bias plus O(rho^2)-scaled noise of
+    the fourth-order term, so it must fall with rho."""
+    model, x, y = problem("tanh", seed=6)
+    operator = curvature.HessianOperator(model, x, y)
+    exact = dense_adaptive_sharpness(model, x, y)
+    errors = [abs(invariant.adaptive_sharpness_monte_carlo(
+        operator, rho, 4000, torch.Generator().manual_seed(2)).value - exact)
+        for rho in (1.0, 0.3)]
+    assert errors[1] < errors[0]
+
+
+def test_adaptive_sharpness_is_invariant_under_relu_rescaling():
+    model, x, y = problem("relu", seed=7)
+    other = rescaled(model, 4.0)
+    assert dense_adaptive_sharpness(model, x, y) == pytest.approx(
+        dense_adaptive_sharpness(other, x, y), rel=1e-9)
+    a, b = (jacobian.per_sample_jacobians(m, x)["param_gram_adaptive"] for m in (model, other))
+    assert torch.allclose(a, b, rtol=1e-10)
+    sharp_a, sharp_b = (jacobian.per_sample_jacobians(m, x)["param_sq"].mean()
+                        for m in (model, other))
+    assert not torch.allclose(sharp_a, sharp_b, rtol=1e-3)
+
+
+def test_last_layer_identity_for_cross_entropy():
+    """kappa_Tr(W_L) = (1/n) sum_i ||h_i||^2 <W W^T, M_i> against the dense block sum."""
+    model, x, _ = problem("tanh", seed=8)
+    labels = torch.randint(0, 3, (len(x),))
+    loss = losses.get("cross_entropy")
+    operator = curvature.HessianOperator(model, x, labels, wrt=["5.weight"], loss=loss)
+    weight = model[5].weight.detach()
+    m, d = weight.shape
+    h = hessian(operator.loss)(operator.theta).reshape(m, d, m, d)
+    exact = sum(torch.dot(weight[s], weight[t]) * torch.trace(h[s, :, t, :])
+                for s in range(m) for t in range(m)).item()
+    assert invariant.last_layer_relative_flatness(model, x, loss) == pytest.approx(exact,
+                                                                                    rel=1e-10)

@@ -129,7 +129,7 @@ def test_weight_norms_and_layer_discovery():
     model = models.mlp(5, 3, [7])
     names = [name for name, _ in layers.measured_layers(model)]
     assert names == ["1", "3"]
-    norms = layers.weight_norms(model)
+    norms = layers.weight_norms(model, torch.randn(2, 5))
     assert torch.allclose(norms["spectral"][0], torch.linalg.svdvals(model[1].weight)[0])
     assert torch.allclose(norms["frobenius"][1], model[3].weight.norm())
 
@@ -153,7 +153,8 @@ def test_linear_closed_forms_match_generic_parameter_jacobians(activation, bias)
     x = torch.randn(10, 6)
     fast = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="linear")
     generic = jacobian.per_sample_jacobians(model, x, chunk_size=4, method="generic")
-    for key in ("input", "param_sq", "weight_grad_norm", "layer_input_norm", "param_moments"):
+    for key in ("input", "param_sq", "param_gram", "param_gram_adaptive", "weight_grad_norm",
+                "layer_input_norm", "param_moments"):
         assert torch.allclose(fast[key], generic[key], rtol=1e-12, atol=1e-14), key
     for fast_layer, generic_layer in zip(fast["layer"], generic["layer"]):
         assert torch.allclose(fast_layer, generic_layer, rtol=1e-12, atol=1e-14)

@@ -44,7 +44,10 @@ def snakemake_project(tmp_path_factory):
 
 def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
     with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as cube:
-        assert set(cube.dims) == {"run", "step", "subset", "sample", "layer", "moment"}
+        assert set(cube.dims) == {"run", "step", "subset", "sample", "layer", "moment",
+                                  "spectrum_bin", "slq_probe", "slq_node", "rank_tolerance",
+                                  "rank_bound"}
+        assert list(cube["rank_tolerance"].values) == [1e-4, 1e-6, 1e-8]
         assert list(cube["moment"].values) == [1, 2]
         assert cube.sizes["run"] == 6 and cube.sizes["step"] == 4
         assert list(cube["subset"].values) == ["train", "test", "test_misclassified"]
@@ -58,9 +61,9 @@ def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
         config = json.loads(cube.attrs["config"])
         assert config["model"]["hidden"] == [16, 16]
         for attr in ("flatrep_version", "git_revision", "torch_version", "device",
-                     "mse_hessian_factor"):
+                     "hessian_factor"):
             assert attr in cube.attrs
-        assert cube.attrs["mse_hessian_factor"] == pytest.approx(2 / 10)
+        assert cube.attrs["hessian_factor"] == pytest.approx(2 / 10)
         assert float(cube["train_loss"].isel(step=-1).max()) < float(
             cube["train_loss"].isel(step=0).min())
 

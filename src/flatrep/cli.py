@@ -55,7 +55,8 @@ def cmd_measure(args) -> None:
     ds = cube.with_run_dim(ds, config.Run(meta["run"], meta["hparams"]))
     ds.attrs.update(cube.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
                                     meta["device"], meta["determinism"]))
-    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], measure_cfg))
+    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], measure_cfg,
+                                           meta["config"]["train"].get("loss", "mse")))
     cube.write(ds, args.out)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import xarray as xr
 
 import flatrep
-from flatrep import config
+from flatrep import config, losses
 
 
 def git_revision() -> str:
@@ -44,15 +44,18 @@ def with_run_dim(ds: xr.Dataset, run: config.Run) -> xr.Dataset:
     return ds.assign_coords({key: ("run", [value]) for key, value in run.hparams.items()})
 
 
-def measurement_attrs(num_outputs: int, measure_cfg: dict) -> dict:
+def measurement_attrs(num_outputs: int, measure_cfg: dict, loss_name: str = "mse") -> dict:
     """Conventions of the measures, stored with every cube."""
-    return {"loss_convention": "measures use L = (1/2n) sum_i ||f(x_i) - y_i||^2 (H = (1/n) "
-                               "sum_i J_i^T J_i at interpolation); training used torch MSELoss "
-                               "(mean over n and K)",
-            "mse_hessian_factor": 2.0 / num_outputs,
-            "mse_hessian_factor_definition": "Hessian of the torch-MSELoss training loss = "
-                                             "mse_hessian_factor * Hessian at the 1/2-MSE "
-                                             "convention (= 2/K)",
+    loss = losses.get(loss_name)
+    conventions = {
+        "mse": "measures use L = (1/2n) sum_i ||f(x_i) - y_i||^2 (H = (1/n) sum_i J_i^T J_i at "
+               "interpolation); training used torch MSELoss (mean over n and K)",
+        "cross_entropy": "measures and training use L = (1/n) sum_i CE(f(x_i), y_i); "
+                         "Gauss-Newton G = (1/n) sum_i J_i^T (diag p_i - p_i p_i^T) J_i"}
+    return {"loss": loss_name, "loss_convention": conventions[loss_name],
+            "hessian_factor": loss.hessian_factor(num_outputs),
+            "hessian_factor_definition": "Hessian of the training loss = hessian_factor * "
+                                         "Hessian in the measure convention (2/K for mse)",
             "measure_points_per_subset": int(measure_cfg["points"]),
             "curvature": json.dumps(measure_cfg.get("curvature", {"enabled": False}),
                                     sort_keys=True),

@@ -16,8 +16,8 @@ import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
-from flatrep import checkpoint, data, determinism, variables
-from flatrep.measures import curvature, invariant, jacobian, layers
+from flatrep import checkpoint, data, determinism, losses, variables
+from flatrep.measures import invariant, jacobian, layers, suite
 
 SUBSETS = ("train", "test", "test_misclassified")
 #: Default orders k of Ma & Ying's moments g_x(k), g_W(k) (``measure.moments``).
@@ -39,11 +39,12 @@ def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarra
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: int):
-    """(torch MSELoss to one-hot, accuracy) on a full split, eval mode."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: int,
+             loss: losses.Loss):
+    """(training loss in the training convention, accuracy) on a full split, eval mode."""
     out = model(x)
-    loss = nn.functional.mse_loss(out, nn.functional.one_hot(y, num_outputs).to(out.dtype))
-    return loss.item(), (out.argmax(1) == y).double().mean().item()
+    value = loss.training(out, loss.targets(y, num_outputs, out.dtype))
+    return value.item(), (out.argmax(1) == y).double().mean().item()
 
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
@@ -67,51 +68,16 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
     return {key: value.numpy() for key, value in result.items()}
 
 
-def curvature_measures(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-                       cfg: dict, seed: int) -> dict[str, float]:
-    """Hessian trace (control variate, Hutch++, Hutchinson), Frobenius norm, effective rank,
-    Lanczos extreme eigenvalues and relative flatness of the first and last layers, all of the
-    1/2-MSE training loss at points ``x``.
-
-    The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
-    between checkpoints are not probe noise.
-    """
-    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
-                                         cfg.get("probe_chunk", 16))
-    hutch = curvature.hutchinson(operator, cfg["probes"], torch.Generator().manual_seed(seed))
-    gauss_newton = jacobian.per_sample_jacobians(model, x, moments=())["param_sq"].mean().item()
-    controlled = curvature.control_variate_trace(operator, gauss_newton, hutch["vectors"],
-                                                 hutch["products"])
-    plus = curvature.hutch_plus_plus(operator, cfg["probes"], torch.Generator().manual_seed(seed))
-    ritz = curvature.lanczos(operator, cfg["lanczos_steps"], torch.Generator().manual_seed(seed))
-    first_layer = layers.measured_layers(model)[0][0]
-    kappa = invariant.relative_flatness(model, x, targets, first_layer, cfg["probes"],
-                                        torch.Generator().manual_seed(seed), operator.method)
-    return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
-            "hessian_trace_hutchpp": plus.value, "hessian_trace_hutchpp_se": plus.standard_error,
-            "hessian_gauss_newton_trace": gauss_newton,
-            "relative_flatness_first": kappa.value,
-            "relative_flatness_first_se": kappa.standard_error,
-            "relative_flatness_last": invariant.last_layer_relative_flatness(model, x),
-            "hessian_trace_hutchinson": hutch["trace"].value,
-            "hessian_trace_hutchinson_se": hutch["trace"].standard_error,
-            "hessian_fro": hutch["fro"].value, "hessian_fro_se": hutch["fro"].standard_error,
-            "hessian_effective_rank": hutch["effective_rank"],
-            "hessian_lambda_max": ritz.lambda_max,
-            "hessian_lambda_max_residual": ritz.residuals[-1].item(),
-            "hessian_lambda_min": ritz.lambda_min,
-            "hessian_lambda_min_residual": ritz.residuals[0].item()}
-
-
 def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs: int,
-                       measure_cfg: dict) -> dict[str, np.ndarray]:
+                       measure_cfg: dict, loss: losses.Loss) -> dict[str, np.ndarray]:
     """Every measure of one checkpoint, as arrays shaped like the catalogue's dims."""
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
     model = model.double()
     values: dict[str, np.ndarray] = {}
     for split, (x, y) in splits.items():
-        values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs)
+        values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs,
+                                                                   loss)
     per_subset = {subset: point_measures(model, splits[subset][0][points[subset]], chunk_size,
                                          moments)
                   for subset in ("train", "test")}
@@ -130,12 +96,13 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
         x, y = splits["train"][0][points["curvature"]], splits["train"][1][points["curvature"]]
-        targets = nn.functional.one_hot(y, num_outputs).to(x.dtype)
         seed = determinism.sub_seed(measure_cfg["point_seed"], "curvature")
-        values.update(curvature_measures(model, x, targets, curvature_cfg, seed))
-    norms = layers.weight_norms(model)
+        values.update(suite.measure(model, x, loss.targets(y, num_outputs, x.dtype), loss,
+                                    curvature_cfg, seed))
+    norms = layers.weight_norms(model, splits["train"][0][:1])
     values["weight_spectral_norm"] = norms["spectral"].numpy()
     values["weight_fro_norm"] = norms["frobenius"].numpy()
+    values["weight_norm_reference"] = norms["reference"].numpy()
     return values
 
 
@@ -158,6 +125,7 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     diverged_at = checkpoint.read(checkpoint_paths[-1])["meta"]["diverged_at"]
     study = first_meta["config"]
     num_outputs = first_meta["num_outputs"]
+    loss = losses.get(study["train"].get("loss", "mse"))
     splits = {split: tuple(t.double() if t.is_floating_point() else t
                            for t in data.load_study_split(study["data"], split, data_root))
               for split in ("train", "test")}
@@ -177,15 +145,19 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
         metas.append({**meta, "diverged_at": diverged_at})
         diverged = diverged_at is not None and diverged_at <= meta["step"]
         if template is None or not diverged:
-            template = measure_checkpoint(model, splits, points, num_outputs, measure_cfg)
+            template = measure_checkpoint(model, splits, points, num_outputs, measure_cfg,
+                                          loss)
         rows.append(nan_like(template) if diverged else template)
     return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)],
-                       tuple(measure_cfg.get("moments", MOMENTS)))
+                       tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
 
 
 def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: list[str],
-                moments: tuple[int, ...]) -> xr.Dataset:
-    """Assemble per-checkpoint measures into one Dataset with catalogue attributes."""
+                moments: tuple[int, ...], extra_coords: dict | None = None) -> xr.Dataset:
+    """Assemble per-checkpoint measures into one Dataset with catalogue attributes.
+
+    ``extra_coords``: coordinates of the dims only some measures have (``suite.coords``).
+    """
     steps = [meta["step"] for meta in metas]
     data_vars = {}
     for name, var in variables.CATALOG.items():
@@ -207,5 +179,6 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: 
                                                   "units": "1"}),
               "sample_index": (("subset", "sample"), sample_index,
                                {"long_name": "row in that split of flatrep.data.load",
-                                "units": "1"})}
+                                "units": "1"}),
+              **(extra_coords or {})}
     return xr.Dataset(data_vars, coords)

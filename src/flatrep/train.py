@@ -1,8 +1,9 @@
-"""Training of one run: plain SGD (or Adam) on MSE to one-hot targets, as the reference code.
+"""Training of one run: plain SGD (or Adam) on the study's ``train.loss`` (``flatrep.losses``).
 
-The loss is torch's ``MSELoss`` (mean over batch *and* the K outputs, no 1/2), so the paper's
-learning rates mean the same thing; the measures use the 1/2-MSE convention and record the
-factor 2/K between the two Hessians. Checkpoints are written at a schedule known up front.
+The default is torch's ``MSELoss`` to one-hot targets (mean over batch *and* the K outputs, no
+1/2), as the reference code, so the paper's learning rates mean the same thing; the measures
+use the 1/2-MSE convention and record the factor 2/K between the two Hessians.
+Checkpoints are written at a schedule known up front.
 A run whose minibatch loss becomes NaN/inf stops and is recorded as diverged in the remaining
 scheduled checkpoints, so the study completes.
 """
@@ -16,14 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from flatrep import checkpoint, config, data, determinism, models
+from flatrep import checkpoint, config, data, determinism, losses, models
 
 log = logging.getLogger(__name__)
-
-
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Float one-hot targets, shape (n, num_classes)."""
-    return nn.functional.one_hot(labels, num_classes).to(torch.float32)
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
@@ -63,7 +59,8 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
     device = determinism.pick_device(train_cfg.get("device", "auto"))
     x, y = data.load_study_split(study["data"], "train", data_root)
     num_outputs = data.spec(study["data"]["name"]).num_classes
-    x, targets = x.to(device), one_hot(y, num_outputs).to(device)
+    loss = losses.get(train_cfg.get("loss", "mse"))
+    x, targets = x.to(device), loss.targets(y, num_outputs, torch.float32).to(device)
 
     model = models.seeded_build(study["model"], tuple(x.shape[1:]), num_outputs,
                                 determinism.sub_seed(hp["seed"], "init")).to(device, torch.float32)
@@ -71,7 +68,6 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
                                hp.get("momentum", 0.0), hp.get("weight_decay", 0.0))
     generator = torch.Generator().manual_seed(determinism.sub_seed(hp["seed"], "data_order"))
     batches = batch_order(len(x), int(hp["batch_size"]), generator)
-    loss_fn = nn.MSELoss()
     schedule = config.checkpoint_steps(train_cfg)
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -96,12 +92,12 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
             break
         idx = next(batches).to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), targets[idx])
-        if not torch.isfinite(loss):
+        value = loss.training(model(x[idx]), targets[idx])
+        if not torch.isfinite(value):
             diverged_at = step
-            log.warning("run %s diverged at step %d (loss %s)", run.run_id, step, loss.item())
+            log.warning("run %s diverged at step %d (loss %s)", run.run_id, step, value.item())
             break
-        loss.backward()
+        value.backward()
         optimizer.step()
     for step in ([next_save] if next_save is not None else []) + list(pending):
         save(step)   # after divergence: the remaining scheduled files record it

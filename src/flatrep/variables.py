@@ -36,17 +36,20 @@ CATALOG: dict[str, Variable] = {
                           "S = (1/n) sum_i ||grad_theta f(x_i)||_F^2 over the measurement points "
                           "of subset=train, all parameters; Tr of the 1/2-MSE loss Hessian at "
                           "interpolation, H = (1/n) sum_i J_i^T J_i (Chen et al. Sec. 1, Eq. 2; "
-                          "Tr of the torch-MSELoss Hessian = S * mse_hessian_factor)"),
+                          "Tr of the torch-MSELoss Hessian = S * hessian_factor)"),
     "hessian_trace": Variable((), "trace of the training-loss Hessian", "1",
-                              "Tr H of L = (1/2n) sum_i ||f(x_i) - y_i||^2 over the curvature "
-                              "points (attr curvature): exact Gauss-Newton trace + Hutchinson on "
-                              "H - G (control variate; exact at interpolation, Chen et al. B7), "
-                              "forward-over-reverse HVPs"),
+                              "Tr H of L = (1/n) sum_i l(f(x_i), y_i) over the curvature "
+                              "points (attr curvature; l = 1/2 ||f - y||^2 for mse, the "
+                              "cross-entropy otherwise): exact Gauss-Newton trace + Hutchinson "
+                              "on H - G (control variate; exact at MSE interpolation, Chen et "
+                              "al. B7), forward-over-reverse HVPs"),
     "hessian_trace_se": Variable((), "standard error of hessian_trace", "1",
                                  "std(v^T H v - v^T G v) / sqrt(probes)"),
     "hessian_gauss_newton_trace": Variable((), "Gauss-Newton trace on the curvature points", "1",
-                                           "(1/n) sum_i ||grad_theta f(x_i)||_F^2, exact; "
-                                           "sharpness on the curvature points"),
+                                           "Tr G = (1/n) sum_i Tr(M_i J_i J_i^T), exact, M_i "
+                                           "the output Hessian of the loss (I for mse: "
+                                           "sharpness on the curvature points; diag(p) - pp^T "
+                                           "for cross-entropy: the exact GGN trace)"),
     "hessian_trace_hutchpp": Variable((), "trace of the training-loss Hessian (Hutch++)", "1",
                                       "Hutch++ (Meyer et al. 2021), probes matvecs"),
     "hessian_trace_hutchpp_se": Variable((), "standard error of hessian_trace_hutchpp", "1",
@@ -77,8 +80,9 @@ CATALOG: dict[str, Variable] = {
     "relative_flatness_first_se": Variable((), "standard error of relative_flatness_first",
                                            "1", "std of the probe values / sqrt(probes)"),
     "relative_flatness_last": Variable((), "relative flatness of the last layer", "1",
-                                       "kappa_Tr(W_L) = ||W_L||_F^2 (1/n) sum_i ||h_L(x_i)||^2 "
-                                       "on the curvature points, exact (f is linear in W_L)"),
+                                       "kappa_Tr(W_L) = (1/n) sum_i ||h_L(x_i)||^2 <W_L W_L^T, "
+                                       "M_i> on the curvature points, exact (f is linear in "
+                                       "W_L); ||W_L||_F^2 mean ||h_L||^2 for mse"),
     "iimls": Variable(_PER_SAMPLE, "input-invariant maximum local sensitivity", "1",
                       "||J_x(x) x||^2 / d (reference code eval_iimls without the sigmoid; "
                       "invariant to x -> Dx, W_1 -> W_1 D^-1; Chen et al. M8)"),
@@ -126,16 +130,74 @@ CATALOG: dict[str, Variable] = {
     "weight_grad_norm": Variable(_PER_SAMPLE + ("layer",), "per-sample weight-gradient norm", "1",
                                  "||grad_{W_l} f(x_i)||_F over all K outputs (weights only, "
                                  "no bias)"),
-    "weight_spectral_norm": Variable(("layer",), "layer weight spectral norm", "1",
-                                     "||W_l||_2, largest singular value of the weight "
-                                     "(out x in; conv kernels reshaped)"),
+    "weight_spectral_norm": Variable(("layer",), "layer operator norm", "1",
+                                     "||W_l||_2, largest singular value of the layer's linear "
+                                     "map: the weight matrix of a Linear layer, the unrolled "
+                                     "convolution (bias-free) on the layer's input shape for a "
+                                     "conv layer (power iteration with conv / conv_transpose)"),
+    "weight_norm_reference": Variable(("layer",), "layer norm, reference-code convention", "1",
+                                      "Chen et al.'s code: ||W_l||_2 in a model without conv "
+                                      "layers; otherwise ||K_l||_F sqrt(H_out W_out) for conv "
+                                      "layers (an upper bound on the operator norm) and "
+                                      "||W_l||_F for Linear layers"),
     "weight_fro_norm": Variable(("layer",), "layer weight Frobenius norm", "1", "||W_l||_F"),
+    "hessian_lambda_max_scaled": Variable((), "scale-normalised sharpness", "1",
+                                          "lambda_max(H) ||theta||_2^2 (Granziol's weight-scale "
+                                          "normalisation, A.5; theta all parameters)"),
+    "adaptive_sharpness": Variable((), "elementwise adaptive sharpness", "1",
+                                   "Tr(D H D), D = diag|theta|, on the curvature points: exact "
+                                   "Tr(D G D) + Hutchinson on D (H - G) D with probes D v "
+                                   "(Kwon et al. 2021; Chen et al. App. E, B6)"),
+    "adaptive_sharpness_se": Variable((), "standard error of adaptive_sharpness", "1",
+                                      "std over probes of v^T D (H - G) D v / sqrt(probes)"),
+    "adaptive_sharpness_gauss_newton": Variable((), "Gauss-Newton adaptive sharpness", "1",
+                                                "Tr(D G D) = (1/n) sum_i Tr(M_i J_i D^2 J_i^T), "
+                                                "exact (= sum_p theta_p^2 G_pp)"),
+    "adaptive_sharpness_monte_carlo": Variable((), "adaptive sharpness, antithetic Monte Carlo",
+                                               "1",
+                                               "(2/rho^2) mean over pairs of (L(theta+d) + "
+                                               "L(theta-d))/2 - L(theta), d = rho |theta| * z, "
+                                               "z ~ N(0, I); -> Tr(D H D) as rho -> 0 (attr "
+                                               "curvature gives rho and pairs)"),
+    "adaptive_sharpness_monte_carlo_se": Variable((), "standard error of "
+                                                  "adaptive_sharpness_monte_carlo", "1",
+                                                  "std over pairs / sqrt(pairs)"),
+    "spectral_density": Variable(("spectrum_bin",), "Hessian spectral density (SLQ)", "1",
+                                 "mean over probes of sum_j w_j N(lambda; theta_j, sigma^2) at "
+                                 "spectral_density_eigenvalue: stochastic Lanczos quadrature "
+                                 "(Ubaru et al. 2017; Ghorbani et al. 2019; Granziol A.5), "
+                                 "integrates to 1"),
+    "spectral_density_eigenvalue": Variable(("spectrum_bin",), "eigenvalue grid of "
+                                            "spectral_density", "1",
+                                            "uniform grid over [min node - 3 sigma, "
+                                            "max node + 3 sigma] of this checkpoint"),
+    "spectral_density_sigma": Variable((), "Gaussian smoothing width of spectral_density", "1",
+                                       "sigma = smoothing * (max node - min node)"),
+    "slq_nodes": Variable(("slq_probe", "slq_node"), "SLQ nodes (Ritz values)", "1",
+                          "Ritz values of each probe's Lanczos run; NaN after an early stop"),
+    "slq_weights": Variable(("slq_probe", "slq_node"), "SLQ weights", "1",
+                            "squared first components of the Ritz vectors (sum to 1 per probe)"),
+    "hessian_trace_slq": Variable((), "trace of the Hessian (SLQ)", "1",
+                                  "P * mean over probes of sum_j w_j theta_j (one Hutchinson "
+                                  "sample per probe, Gaussian start vectors)"),
+    "hessian_trace_slq_se": Variable((), "standard error of hessian_trace_slq", "1",
+                                     "P * std over probes / sqrt(probes)"),
+    "hessian_rank": Variable(("rank_tolerance",), "numerical rank of the dense Hessian", "1",
+                             "#{|lambda| > tol * max|lambda|} of the dense Hessian on the "
+                             "curvature points (eigvalsh, float64); NaN when the parameter "
+                             "count exceeds rank.dense_max_params"),
+    "gauss_newton_rank": Variable(("rank_tolerance",), "numerical rank of the Gauss-Newton "
+                                  "matrix", "1",
+                                  "rank of the (nK x nK) Gram M^1/2 J J^T M^1/2 / n on the first "
+                                  "rank_points curvature points, which equals rank G"),
+    "hessian_rank_bound": Variable(("rank_bound",), "False-Friend rank-bound values", "1",
+                                   "candidate forms (Granziol A.3.2, UNCONFIRMED): (C-1 or C) "
+                                   "sum_l (n_in,l [+1 for bias]); N (C-1) or N C for the "
+                                   "Gauss-Newton matrix, N = rank_points"),
+    "num_params": Variable((), "number of parameters P", "1", "dimension of theta"),
+    "rank_points": Variable((), "points of the Gauss-Newton rank", "1",
+                            "N, the first rank.points curvature points"),
 }
-
-
-#: Variables that exist only when ``measure.curvature.enabled`` is true.
-CURVATURE = tuple(name for name in CATALOG
-                  if name.startswith(("hessian_", "relative_flatness_")))
 
 
 def attributes(name: str) -> dict[str, str]:

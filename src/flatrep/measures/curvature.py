@@ -1,20 +1,22 @@
 """Curvature of the training loss: Hessian-vector products and the estimators built on them.
 
-The loss is the 1/2-MSE convention of the measures, L(theta) = (1/2n) sum_i ||f(x_i) - y_i||^2
-(the torch-MSELoss Hessian is ``2/K`` times this), over a fixed set of training points, with
+The loss is L(theta) = (1/n) sum_i l(f(x_i), y_i) in the measure convention of
+``flatrep.losses`` (1/2-MSE by default, L = (1/2n) sum_i ||f(x_i) - y_i||^2, whose Hessian is
+K/2 times torch MSELoss's; or cross-entropy), over a fixed set of training points, with
 the model in eval mode. ``HessianOperator`` applies H to a batch of vectors by
 forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``) or by double
-backward; every estimator only sees ``operator(V)``.
+backward; every estimator only sees ``operator(V)`` (rows of V are vectors), ``operator.dim``
+and ``operator.dtype``, so any symmetric linear operator with these three works.
 
 * Hutchinson: Tr H = E[v^T H v] for Rademacher v (Hutchinson 1989); SE = std/sqrt(m).
 * Frobenius norm: ||H||_F^2 = E[||H v||^2] from the same probes.
 * Effective rank Tr(H)^2 / ||H||_F^2 from the same probes.
 * Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1): exact trace on the range of H S,
   Hutchinson on its orthogonal complement; SE from the complement's probes.
-* Control variate: Tr H = Tr G + Tr(H - G) with G = (1/n) sum_i J_i^T J_i the Gauss-Newton
-  matrix, whose trace the per-sample Jacobians give exactly; Hutchinson estimates only the
-  residual term (1/n) sum_i sum_c r_ic grad^2 f_c(x_i) (Chen et al. B7) as v^T H v - v^T G v,
-  so its variance vanishes at interpolation (r = 0).
+* Control variate: Tr H = Tr G + Tr(H - G) with G = (1/n) sum_i J_i^T M_i J_i the
+  (generalised) Gauss-Newton matrix, whose trace the per-sample Jacobians give exactly;
+  Hutchinson estimates only the residual term (1/n) sum_i sum_c (dl/df_c) grad^2 f_c(x_i)
+  (Chen et al. B7) as v^T H v - v^T G v, so for MSE its variance vanishes at interpolation.
 * Lanczos with full reorthogonalisation: extreme Ritz values and their residual bounds
   |beta_k * e_k^T y| (Golub & Van Loan §10.1).
 """
@@ -28,9 +30,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from flatrep import losses
+
 
 class HessianOperator:
-    """v -> H v for the 1/2-MSE loss of ``model`` on ``(x, targets)``, parameters flattened.
+    """v -> H v for the loss of ``model`` on ``(x, targets)``, parameters flattened.
+
+    ``loss``: a ``flatrep.losses.Loss`` (default 1/2-MSE; ``targets`` as its ``targets`` makes
+    them: float (n, K) for MSE, int labels (n,) for cross-entropy).
 
     ``method``: ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by ``vmap``) or
     ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
@@ -40,7 +47,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                  method: str = "forward_over_reverse", probe_chunk: int = 16,
-                 wrt: list[str] | None = None):
+                 wrt: list[str] | None = None, loss: losses.Loss = losses.LOSSES["mse"]):
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown HVP method {method!r}")
         self.model, self.x, self.targets = model, x, targets
@@ -54,7 +61,10 @@ class HessianOperator:
         self.theta = torch.cat([params[name].reshape(-1) for name in self.names])
         self.fixed = {name: p for name, p in params.items() if name not in self.names}
         self.fixed.update({name: b.detach() for name, b in model.named_buffers()})
-        self.dim = self.theta.numel()
+        self.dim, self.dtype = self.theta.numel(), self.theta.dtype
+        self.loss_fn = loss
+        with torch.no_grad():
+            self.output_values = self.outputs(self.theta)
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
@@ -65,8 +75,8 @@ class HessianOperator:
         return functional_call(self.model, {**self.fixed, **self._unflatten(theta)}, (self.x,))
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        """L(theta) = (1/2n) sum_i ||f(x_i; theta) - y_i||^2."""
-        return 0.5 * (self.outputs(theta) - self.targets).pow(2).sum(-1).mean()
+        """L(theta) = (1/n) sum_i l(f(x_i; theta), y_i)."""
+        return self.loss_fn.per_sample(self.outputs(theta), self.targets).mean()
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (m, P) -> (m, P)."""
@@ -107,7 +117,7 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     ``fro`` is sqrt of the mean of ||H v||^2, with SE by the delta method (SE / (2 ||H||_F)).
     The probes and their products are returned too (``vectors``, ``products``) for reuse.
     """
-    v = rademacher(probes, operator.dim, generator, operator.theta.dtype)
+    v = rademacher(probes, operator.dim, generator, operator.dtype)
     hv = operator(v)
     trace = mean_and_se((v * hv).sum(1))
     fro_sq = mean_and_se(hv.pow(2).sum(1))
@@ -119,9 +129,11 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
 
 
 def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
-    """v^T G v = (1/n) sum_i ||J_i v||^2 for each row v: one forward-mode JVP of the outputs."""
+    """v^T G v = (1/n) sum_i (J_i v)^T M_i (J_i v) for each row v: one forward-mode JVP of the
+    outputs (M_i = I for 1/2-MSE)."""
     def quadratic(v):
-        return jvp(operator.outputs, (operator.theta,), (v,))[1].pow(2).sum(-1).mean()
+        tangent = jvp(operator.outputs, (operator.theta,), (v,))[1]
+        return operator.loss_fn.output_quadratic(operator.output_values, tangent).mean()
 
     return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
 
@@ -145,7 +157,7 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     second term by Hutchinson on projected Rademacher vectors, whose SE is returned.
     """
     k = max(matvecs // 3, 1)
-    dtype = operator.theta.dtype
+    dtype = operator.dtype
     sketch = rademacher(k, operator.dim, generator, dtype)
     q, _ = torch.linalg.qr(operator(sketch).T)           # (P, k)
     exact = (q * operator(q.T).T).sum()
@@ -180,7 +192,7 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
     vector's spectral measure: sum_j gamma_j p(theta_j) = q^T p(H) q for every polynomial p
     of degree < 2k (Golub & Meurant), the basis of stochastic Lanczos quadrature.
     """
-    dtype = operator.theta.dtype
+    dtype = operator.dtype
     steps = min(steps, operator.dim)
     q = torch.randn(operator.dim, generator=generator, dtype=dtype)
     basis = [q / q.norm()]

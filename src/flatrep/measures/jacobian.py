@@ -24,16 +24,20 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
 
     Returns a dict of tensors with leading dim n = len(x):
     ``input`` (n, K, d); ``layer`` list over layers of (n, K, d_l) = df/dh_l;
-    ``layer_input_norm`` (n, L) = ||h_l(x_i)||; ``param_sq`` (n,) = ||grad_theta f(x_i)||_F^2
-    summed over all K outputs and all parameters; ``weight_grad_norm`` (n, L) =
+    ``layer_input_norm`` (n, L) = ||h_l(x_i)||; ``param_gram`` (n, K, K) = J_i J_i^T with
+    J_i = df(x_i)/dtheta over all parameters; ``param_gram_adaptive`` (n, K, K) =
+    J_i D^2 J_i^T with D = diag|theta| (elementwise adaptive sharpness); ``param_sq`` (n,) =
+    ||grad_theta f(x_i)||_F^2 = Tr(J_i J_i^T); ``weight_grad_norm`` (n, L) =
     ||grad_{W_l} f(x_i)||_F; ``param_moments`` (n, len(moments)) =
     sum_c sum_p (df_c/dtheta_p)^{2k} for each k in ``moments`` (Ma & Ying's g_W(k)^{2k};
     ``moments=()`` skips them).
 
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
-    ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l,
-    ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2, ||grad_{b_l} f||^2 = ||df/dz_l||_F^2, and
-    sum_{j,a} (df_c/dz_j h_a)^{2k} = (sum_j (df_c/dz_j)^{2k}) (sum_a h_a^{2k}).
+    ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l and
+    g_c = df_c/dz_l, df_c/dW_ja = g_cj h_a, so ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2,
+    ||grad_{b_l} f||^2 = ||df/dz_l||_F^2, the Gram entries are
+    sum_l g_c . g_c' (||h_l||^2 + 1), the adaptive ones sum_j g_cj g_c'j ((W_l^2) h_l^2 + b_l^2)_j,
+    and sum_{j,a} (g_cj h_a)^{2k} = (sum_j g_cj^{2k}) (sum_a h_a^{2k}).
     ``method="generic"`` differentiates with respect to every parameter and every layer input
     (any architecture).
     """
@@ -44,10 +48,13 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     chunks = [compute(model, x[start:start + chunk_size],
                       [h[start:start + chunk_size] for h in inputs], moments)
               for start in range(0, len(x), chunk_size)]
+    gram = torch.cat([c["param_gram"] for c in chunks])
     return {
         "input": torch.cat([c["input"] for c in chunks]),
         "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(inputs))],
-        "param_sq": torch.cat([c["param_sq"] for c in chunks]),
+        "param_gram": gram,
+        "param_gram_adaptive": torch.cat([c["param_gram_adaptive"] for c in chunks]),
+        "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
         "weight_grad_norm": torch.cat([c["weight_grad_norm"] for c in chunks]),
         "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
@@ -98,6 +105,10 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in inputs], 1)
     dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
     has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
+    gram = sum(torch.einsum("nkj,nlj->nkl", dz, dz) * (h_sq[:, l] + has_bias[l])[:, None, None]
+               for l, dz in enumerate(d_outputs))
+    adaptive = sum(torch.einsum("nkj,nlj,nj->nkl", dz, dz, _adaptive_weights(module, h))
+                   for module, dz, h in zip(measured, d_outputs, inputs))
     param_moments = _columns([
         sum((dz.pow(2 * p).sum(2) * (h.reshape(n, -1).pow(2 * p).sum(1, keepdim=True) + bias))
             .sum(1) for dz, h, bias in zip(d_outputs, inputs, has_bias))
@@ -105,8 +116,14 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
             "param_moments": param_moments,
             "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
-            "param_sq": (dz_sq * (h_sq + has_bias)).sum(1),
+            "param_gram": gram, "param_gram_adaptive": adaptive,
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
+
+
+def _adaptive_weights(module: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """sum_a W_ja^2 h_a^2 + b_j^2 per sample and output unit j of a Linear layer, (n, m)."""
+    weights = h.reshape(len(h), -1).pow(2) @ module.weight.detach().pow(2).T
+    return weights if module.bias is None else weights + module.bias.detach().pow(2)
 
 
 def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
@@ -129,11 +146,19 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
     n = len(x)
     return {"input": d_input.reshape(n, d_input.shape[1], -1),
             "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
-            "param_sq": sum(j.reshape(n, -1).pow(2).sum(1) for j in d_params.values()),
+            "param_gram": sum(_gram(j, n) for j in d_params.values()),
+            "param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
+                                       for name, j in d_params.items()),
             "param_moments": _columns([sum(j.reshape(n, -1).pow(2 * p).sum(1)
                                            for j in d_params.values()) for p in moments], x),
             "weight_grad_norm": torch.stack(
                 [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
+
+
+def _gram(jacobian: torch.Tensor, n: int) -> torch.Tensor:
+    """J J^T per sample for a Jacobian block of shape (n, K, *parameter shape)."""
+    flat = jacobian.reshape(n, jacobian.shape[1], -1)
+    return flat @ flat.transpose(1, 2)
 
 
 def mls(singular_values: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,26 @@
 """The layers the network-wide measures run over, their inputs and their weight norms.
 
-"Layer l" is every ``nn.Linear`` and ``nn.Conv2d`` module in definition order; its input
-h_l is the tensor the module receives (h_1 = x for an MLP), as in Chen et al. (NMLS, M4).
+"Layer l" is every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` module in definition order;
+its input h_l is the tensor the module receives (h_1 = x for an MLP), as in Chen et al.
+(NMLS, M4).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-MEASURED_TYPES = (nn.Linear, nn.Conv2d)
+from flatrep.measures import conv
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d)
+MEASURED_TYPES = (nn.Linear, *CONV_TYPES)
 
 
 def measured_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(qualified name, module)`` of every Linear/Conv2d layer, in definition order."""
+    """``(qualified name, module)`` of every Linear/Conv1d/Conv2d layer, in definition order."""
     return [(name, module) for name, module in model.named_modules()
             if isinstance(module, MEASURED_TYPES)]
 
@@ -70,15 +75,37 @@ def layer_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 def spectral_norm(weight: torch.Tensor) -> torch.Tensor:
     """||W||_2, the largest singular value of a Linear weight (out x in)."""
-    return torch.linalg.matrix_norm(weight.reshape(weight.shape[0], -1), ord=2)
+    return torch.linalg.matrix_norm(weight, ord=2)
 
 
-def weight_norms(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per measured layer: spectral norm ``||W_l||_2`` and Frobenius norm ``||W_l||_F``.
+def weight_norms(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per measured layer l, three norms of its weight, each a tensor of shape (L,).
 
-    For Conv2d layers ``spectral`` is the norm of the reshaped kernel, not of the unrolled
-    convolution operator (that is a later measure).
+    ``x`` is a batch of inputs; its first sample fixes each layer's input shape. ``spectral``
+    is the operator norm of the layer's linear map: ||W_l||_2 for a Linear layer, ||A_l||_2 of
+    the unrolled convolution on that input shape for a conv layer (``conv.operator_norm``,
+    Lanczos on A^T A, converged to round-off, from below). ``frobenius`` is ||W_l||_F of the weight tensor.
+    ``reference`` is Chen et al.'s reference-code convention: ||W_l||_2 when the model has no
+    conv layer; otherwise ||K_l||_F sqrt(P_l) for a conv layer with P_l output positions
+    (``conv.frobenius_surrogate``) and ||W_l||_F for a Linear layer.
+
+    Each conv layer's Lanczos run starts from a generator seeded 0, so the result is
+    reproducible and the global RNG stream is untouched.
     """
-    weights = [module.weight.detach() for _, module in measured_layers(model)]
-    return {"spectral": torch.stack([spectral_norm(w) for w in weights]),
-            "frobenius": torch.stack([torch.linalg.vector_norm(w) for w in weights])}
+    modules = [module for _, module in measured_layers(model)]
+    inputs = layer_inputs(model, x[:1])
+    has_conv = any(isinstance(module, CONV_TYPES) for module in modules)
+    spectral, frobenius, reference = [], [], []
+    for module, h in zip(modules, inputs):
+        weight = module.weight.detach()
+        frobenius.append(torch.linalg.vector_norm(weight))
+        if isinstance(module, CONV_TYPES):
+            spectral.append(conv.operator_norm(module, tuple(h.shape[1:])))
+            with torch.no_grad():
+                positions = math.prod(module(h).shape[2:])
+            reference.append(conv.frobenius_surrogate(module, positions))
+        else:
+            spectral.append(spectral_norm(weight))
+            reference.append(frobenius[-1] if has_conv else spectral[-1])
+    return {"spectral": torch.stack(spectral), "frobenius": torch.stack(frobenius),
+            "reference": torch.stack(reference)}

@@ -1,0 +1,196 @@
+"""The curvature measures of one checkpoint, family by family, each switchable per study.
+
+``measure.curvature`` in params.yaml turns the whole suite on (``enabled``) and each family
+below on or off: a family key that is absent or ``false`` is skipped, ``true`` runs it with
+its defaults (``FAMILY_DEFAULTS``), a mapping overrides them. All HVP counts are per
+checkpoint, each HVP costing about two passes (forward and backward) over ``points`` rows.
+
+core (always, when curvature is enabled) — ``probes`` HVPs + ``probes`` JVPs + one
+    per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian trace,
+    Hutchinson trace, Frobenius norm and effective rank from the same probes.
+hutch_plus_plus — ``probes`` HVPs: Hutch++ trace with SE.
+lanczos — ``steps`` HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2.
+relative_flatness — ``probes`` HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact.
+adaptive_sharpness — ``probes`` HVPs + JVPs, and 2 ``pairs`` loss evaluations: Tr(D H D)
+    (control variate) and its antithetic Monte-Carlo estimate at radius ``rho``.
+spectral_density — ``probes`` x ``steps`` HVPs: stochastic Lanczos quadrature density on a
+    grid of ``bins`` points, its raw nodes and weights, and the SLQ trace.
+rank — dense Hessian (P HVPs and a P x P eigendecomposition, only when P <=
+    ``dense_max_params``), the Gauss-Newton rank from the (points K)^2 Gram matrix (a
+    points x K x P Jacobian in memory), and the False-Friend rank-bound values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from flatrep import losses
+from flatrep.measures import curvature, invariant, jacobian, layers, spectrum
+
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "hutch_plus_plus": {},
+    "lanczos": {"steps": 20},
+    "relative_flatness": {},
+    "adaptive_sharpness": {"rho": 0.01, "pairs": 64},
+    "spectral_density": {"probes": 4, "steps": 30, "bins": 200, "smoothing": 0.01},
+    "rank": {"points": 32, "dense_max_params": 3000, "tolerances": [1e-4, 1e-6, 1e-8]},
+}
+
+
+def families(cfg: dict) -> dict[str, dict]:
+    """The enabled families of a ``measure.curvature`` section with their options."""
+    enabled = {}
+    for name, defaults in FAMILY_DEFAULTS.items():
+        setting = cfg.get(name, False)
+        if setting is True:
+            enabled[name] = dict(defaults)
+        elif isinstance(setting, dict):
+            enabled[name] = {**defaults, **setting}
+    return enabled
+
+
+def coords(cfg: dict) -> dict[str, tuple[str, list]]:
+    """The extra cube coordinates the enabled families need (dim -> (dim, values))."""
+    enabled = families(cfg) if cfg.get("enabled") else {}
+    result = {}
+    if "spectral_density" in enabled:
+        options = enabled["spectral_density"]
+        result["spectrum_bin"] = ("spectrum_bin", list(range(options["bins"])))
+        result["slq_probe"] = ("slq_probe", list(range(options["probes"])))
+        result["slq_node"] = ("slq_node", list(range(options["steps"])))
+    if "rank" in enabled:
+        result["rank_tolerance"] = ("rank_tolerance", [float(t) for t in
+                                                       enabled["rank"]["tolerances"]])
+        result["rank_bound"] = ("rank_bound", list(spectrum.RANK_BOUNDS))
+    return result
+
+
+@dataclass
+class Context:
+    """What every family may use: the operator, the loss, the Jacobian pass and the probes."""
+    model: nn.Module
+    x: torch.Tensor
+    targets: torch.Tensor
+    loss: losses.Loss
+    operator: curvature.HessianOperator
+    jacobians: dict
+    probes: dict
+    cfg: dict
+    seed: int
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh generator, the same at every checkpoint and run (no probe noise between)."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+def core(ctx: Context) -> dict:
+    outputs = ctx.operator.output_values
+    gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
+    controlled = curvature.control_variate_trace(ctx.operator, gauss_newton,
+                                                 ctx.probes["vectors"], ctx.probes["products"])
+    return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
+            "hessian_gauss_newton_trace": gauss_newton,
+            "hessian_trace_hutchinson": ctx.probes["trace"].value,
+            "hessian_trace_hutchinson_se": ctx.probes["trace"].standard_error,
+            "hessian_fro": ctx.probes["fro"].value,
+            "hessian_fro_se": ctx.probes["fro"].standard_error,
+            "hessian_effective_rank": ctx.probes["effective_rank"]}
+
+
+def hutch_plus_plus(ctx: Context, _options: dict) -> dict:
+    plus = curvature.hutch_plus_plus(ctx.operator, ctx.cfg["probes"], ctx.generator())
+    return {"hessian_trace_hutchpp": plus.value, "hessian_trace_hutchpp_se": plus.standard_error}
+
+
+def lanczos(ctx: Context, options: dict) -> dict:
+    ritz = curvature.lanczos(ctx.operator, options["steps"], ctx.generator())
+    param_norm_sq = ctx.operator.theta.pow(2).sum().item()
+    return {"hessian_lambda_max": ritz.lambda_max,
+            "hessian_lambda_max_residual": ritz.residuals[-1].item(),
+            "hessian_lambda_min": ritz.lambda_min,
+            "hessian_lambda_min_residual": ritz.residuals[0].item(),
+            "hessian_lambda_max_scaled": ritz.lambda_max * param_norm_sq}
+
+
+def relative_flatness(ctx: Context, _options: dict) -> dict:
+    first_layer = layers.measured_layers(ctx.model)[0][0]
+    kappa = invariant.relative_flatness(ctx.model, ctx.x, ctx.targets, first_layer,
+                                        ctx.cfg["probes"], ctx.generator(),
+                                        ctx.operator.method, ctx.loss)
+    return {"relative_flatness_first": kappa.value,
+            "relative_flatness_first_se": kappa.standard_error,
+            "relative_flatness_last": invariant.last_layer_relative_flatness(ctx.model, ctx.x,
+                                                                             ctx.loss)}
+
+
+def adaptive_sharpness(ctx: Context, options: dict) -> dict:
+    outputs = ctx.operator.output_values
+    exact_part = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram_adaptive"])
+    controlled = invariant.adaptive_sharpness(ctx.operator, exact_part, ctx.probes["vectors"])
+    sampled = invariant.adaptive_sharpness_monte_carlo(ctx.operator, options["rho"],
+                                                       options["pairs"], ctx.generator(1))
+    return {"adaptive_sharpness": controlled.value,
+            "adaptive_sharpness_se": controlled.standard_error,
+            "adaptive_sharpness_gauss_newton": exact_part,
+            "adaptive_sharpness_monte_carlo": sampled.value,
+            "adaptive_sharpness_monte_carlo_se": sampled.standard_error}
+
+
+def spectral_density(ctx: Context, options: dict) -> dict:
+    result = spectrum.slq(ctx.operator, options["probes"], options["steps"], ctx.generator(2))
+    grid, sigma = spectrum.density_grid(result, options["bins"], options["smoothing"])
+    trace = result.trace()
+    return {"spectral_density": result.density(grid, sigma).numpy(),
+            "spectral_density_eigenvalue": grid.numpy(),
+            "spectral_density_sigma": sigma,
+            "slq_nodes": result.nodes.numpy(), "slq_weights": result.weights.numpy(),
+            "hessian_trace_slq": trace.value, "hessian_trace_slq_se": trace.standard_error}
+
+
+def rank(ctx: Context, options: dict) -> dict:
+    tolerances = [float(t) for t in options["tolerances"]]
+    dense = np.full(len(tolerances), np.nan)
+    if ctx.operator.dim <= options["dense_max_params"]:
+        eigenvalues = torch.linalg.eigvalsh(spectrum.dense_hessian(ctx.operator))
+        dense = np.array(spectrum.numerical_rank(eigenvalues, tolerances), dtype=np.float64)
+    n_rank = min(options["points"], len(ctx.x))
+    subset = curvature.HessianOperator(ctx.model, ctx.x[:n_rank], ctx.targets[:n_rank],
+                                       ctx.operator.method, ctx.operator.probe_chunk,
+                                       loss=ctx.loss)
+    gram = spectrum.gauss_newton_gram(subset, ctx.loss.output_hessian(subset.output_values))
+    ggn = spectrum.numerical_rank(torch.linalg.eigvalsh(gram), tolerances)
+    fan_ins = [spectrum.fan_in(module) for _, module in layers.measured_layers(ctx.model)]
+    bounds = spectrum.rank_bounds(fan_ins, ctx.operator.output_values.shape[1], n_rank)
+    return {"hessian_rank": dense, "gauss_newton_rank": np.array(ggn, dtype=np.float64),
+            "hessian_rank_bound": np.array([bounds[name] for name in spectrum.RANK_BOUNDS],
+                                           dtype=np.float64),
+            "num_params": float(ctx.operator.dim), "rank_points": float(n_rank)}
+
+
+FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "lanczos": lanczos,
+            "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
+            "spectral_density": spectral_density, "rank": rank}
+
+
+def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: losses.Loss,
+            cfg: dict, seed: int) -> dict:
+    """Every enabled curvature family on the training points ``x`` (float64 model).
+
+    The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
+    between checkpoints are not probe noise.
+    """
+    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
+                                         cfg.get("probe_chunk", 16), loss=loss)
+    ctx = Context(model, x, targets, loss, operator,
+                  jacobian.per_sample_jacobians(model, x, moments=()),
+                  curvature.hutchinson(operator, cfg["probes"],
+                                       torch.Generator().manual_seed(seed)),
+                  cfg, seed)
+    values = core(ctx)
+    for name, options in families(cfg).items():
+        values.update(FAMILIES[name](ctx, options))
+    return values

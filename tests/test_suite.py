@@ -1,0 +1,105 @@
+"""The curvature suite: family switches, and no measurement touches model state (BatchNorm)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flatrep import losses, measure
+from flatrep.measures import suite
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+
+ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "lanczos": {"steps": 5},
+                "relative_flatness": True, "adaptive_sharpness": {"pairs": 4},
+                "spectral_density": {"probes": 2, "steps": 4, "bins": 20},
+                "rank": {"points": 4, "dense_max_params": 10_000}}
+CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
+        "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
+        "hessian_fro_se", "hessian_effective_rank"}
+
+
+def test_family_switches_absent_false_true_and_mapping():
+    enabled = suite.families({"lanczos": False, "rank": True,
+                              "adaptive_sharpness": {"rho": 0.5}})
+    assert set(enabled) == {"rank", "adaptive_sharpness"}
+    assert enabled["rank"] == suite.FAMILY_DEFAULTS["rank"]
+    assert enabled["adaptive_sharpness"] == {"rho": 0.5, "pairs": 64}
+    assert suite.coords({"enabled": False, "rank": True}) == {}
+    assert set(suite.coords({"enabled": True, **ALL_FAMILIES})) == {
+        "spectrum_bin", "slq_probe", "slq_node", "rank_tolerance", "rank_bound"}
+
+
+def small_problem(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(12, 5)
+    return model, x, losses.get("mse").targets(torch.randint(0, 3, (12,)), 3, x.dtype)
+
+
+def test_only_the_enabled_families_are_computed():
+    model, x, targets = small_problem()
+    core = suite.measure(model, x, targets, losses.get("mse"), {"probes": 4}, seed=0)
+    assert set(core) == CORE
+    with_lanczos = suite.measure(model, x, targets, losses.get("mse"),
+                                 {"probes": 4, "lanczos": {"steps": 6}}, seed=0)
+    assert set(with_lanczos) - CORE == {"hessian_lambda_max", "hessian_lambda_max_residual",
+                                        "hessian_lambda_min", "hessian_lambda_min_residual",
+                                        "hessian_lambda_max_scaled"}
+    theta_sq = sum(p.detach().pow(2).sum() for p in model.parameters()).item()
+    assert with_lanczos["hessian_lambda_max_scaled"] == pytest.approx(
+        with_lanczos["hessian_lambda_max"] * theta_sq, rel=1e-12)
+    assert with_lanczos["hessian_trace"] == core["hessian_trace"]   # same probes
+
+
+def batchnorm_model(seed=1):
+    """An MLP with BatchNorm whose running statistics are non-trivial, in eval mode."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                          nn.Linear(8, 3))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 5) * 2 + 1)
+    return model.eval()
+
+
+def test_no_measurement_changes_batchnorm_buffers():
+    model = batchnorm_model()
+    before = copy.deepcopy(dict(model.named_buffers()))
+    x = torch.randn(12, 5)
+    labels = torch.randint(0, 3, (12,))
+    loss = losses.get("cross_entropy")
+    points = measure.point_measures(model, x, chunk_size=5, moments=(1, 2))
+    values = suite.measure(model, x, labels, loss, ALL_FAMILIES, seed=0)
+    measure.evaluate(model, x, labels, 3, loss)
+    after = dict(model.named_buffers())
+    assert before["2.num_batches_tracked"].item() == 3
+    for name, buffer in before.items():
+        assert torch.equal(buffer, after[name]), name
+    assert not model.training
+    # log volumes are -inf where a dead ReLU makes a Jacobian singular (documented); no NaN.
+    assert not any(np.isnan(v).any() for v in points.values())
+    padded = {"slq_nodes"}   # NaN after an early Lanczos stop (documented)
+    assert all(np.isfinite(np.asarray(v)).all() for k, v in values.items() if k not in padded)
+
+
+def test_conv_net_goes_through_every_measure():
+    """The CNN (Conv1d layers, generic Jacobian path) through point measures, every curvature
+    family and the layer norms; conv layers get the true operator norm and the surrogate."""
+    from flatrep import models
+    from flatrep.measures import layers
+
+    torch.manual_seed(2)
+    model = models.cnn((20,), 3, channels=[3, 4], kernel_size=3).eval()
+    x, labels = torch.randn(10, 20), torch.randint(0, 3, (10,))
+    points = measure.point_measures(model, x, chunk_size=4, moments=(1,))
+    assert points["layer_mls"].shape == (10, 3)                 # two Conv1d and the head
+    values = suite.measure(model, x, losses.get("mse").targets(labels, 3, x.dtype),
+                           losses.get("mse"), ALL_FAMILIES, seed=0)
+    assert values["hessian_rank"][-1] <= values["num_params"]
+    norms = layers.weight_norms(model, x)
+    assert torch.all(norms["reference"][:2] > norms["spectral"][:2])
+    assert norms["reference"][2] == norms["frobenius"][2]

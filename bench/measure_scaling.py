@@ -8,9 +8,9 @@ directory), then times ``flatrep.measure.measure_run`` with every measure family
   by 1, 2, 4, 8 (the per-sample Jacobian pass and every HVP are linear in the rows);
 * checkpoints: fixed points, 1, 2, 4, 8 checkpoints of the same run.
 
-Prints a Markdown table of seconds per setting and the exponent b of a least-squares fit
+Prints a Markdown table of seconds per setting, the exponent b of a least-squares fit
 seconds ~ a * size^b (b = 1 is linear; below 1 means fixed costs such as loading the data
-still weigh in at the small end).
+still weigh in at the small end) and the exponent between successive sizes.
 
     python bench/measure_scaling.py [--base-points 50] [--threads 2] [--repeats 2]
 """
@@ -88,6 +88,8 @@ def main() -> None:
         print(f"| {axis} | {size} | {seconds:.2f} |")
     print(f"\ncost ~ points^{exponent(point_sizes, point_times):.2f}, "
           f"cost ~ checkpoints^{exponent(SIZES, ckpt_times):.2f} (1 = linear)")
+    local = [exponent(point_sizes[i:i + 2], point_times[i:i + 2]) for i in range(len(SIZES) - 1)]
+    print(f"exponent between successive point sizes: {', '.join(f'{b:.2f}' for b in local)}")
     marginal = np.diff(ckpt_times) / np.diff(SIZES)
     print(f"marginal seconds per extra checkpoint: {', '.join(f'{m:.2f}' for m in marginal)}")
 

@@ -175,3 +175,36 @@ def test_control_variate_trace_is_exact_at_interpolation():
     est = curvature.control_variate_trace(operator, gauss_newton, probes)
     assert est.value == pytest.approx(torch.trace(dense(operator)).item(), rel=1e-12)
     assert est.standard_error < 1e-12
+
+
+def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices():
+    """Non-uniformity, mean ||G_i||_F^2 and the Rayleigh spread from G_i = J_i^T M_i J_i built
+    densely with autograd, for MSE and cross-entropy."""
+    from flatrep import losses
+    from flatrep.measures import stability
+
+    torch.manual_seed(9)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, labels = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    for loss in (losses.get("mse"), losses.get("cross_entropy")):
+        operator = curvature.HessianOperator(model, x, loss.targets(labels, 3, x.dtype),
+                                             loss=loss)
+        jac = torch.func.jacrev(operator.outputs)(operator.theta)          # (n, K, P)
+        m = loss.output_hessian(operator.output_values)
+        per_sample = torch.einsum("nkp,nkl,nlq->npq", jac, m, jac)
+        g = per_sample.mean(0)
+        spread_matrix = (per_sample @ per_sample).mean(0) - g @ g
+        grams = jacobian.per_sample_jacobians(model, x)["param_gram"]
+        value = stability.nonuniformity(operator, grams, operator.dim,
+                                        torch.Generator().manual_seed(0))
+        assert value == pytest.approx(torch.linalg.eigvalsh(spread_matrix)[-1].sqrt().item(),
+                                      rel=1e-8)
+        assert stability.per_sample_fro_sq(m, grams) == pytest.approx(
+            per_sample.pow(2).sum((1, 2)).mean().item(), rel=1e-12)
+        eigenvalues, vectors = torch.linalg.eigh(dense(operator))
+        top = vectors[:, -1]
+        expected = (torch.einsum("p,npq,q->n", top, per_sample, top) - eigenvalues[-1]).pow(2)
+        assert stability.rayleigh_spread(operator, top, eigenvalues[-1].item()) == \
+            pytest.approx(expected.mean().item(), rel=1e-10)
+        ritz = curvature.lanczos(operator, operator.dim, torch.Generator().manual_seed(1))
+        assert abs(torch.dot(ritz.top_vector, top).item()) == pytest.approx(1.0, abs=1e-8)

@@ -7,29 +7,38 @@ import pytest
 import torch
 from torch import nn
 
-from flatrep import losses, measure
+from flatrep import config, losses, measure
 from flatrep.measures import suite
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "lanczos": {"steps": 5},
                 "relative_flatness": True, "adaptive_sharpness": {"pairs": 4},
-                "spectral_density": {"probes": 2, "steps": 4, "bins": 20},
-                "rank": {"points": 4, "dense_max_params": 10_000}}
+                "spectral_density": {"probes": 2, "steps": 4, "bins": 20, "smoothing": 0.1},
+                "rank": {"points": 4, "dense_max_params": 10_000}, "stability": {"steps": 4}}
 CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
         "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
         "hessian_fro_se", "hessian_effective_rank"}
 
 
 def test_family_switches_absent_false_true_and_mapping():
-    enabled = suite.families({"lanczos": False, "rank": True,
-                              "adaptive_sharpness": {"rho": 0.5}})
+    enabled = config.curvature_families({"lanczos": False, "rank": True,
+                                         "adaptive_sharpness": {"rho": 0.5}})
     assert set(enabled) == {"rank", "adaptive_sharpness"}
-    assert enabled["rank"] == suite.FAMILY_DEFAULTS["rank"]
+    assert enabled["rank"] == config.CURVATURE_FAMILIES["rank"]
     assert enabled["adaptive_sharpness"] == {"rho": 0.5, "pairs": 64}
     assert suite.coords({"enabled": False, "rank": True}) == {}
     assert set(suite.coords({"enabled": True, **ALL_FAMILIES})) == {
         "spectrum_bin", "slq_probe", "slq_node", "rank_tolerance", "rank_bound"}
+
+
+def test_an_unresolved_spectral_density_grid_is_rejected_before_any_work():
+    study = config.load_params("tests/params_tiny.yaml")["studies"]["tiny"]
+    study["measure"]["curvature"]["spectral_density"] = {"bins": 50, "smoothing": 0.01}
+    with pytest.raises(config.ConfigError, match=r"spectral_density.bins = 50 .* bins >= 107"):
+        config.check_study("tiny", study)
+    study["measure"]["curvature"]["spectral_density"] = {"bins": 107, "smoothing": 0.01}
+    config.check_study("tiny", study)
 
 
 def small_problem(seed=0):
@@ -103,3 +112,22 @@ def test_conv_net_goes_through_every_measure():
     norms = layers.weight_norms(model, x)
     assert torch.all(norms["reference"][:2] > norms["spectral"][:2])
     assert norms["reference"][2] == norms["frobenius"][2]
+
+
+def test_measured_run_holds_consistent_curvature_values(measured_run):
+    """The tiny run's cube: rank within its exact bounds, densities normalised, gaps as defined."""
+    ds, _ = measured_run
+    final = ds.isel(run=0, step=-1)
+    assert float(final["generalization_loss_gap"]) == pytest.approx(
+        float(final["test_loss"] - final["train_loss"]), rel=1e-12)
+    bounds = final["hessian_rank_bound"]
+    assert (final["gauss_newton_rank"] <= bounds.sel(rank_bound="gauss_newton_c")).all()
+    assert (final["hessian_rank"] <= final["num_params"]).all()
+    assert final["hessian_rank"].notnull().all()        # P = 1098 <= dense_max_params
+    # ranks grow as the tolerance shrinks
+    assert (final["hessian_rank"].diff("rank_tolerance") >= 0).all()
+    for step in range(ds.sizes["step"]):
+        at = ds.isel(run=0, step=step)
+        mass = np.trapezoid(at["spectral_density"], at["spectral_density_eigenvalue"])
+        assert mass == pytest.approx(1.0, abs=2e-3)
+        assert at["slq_weights"].sum("slq_node").values == pytest.approx(1.0, abs=1e-10)

@@ -9,6 +9,7 @@ Every path derived here is a pure function of the parameters.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,44 @@ def checkpoint_steps(train: dict) -> list[int]:
     return sorted(steps)
 
 
+#: The switchable families of ``measure.curvature`` and their default options (the measures
+#: and their costs: ``flatrep.measures.suite``).
+CURVATURE_FAMILIES: dict[str, dict] = {
+    "hutch_plus_plus": {},
+    "lanczos": {"steps": 20},
+    "relative_flatness": {},
+    "adaptive_sharpness": {"rho": 0.01, "pairs": 64},
+    "spectral_density": {"probes": 4, "steps": 30, "bins": 200, "smoothing": 0.01},
+    "rank": {"points": 32, "dense_max_params": 3000, "tolerances": [1e-4, 1e-6, 1e-8]},
+    "stability": {"steps": 20},
+}
+
+
+def curvature_families(curvature: dict) -> dict[str, dict]:
+    """The enabled families of a ``measure.curvature`` section with their options: a key
+    absent or false is off, true takes the defaults, a mapping overrides them."""
+    enabled = {}
+    for family, defaults in CURVATURE_FAMILIES.items():
+        setting = curvature.get(family, False)
+        if setting is True:
+            enabled[family] = dict(defaults)
+        elif isinstance(setting, dict):
+            enabled[family] = {**defaults, **setting}
+    return enabled
+
+
+def _check_curvature(name: str, curvature: dict) -> None:
+    density = curvature_families(curvature).get("spectral_density")
+    if density is not None:
+        # grid spacing sigma (1/smoothing + 6) / (bins - 1) must not exceed sigma
+        needed = math.ceil(1 / density["smoothing"] + 7)
+        if density["bins"] < needed:
+            raise ConfigError(f"studies.{name}.measure.curvature.spectral_density.bins = "
+                              f"{density['bins']} cannot resolve smoothing = "
+                              f"{density['smoothing']}: use bins >= {needed} or a larger "
+                              "smoothing")
+
+
 def check_study(name: str, study: dict, dataset_classes: int | None = None) -> None:
     """Checks a schema cannot express; raises ConfigError naming the key path."""
     train = study["train"]
@@ -139,6 +178,7 @@ def check_study(name: str, study: dict, dataset_classes: int | None = None) -> N
         if bad:
             raise ConfigError(f"studies.{name}.data.classes: {bad} out of range "
                               f"0..{dataset_classes - 1}")
+    _check_curvature(name, study.get("measure", {}).get("curvature", {}))
 
 
 def selected_studies(params: dict) -> list[str]:

@@ -91,6 +91,7 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
     values["generalization_gap"] = values["train_acc"] - values["test_acc"]
+    values["generalization_loss_gap"] = values["test_loss"] - values["train_loss"]
     values["param_norm"] = torch.cat([p.detach().reshape(-1)
                                       for p in model.parameters()]).norm().item()
     curvature_cfg = curvature_config(measure_cfg)

@@ -91,6 +91,9 @@ CATALOG: dict[str, Variable] = {
     "generalization_gap": Variable((), "generalisation gap (accuracy)", "1",
                                    "train_acc - test_acc on the full splits (the paper's gap, "
                                    "as a fraction)"),
+    "generalization_loss_gap": Variable((), "generalisation gap (loss)", "1",
+                                        "test_loss - train_loss on the full splits, training "
+                                        "convention (Granziol C.9)"),
     "param_norm": Variable((), "parameter norm", "1", "||theta||_2 over all parameters"),
     "layer_log_lvr": Variable(_PER_SAMPLE + ("layer",), "layer log volumetric ratio", "1",
                               "log LVR_l(x) = sum_{k=1}^{min(K,d_l)} log s_k(df/dh_l) (Chen et al. "
@@ -194,6 +197,19 @@ CATALOG: dict[str, Variable] = {
                                    "candidate forms (Granziol A.3.2, UNCONFIRMED): (C-1 or C) "
                                    "sum_l (n_in,l [+1 for bias]); N (C-1) or N C for the "
                                    "Gauss-Newton matrix, N = rank_points"),
+    "gauss_newton_nonuniformity": Variable((), "non-uniformity of the per-sample curvature",
+                                           "1",
+                                           "sqrt(lambda_max((1/n) sum_i G_i^2 - G^2)), G_i = "
+                                           "J_i^T M_i J_i, G = mean G_i, on the curvature points, "
+                                           "Lanczos (Wu, Ma & E 2018; Ma & Ying 2021)"),
+    "per_sample_hessian_fro_sq": Variable((), "mean squared Frobenius norm of G_i", "1",
+                                          "(1/n) sum_i ||J_i^T M_i J_i||_F^2, exact (Mulayoff & "
+                                          "Michaeli's trace condition for SGD stability)"),
+    "stability_rayleigh_spread": Variable((), "spread of v^T G_i v at the top eigenvector", "1",
+                                          "(1/n) sum_i (v^T G_i v - lambda_max)^2, (lambda_max, "
+                                          "v) the top Ritz pair of H (Mulayoff & Michaeli's "
+                                          "lambda_max condition: eta <= 2 lambda / (lambda^2 + "
+                                          "p * spread), p = (n-B)/(B(n-1)))"),
     "num_params": Variable((), "number of parameters P", "1", "dimension of theta"),
     "rank_points": Variable((), "points of the Gauss-Newton rank", "1",
                             "N, the first rank.points curvature points"),

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 from flatrep import config as study_config
 from flatrep import data as datasets
+from flatrep import sources
 
 
 validate(config, "../schemas/params.schema.yaml")
@@ -17,9 +18,10 @@ wildcard_constraints:
     run="[A-Za-z0-9_.+-]+",
 
 
-def src(*modules):
-    """Library files a job imports, declared as inputs so that code edits rerun it."""
-    return [f"src/flatrep/{module}" for module in modules]
+def code_of(*modules):
+    """Source files of the flatrep modules a job runs and of all they import, declared as
+    inputs so that a code edit reruns exactly the jobs whose code changed."""
+    return sources.closure(*modules)
 
 
 def study(name):
@@ -106,4 +108,4 @@ def run_measure_files(wildcards):
     return [f"results/{wildcards.study}/runs/{run}/measures.nc" for run in run_ids(wildcards.study)]
 
 
-TRAIN_CODE = src("train.py", "models.py", "data.py", "checkpoint.py", "determinism.py", "config.py")
+TRAIN_CODE = code_of("flatrep.train")

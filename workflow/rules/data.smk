@@ -1,7 +1,7 @@
 # Dataset preparation: one file per dataset and generation options.
 rule prepare_data:
     input:
-        code=src("data.py"),
+        code=code_of("flatrep.data"),
     output:
         "data/{dataset}.npz",
     params:

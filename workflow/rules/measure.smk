@@ -4,9 +4,7 @@
 rule measure:
     input:
         checkpoints=run_checkpoints,
-        code=src("measure.py", "measures/jacobian.py", "measures/layers.py",
-                 "measures/curvature.py", "measures/invariant.py", "variables.py",
-                 "cube.py", "checkpoint.py", "models.py", "data.py", "determinism.py"),
+        code=code_of("flatrep.measure", "flatrep.cube"),
     output:
         "results/{study}/runs/{run}/measures.nc",
     params:

@@ -5,7 +5,7 @@ rule figures:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
-        code=src("report.py", "stats.py"),
+        code=code_of("flatrep.report", "flatrep.stats"),
     output:
         trajectories=report(
             "results/{study}/figures/trajectories.png",

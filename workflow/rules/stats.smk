@@ -4,7 +4,7 @@
 rule cube:
     input:
         runs=run_measure_files,
-        code=src("cube.py"),
+        code=code_of("flatrep.cube"),
     output:
         "results/{study}/cube.nc",
     params:
@@ -21,7 +21,7 @@ rule cube:
 rule bounds:
     input:
         cube="results/{study}/cube.nc",
-        code=src("bounds.py", "cube.py"),
+        code=code_of("flatrep.bounds", "flatrep.cube"),
     output:
         "results/{study}/bounds.nc",
     conda:
@@ -36,7 +36,7 @@ rule stats:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
-        code=src("stats.py", "cube.py"),
+        code=code_of("flatrep.stats", "flatrep.cube"),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",

@@ -128,14 +128,19 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
             "vectors": v, "products": hv}
 
 
-def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
-    """v^T G v = (1/n) sum_i (J_i v)^T M_i (J_i v) for each row v: one forward-mode JVP of the
-    outputs (M_i = I for 1/2-MSE)."""
+def per_sample_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """v^T G_i v = (J_i v)^T M_i (J_i v) per probe row v and sample i, shape (m, n): one
+    forward-mode JVP of the outputs per probe (M_i = I for 1/2-MSE)."""
     def quadratic(v):
         tangent = jvp(operator.outputs, (operator.theta,), (v,))[1]
-        return operator.loss_fn.output_quadratic(operator.output_values, tangent).mean()
+        return operator.loss_fn.output_quadratic(operator.output_values, tangent)
 
     return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
+
+
+def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """v^T G v = (1/n) sum_i (J_i v)^T M_i (J_i v) for each row v."""
+    return per_sample_quadratic(operator, vectors).mean(1)
 
 
 def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float,
@@ -173,6 +178,7 @@ class LanczosResult:
     ritz_values: torch.Tensor   # ascending
     residuals: torch.Tensor     # |beta_k * last component of each Ritz vector|
     weights: torch.Tensor       # squared first component of each Ritz vector (quadrature)
+    top_vector: torch.Tensor    # unit Ritz vector of the largest Ritz value, length dim
 
     @property
     def lambda_max(self) -> float:
@@ -216,4 +222,5 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
         off = torch.stack(betas[:k - 1])
         tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
     values, vectors = torch.linalg.eigh(tri)
-    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs(), vectors[0].pow(2))
+    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs(), vectors[0].pow(2),
+                         torch.stack(basis[:k]).T @ vectors[:, -1])

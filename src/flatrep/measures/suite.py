@@ -2,7 +2,7 @@
 
 ``measure.curvature`` in params.yaml turns the whole suite on (``enabled``) and each family
 below on or off: a family key that is absent or ``false`` is skipped, ``true`` runs it with
-its defaults (``FAMILY_DEFAULTS``), a mapping overrides them. All HVP counts are per
+its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them. All HVP counts are per
 checkpoint, each HVP costing about two passes (forward and backward) over ``points`` rows.
 
 core (always, when curvature is enabled) — ``probes`` HVPs + ``probes`` JVPs + one
@@ -18,44 +18,26 @@ spectral_density — ``probes`` x ``steps`` HVPs: stochastic Lanczos quadrature 
 rank — dense Hessian (P HVPs and a P x P eigendecomposition, only when P <=
     ``dense_max_params``), the Gauss-Newton rank from the (points K)^2 Gram matrix (a
     points x K x P Jacobian in memory), and the False-Friend rank-bound values.
+stability — ``steps`` products (3 JVPs + 3 VJPs each) for the non-uniformity, and the top
+    Ritz pair of H (shared with ``lanczos`` when on, else ``steps`` more HVPs): the
+    linear-stability ingredients of ``stability``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from flatrep import losses
+from flatrep import config, losses
 from flatrep.measures import curvature, invariant, jacobian, layers, spectrum
-
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "hutch_plus_plus": {},
-    "lanczos": {"steps": 20},
-    "relative_flatness": {},
-    "adaptive_sharpness": {"rho": 0.01, "pairs": 64},
-    "spectral_density": {"probes": 4, "steps": 30, "bins": 200, "smoothing": 0.01},
-    "rank": {"points": 32, "dense_max_params": 3000, "tolerances": [1e-4, 1e-6, 1e-8]},
-}
-
-
-def families(cfg: dict) -> dict[str, dict]:
-    """The enabled families of a ``measure.curvature`` section with their options."""
-    enabled = {}
-    for name, defaults in FAMILY_DEFAULTS.items():
-        setting = cfg.get(name, False)
-        if setting is True:
-            enabled[name] = dict(defaults)
-        elif isinstance(setting, dict):
-            enabled[name] = {**defaults, **setting}
-    return enabled
-
+from flatrep.measures import stability as stability_measures
 
 def coords(cfg: dict) -> dict[str, tuple[str, list]]:
     """The extra cube coordinates the enabled families need (dim -> (dim, values))."""
-    enabled = families(cfg) if cfg.get("enabled") else {}
+    enabled = config.curvature_families(cfg) if cfg.get("enabled") else {}
     result = {}
     if "spectral_density" in enabled:
         options = enabled["spectral_density"]
@@ -82,9 +64,17 @@ class Context:
     cfg: dict
     seed: int
 
+    lanczos_runs: dict = field(default_factory=dict)
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A fresh generator, the same at every checkpoint and run (no probe noise between)."""
         return torch.Generator().manual_seed(self.seed + offset)
+
+    def lanczos(self, steps: int) -> curvature.LanczosResult:
+        """Lanczos on H with ``steps`` products, run once per step count and shared."""
+        if steps not in self.lanczos_runs:
+            self.lanczos_runs[steps] = curvature.lanczos(self.operator, steps, self.generator())
+        return self.lanczos_runs[steps]
 
 
 def core(ctx: Context) -> dict:
@@ -107,7 +97,7 @@ def hutch_plus_plus(ctx: Context, _options: dict) -> dict:
 
 
 def lanczos(ctx: Context, options: dict) -> dict:
-    ritz = curvature.lanczos(ctx.operator, options["steps"], ctx.generator())
+    ritz = ctx.lanczos(options["steps"])
     param_norm_sq = ctx.operator.theta.pow(2).sum().item()
     return {"hessian_lambda_max": ritz.lambda_max,
             "hessian_lambda_max_residual": ritz.residuals[-1].item(),
@@ -171,7 +161,20 @@ def rank(ctx: Context, options: dict) -> dict:
             "num_params": float(ctx.operator.dim), "rank_points": float(n_rank)}
 
 
-FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "lanczos": lanczos,
+def stability(ctx: Context, options: dict) -> dict:
+    grams = ctx.jacobians["param_gram"]
+    steps = config.curvature_families(ctx.cfg).get("lanczos", options)["steps"]
+    top = ctx.lanczos(steps)
+    output_hessian = ctx.loss.output_hessian(ctx.operator.output_values)
+    return {"gauss_newton_nonuniformity": stability_measures.nonuniformity(
+                ctx.operator, grams, options["steps"], ctx.generator(3)),
+            "per_sample_hessian_fro_sq": stability_measures.per_sample_fro_sq(output_hessian,
+                                                                              grams),
+            "stability_rayleigh_spread": stability_measures.rayleigh_spread(
+                ctx.operator, top.top_vector, top.lambda_max)}
+
+
+FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "lanczos": lanczos, "stability": stability,
             "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
             "spectral_density": spectral_density, "rank": rank}
 
@@ -191,6 +194,6 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
                                        torch.Generator().manual_seed(seed)),
                   cfg, seed)
     values = core(ctx)
-    for name, options in families(cfg).items():
+    for name, options in config.curvature_families(cfg).items():
         values.update(FAMILIES[name](ctx, options))
     return values

@@ -1,14 +1,20 @@
-"""Shared fixtures: a tiny prepared MNIST-1D dataset and a tiny trained + measured run."""
+"""Shared fixtures: a tiny prepared MNIST-1D dataset, a tiny trained + measured run, and the
+tiny study run end to end by Snakemake in a temporary project."""
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from flatrep import config, cube, data, measure, train
+from flatrep import config, data, measure, train
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
 
 
@@ -42,5 +48,31 @@ def measured_run(tmp_path_factory, tiny_study, data_root):
     run = config.expand_runs(study)[0]
     out = tmp_path_factory.mktemp("run")
     paths = train.train_run("tiny", study, run, out, data_root, threads=1)
-    ds = cube.with_run_dim(measure.measure_run(paths, study["measure"], data_root), run)
-    return ds, paths
+    return measure.measured_run(paths, study["measure"], data_root), paths
+
+
+def make_project(root: Path) -> Path:
+    """A copy of the workflow with tests/params_tiny.yaml as its params.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("workflow", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(TINY_PARAMS, root / "params.yaml")
+    return root
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's bin directory first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def snakemake_project(tmp_path_factory):
+    """A project in which `snakemake` has run the tiny study (shared by the workflow tests)."""
+    project = make_project(tmp_path_factory.mktemp("wf") / "project")
+    run(["snakemake", "--cores", "2", "--quiet"], project)
+    return project

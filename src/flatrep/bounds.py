@@ -12,6 +12,7 @@ W_l, h_l the weight and input of Linear layer l (l = 1 first); S the sharpness
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,14 @@ import xarray as xr
 RTOL = 1e-9
 
 
+#: ``kind`` of a bound: a theorem holds at every theta for the networks it names (a violation
+#: is a bug); a conditional bound needs a state of training (interpolation, stability) or
+#: compares quantities on different point sets, so its violations measure its assumptions.
+THEOREM, CONDITIONAL = "theorem", "conditional"
+#: Tolerance of the rank used by the rank bounds (the cube holds the whole sweep).
+RANK_TOLERANCE = 1e-6
+
+
 @dataclass(frozen=True)
 class Bound:
     name: str
@@ -31,6 +40,7 @@ class Bound:
     statement: str
     assumptions: str
     equation: str
+    kind: str = THEOREM
 
 
 def _train(cube: xr.Dataset, name: str) -> xr.DataArray:
@@ -69,6 +79,49 @@ def _mls_d(cube: xr.Dataset) -> xr.DataArray:
     return _first_layer_norm(cube) * _quad(cube) * np.sqrt(cube["sharpness"])
 
 
+def _singular_values(cube: xr.Dataset) -> int:
+    """N = min(K, d), the number of singular values of the input Jacobian."""
+    return min(int(cube.attrs["num_outputs"]), int(cube.attrs["input_dim"]))
+
+
+def _lvr_sum_min(cube: xr.Dataset) -> xr.DataArray:
+    """(||W_1||_2^2 n S / (N min_i ||x_i||^2))^N."""
+    n_points, big_n = _train(cube, "input_norm").sizes["sample"], _singular_values(cube)
+    min_sq = (_train(cube, "input_norm") ** 2).min("sample")
+    return (_first_layer_norm(cube) ** 2 * n_points * cube["sharpness"] / (big_n * min_sq)) ** big_n
+
+
+def _lvr_geometric(cube: xr.Dataset) -> xr.DataArray:
+    """(||W_1||_2^2 S / (N GM_i ||x_i||^2))^(N/2)."""
+    big_n = _singular_values(cube)
+    gm_sq = np.exp(_mean(np.log(_train(cube, "input_norm") ** 2)))
+    return (_first_layer_norm(cube) ** 2 * cube["sharpness"] / (big_n * gm_sq)) ** (big_n / 2)
+
+
+def _nvr(cube: xr.Dataset) -> xr.DataArray:
+    """max_{i,l} (||W_l||_2^2 / (N ||h_l(x_i)||^2))^N (n S)^N."""
+    n_points, big_n = _train(cube, "input_norm").sizes["sample"], int(cube.attrs["num_outputs"])
+    ratio = cube["weight_spectral_norm"] ** 2 / (big_n * _train(cube, "layer_input_norm") ** 2)
+    return ratio.max(("sample", "layer")) ** big_n * (n_points * cube["sharpness"]) ** big_n
+
+
+def _first_width(cube: xr.Dataset) -> float:
+    """m, the output width of the first layer of an MLP (NaN for other models)."""
+    model = json.loads(cube.attrs["config"])["model"]
+    return float(model["hidden"][0]) if model["name"] == "mlp" else np.nan
+
+
+def _gauss_newton_rank_bound(cube: xr.Dataset) -> xr.DataArray:
+    """N K for 1/2-MSE (M_i = I), N (K - 1) for cross-entropy."""
+    form = "gauss_newton_c" if cube.attrs.get("loss", "mse") == "mse" else \
+        "gauss_newton_c_minus_1"
+    return cube["hessian_rank_bound"].sel(rank_bound=form)
+
+
+def _rank(cube: xr.Dataset, name: str) -> xr.DataArray:
+    return cube[name].sel(rank_tolerance=RANK_TOLERANCE)
+
+
 def _harm(cube: xr.Dataset) -> xr.DataArray:
     """harm = (1/n) sum_i sum_l ||W_l||_2^2 / ||h_l(x_i)||^2 (inf where some h_l = 0)."""
     ratio = cube["weight_spectral_norm"] ** 2 / _train(cube, "layer_input_norm") ** 2
@@ -97,34 +150,122 @@ REGISTRY: dict[str, Bound] = {bound.name: bound for bound in [
           "NMLS = (1/n) sum_i sum_l ||df/dh_l||_2 <= sqrt(S) sqrt(harm)",
           "every measured layer dense (Linear); heuristic for conv layers",
           "Chen et al. Eq. (nmls), v3 Eq. 12 / Prop. 3.10 (B5)"),
+    Bound("ma_ying_fro", lambda c: _mean(_train(c, "jacobian_fro_sq")),
+          lambda c: c["weight_fro_norm"].isel(layer=0) ** 2
+          / (_train(c, "input_norm") ** 2).min("sample") * c["sharpness"],
+          "(1/n) sum_i ||J_i||_F^2 <= ||W_1||_F^2 / min_i ||x_i||^2 * S",
+          "first layer dense and fed by x (looser than ma_ying: ||W||_2 <= ||W||_F)",
+          "Ma & Ying 2021 Eq. 6, Frobenius form (B0)"),
+    Bound("lvr_sum_min", lambda c: np.exp(2 * _train(c, "log_lvr")).sum("sample"), _lvr_sum_min,
+          "sum_i LVR(x_i)^2 <= (||W_1||_2^2 n S / (N min_i ||x_i||^2))^N, N = min(K, d)",
+          "first layer dense and fed by x; per sample AM-GM (B1), then sum c_i^N <= (sum c_i)^N",
+          "Chen et al. Eq. (main) / v3 Eq. 9, sum-min form (B2a)"),
+    Bound("lvr_geometric", lambda c: np.exp(_mean(_train(c, "log_lvr"))), _lvr_geometric,
+          "GM_i LVR(x_i) <= (||W_1||_2^2 S / (N GM_i ||x_i||^2))^(N/2)",
+          "first layer dense and fed by x; per sample AM-GM (B1), then Jensen on log",
+          "Chen et al. Eq. (main), geometric-mean form the reviewers asked for (B2b)"),
+    Bound("nvr", lambda c: np.exp(2 * _train(c, "layer_log_lvr")).sum(("sample", "layer")), _nvr,
+          "sum_i sum_l LVR_l(x_i)^2 <= max_{i,l} (||W_l||_2^2 / (N ||h_l(x_i)||^2))^N (n S)^N",
+          "every layer dense with input width >= K (N = K singular values per layer)",
+          "Chen et al. Eq. (nvol_bound), v3 Eq. 10 (B3)"),
+    Bound("relative_flatness_mls", lambda c: _mean(_train(c, "normalized_mls")),
+          lambda c: c["relative_flatness_first"],
+          "(1/n) sum_i ||x_i||^2 MLS(x_i)^2 <= kappa_Tr(W_1)",
+          "interpolation (H = G) and the curvature points standing for the measurement points "
+          "(kappa_Tr is measured on them, by Hutchinson)",
+          "Chen et al. B6 via kappa_Tr(W_1) = (1/n) sum_i ||x_i||^2 ||J_i||_F^2", CONDITIONAL),
+    Bound("adaptive_sharpness_iimls", lambda c: _mean(_train(c, "iimls")),
+          lambda c: _first_width(c) * c["adaptive_sharpness"],
+          "(1/n) sum_i ||J_i x_i||^2 / d <= m Tr(D H D), m the first layer's width",
+          "MLP; interpolation (diag H = diag G) and the curvature points standing for the "
+          "measurement points", "Chen et al. B6, adaptive-sharpness candidate", CONDITIONAL),
+    Bound("rank_gauss_newton", lambda c: _rank(c, "gauss_newton_rank"), _gauss_newton_rank_bound,
+          f"rank G (tolerance {RANK_TOLERANCE}) <= N K (mse) or N (K - 1) (cross-entropy)",
+          "none (rank of a sum of N terms of rank <= rank M_i)",
+          "Granziol, Flatness is a False Friend A.3 (exact GGN form)"),
+    Bound("rank_hessian_layers", lambda c: _rank(c, "hessian_rank"),
+          lambda c: c["hessian_rank_bound"].sel(rank_bound="layers_c_minus_1"),
+          f"rank H (tolerance {RANK_TOLERANCE}) <= (K - 1) sum_l n_in,l",
+          "Kronecker (GGN) argument; the residual term may add rank off interpolation; form "
+          "UNCONFIRMED (the cube holds the other candidates)",
+          "Granziol, Flatness is a False Friend A.3.2", CONDITIONAL),
+    Bound("linear_stability", lambda c: c.attrs["hessian_factor"] * c["hessian_lambda_max"],
+          lambda c: 2.0 / c["lr"],
+          "lambda_max of the training-loss Hessian <= 2 / lr",
+          "the run has converged to a minimum SGD is stable at (necessary for SGD, Mulayoff & "
+          "Michaeli 2023); plain SGD without momentum",
+          "Ma & Ying 2021 Thm. 1 (full-batch case); Wu, Ma & E 2018", CONDITIONAL),
 ]}
 
 
-def _per_run_step(values: xr.DataArray) -> xr.DataArray:
-    """Drop the scalar coordinates left by selecting a subset or a layer."""
-    return values.drop_vars(["subset", "layer", "layer_name"], errors="ignore")
+def _lvr_per_sample(cube: xr.Dataset) -> xr.DataArray:
+    """(||W_1||_2^2 ||grad_{W_1} f(x)||_F^2 / (N ||x||^2))^(N/2) per sample."""
+    big_n = _singular_values(cube)
+    ratio = _first_layer_norm(cube) * _first_layer_grad(cube) / _train(cube, "input_norm")
+    return (ratio ** 2 / big_n) ** (big_n / 2)
+
+
+#: Per-sample bounds, evaluated at every training measurement point (dims run, step, sample).
+SAMPLE_REGISTRY: dict[str, Bound] = {bound.name: bound for bound in [
+    Bound("mls_per_sample", lambda c: _train(c, "mls"),
+          lambda c: _first_layer_norm(c) * _first_layer_grad(c) / _train(c, "input_norm"),
+          "MLS(x) <= ||J(x)||_F <= ||W_1||_2 ||grad_{W_1} f(x)||_F / ||x||",
+          "first layer dense and fed by x (lemma L1)", "Chen et al. lemma L1, step T1 (B4)"),
+    Bound("lvr_per_sample", lambda c: np.exp(_train(c, "log_lvr")), _lvr_per_sample,
+          "LVR(x) <= (||W_1||_2^2 ||grad_{W_1} f(x)||_F^2 / (N ||x||^2))^(N/2)",
+          "first layer dense and fed by x; AM-GM on the N singular values",
+          "Chen et al. Eq. 8 (B1)"),
+]}
+
+
+def _per_run_step(values: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
+    """Shaped like ``template``, without the scalar coordinates left by selecting a subset, a
+    layer, a rank tolerance or a rank form."""
+    drop = ["subset", "layer", "layer_name", "rank_tolerance", "rank_bound"]
+    values = values.drop_vars(drop, errors="ignore")
+    return values.broadcast_like(template.drop_vars(drop, errors="ignore")).transpose(
+        *template.dims)
+
+
+def _sides(registry: dict[str, Bound], names: list[str], cube: xr.Dataset, dim: str):
+    template = cube["sharpness"] if dim == "bound" else _train(cube, "mls")
+    return (xr.concat([_per_run_step(side(registry[name])(cube), template) for name in names],
+                      dim=dim).assign_coords({dim: names})
+            for side in (lambda b: b.lhs, lambda b: b.rhs))
+
+
+def _verdicts(lhs: xr.DataArray, rhs: xr.DataArray, prefix: str = "") -> dict:
+    valid = np.isfinite(lhs) & ~np.isnan(rhs)
+    return {
+        f"{prefix}lhs": lhs.assign_attrs(long_name="left-hand side", units="1"),
+        f"{prefix}rhs": rhs.assign_attrs(long_name="right-hand side", units="1"),
+        f"{prefix}holds": (lhs <= rhs * (1 + RTOL)).where(valid).assign_attrs(
+            long_name="LHS <= RHS * (1 + rtol)", units="1", rtol=RTOL,
+            definition="1 holds, 0 violated, NaN not evaluable (diverged checkpoint)"),
+        f"{prefix}tightness": (lhs / rhs).assign_attrs(long_name="tightness LHS/RHS",
+                                                        units="1"),
+    }
+
+
+def _descriptions(registry: dict[str, Bound], names: list[str], dim: str) -> dict:
+    return {field: (dim, [getattr(registry[n], field) for n in names])
+            for field in ("kind", "statement", "assumptions", "equation")}
 
 
 def evaluate(cube: xr.Dataset, names: list[str] | None = None) -> xr.Dataset:
-    """LHS, RHS, holds and tightness of each bound for every run and checkpoint."""
+    """LHS, RHS, holds and tightness of each bound for every run and checkpoint, and of each
+    per-sample bound (``sample_*`` variables, dim ``sample_bound``) for every training point."""
     names = list(REGISTRY) if names is None else names
-    lhs, rhs = (xr.concat([_per_run_step(side(REGISTRY[name])(cube)) for name in names],
-                          dim="bound").assign_coords(bound=names)
-                for side in (lambda b: b.lhs, lambda b: b.rhs))
-    valid = np.isfinite(lhs) & ~np.isnan(rhs)
-    holds = (lhs <= rhs * (1 + RTOL)).where(valid)
-    ds = xr.Dataset({
-        "lhs": lhs.assign_attrs(long_name="left-hand side", units="1"),
-        "rhs": rhs.assign_attrs(long_name="right-hand side", units="1"),
-        "holds": holds.assign_attrs(long_name="LHS <= RHS * (1 + rtol)", units="1",
-                                    rtol=RTOL, definition="1 holds, 0 violated, NaN not "
-                                    "evaluable (diverged checkpoint)"),
-        "tightness": (lhs / rhs).assign_attrs(long_name="tightness LHS/RHS", units="1"),
-    })
-    ds = ds.assign_coords(
-        statement=("bound", [REGISTRY[n].statement for n in names]),
-        assumptions=("bound", [REGISTRY[n].assumptions for n in names]),
-        equation=("bound", [REGISTRY[n].equation for n in names]))
+    ds = xr.Dataset(_verdicts(*_sides(REGISTRY, names, cube, "bound")))
+    ds = ds.assign_coords(_descriptions(REGISTRY, names, "bound"))
+    sample_names = list(SAMPLE_REGISTRY)
+    per_sample = xr.Dataset(_verdicts(*_sides(SAMPLE_REGISTRY, sample_names, cube,
+                                              "sample_bound"), prefix="sample_"))
+    per_sample = per_sample.assign_coords(
+        {f"sample_{key}": value for key, value in
+         _descriptions(SAMPLE_REGISTRY, sample_names, "sample_bound").items()})
+    ds = xr.merge([ds, per_sample.drop_vars("sample_index", errors="ignore")],
+                  compat="no_conflicts", join="exact")
     ds["train_loss"] = cube["train_loss"]
     ds.attrs.update({key: value for key, value in cube.attrs.items()})
     return ds

@@ -46,17 +46,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_measure(args) -> None:
-    from flatrep import checkpoint, cube, measure
+    from flatrep import cube, measure
 
     paths = sorted(args.checkpoints, key=lambda p: int(Path(p).stem.split("_")[1]))
-    measure_cfg = _section(args, "measure")
-    ds = measure.measure_run(paths, measure_cfg, args.data_root, args.threads)
-    meta = checkpoint.read(paths[-1])["meta"]
-    ds = cube.with_run_dim(ds, config.Run(meta["run"], meta["hparams"]))
-    ds.attrs.update(cube.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
-                                    meta["device"], meta["determinism"]))
-    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], measure_cfg,
-                                           meta["config"]["train"].get("loss", "mse")))
+    ds = measure.measured_run(paths, _section(args, "measure"), args.data_root, args.threads)
     cube.write(ds, args.out)
 
 

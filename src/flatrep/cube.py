@@ -8,6 +8,7 @@ content (no wall-clock values are stored).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -44,15 +45,18 @@ def with_run_dim(ds: xr.Dataset, run: config.Run) -> xr.Dataset:
     return ds.assign_coords({key: ("run", [value]) for key, value in run.hparams.items()})
 
 
-def measurement_attrs(num_outputs: int, measure_cfg: dict, loss_name: str = "mse") -> dict:
-    """Conventions of the measures, stored with every cube."""
+def measurement_attrs(num_outputs: int, input_shape: list[int], measure_cfg: dict,
+                      loss_name: str = "mse") -> dict:
+    """Conventions of the measures and the shapes they depend on, stored with every cube."""
     loss = losses.get(loss_name)
     conventions = {
         "mse": "measures use L = (1/2n) sum_i ||f(x_i) - y_i||^2 (H = (1/n) sum_i J_i^T J_i at "
                "interpolation); training used torch MSELoss (mean over n and K)",
         "cross_entropy": "measures and training use L = (1/n) sum_i CE(f(x_i), y_i); "
                          "Gauss-Newton G = (1/n) sum_i J_i^T (diag p_i - p_i p_i^T) J_i"}
-    return {"loss": loss_name, "loss_convention": conventions[loss_name],
+    return {"num_outputs": int(num_outputs), "input_shape": json.dumps(list(input_shape)),
+            "input_dim": int(math.prod(input_shape)),
+            "loss": loss_name, "loss_convention": conventions[loss_name],
             "hessian_factor": loss.hessian_factor(num_outputs),
             "hessian_factor_definition": "Hessian of the training loss = hessian_factor * "
                                          "Hessian in the measure convention (2/K for mse)",

@@ -16,7 +16,7 @@ import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
-from flatrep import checkpoint, data, determinism, losses, variables
+from flatrep import checkpoint, config, cube, data, determinism, losses, variables
 from flatrep.measures import invariant, jacobian, layers, suite
 
 SUBSETS = ("train", "test", "test_misclassified")
@@ -151,6 +151,21 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
         rows.append(nan_like(template) if diverged else template)
     return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)],
                        tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
+
+
+def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
+                 data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
+    """``measure_run`` with the run dim, provenance and measurement conventions attached: the
+    content of ``measures.nc``."""
+    ds = measure_run(checkpoint_paths, measure_cfg, data_root, threads)
+    meta = checkpoint.read(checkpoint_paths[-1])["meta"]
+    ds = cube.with_run_dim(ds, config.Run(meta["run"], meta["hparams"]))
+    ds.attrs.update(cube.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
+                                    meta["device"], meta["determinism"]))
+    loss = meta["config"]["train"].get("loss", "mse")
+    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], meta["input_shape"],
+                                           measure_cfg, loss))
+    return ds
 
 
 def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: list[str],

@@ -68,20 +68,28 @@ def cmd_bounds(args) -> None:
 
 
 def cmd_stats(args) -> None:
-    from flatrep import cube, stats
+    from flatrep import claims, cube, stats
 
     the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
-    result = stats.study_statistics(the_cube, the_bounds, _section(args, "stats"))
-    cube.write(result, args.out)
-    Path(args.summary).write_text(json.dumps(stats.summary(result, the_cube), indent=2,
-                                             sort_keys=True) + "\n")
+    stats_cfg = _section(args, "stats")
+    result = stats.study_statistics(the_cube, the_bounds, stats_cfg)
+    table = claims.evaluate(the_cube, the_bounds, stats_cfg, _section(args, "figures"))
+    cube.write(result.merge(table), args.out)
+    headline = {**stats.summary(result, the_cube), "claims": claims.summary(table)}
+    Path(args.summary).write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    Path(args.claims).write_text(claims.markdown(table))
 
 
 def cmd_figures(args) -> None:
     from flatrep import cube, report
 
-    report.trajectories(cube.read(args.cube), _section(args, "figures"), args.trajectories)
-    report.bound_panels(cube.read(args.bounds), args.bound_plot)
+    the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
+    report.trajectories(the_cube, _section(args, "figures"), args.trajectories)
+    report.bound_panels(the_bounds, args.bound_plot)
+    the_stats = cube.read(args.stats)
+    report.correlation_pairs(the_cube, the_stats, args.correlations)
+    report.tightness_distributions(the_bounds, args.tightness)
+    report.claims_table(the_stats, args.claims_table)
 
 
 def cmd_validate(args) -> None:
@@ -129,16 +137,20 @@ def parser() -> argparse.ArgumentParser:
     p = command("bounds", cmd_bounds, "evaluate every bound on a cube")
     p.add_argument("cube")
     p.add_argument("--out", required=True)
-    p = command("stats", cmd_stats, "statistics and summary.json", ["stats"])
+    p = command("stats", cmd_stats, "statistics, claims table and summary.json",
+                ["stats", "figures"])
     p.add_argument("cube")
     p.add_argument("bounds")
-    p.add_argument("--out", required=True)
-    p.add_argument("--summary", required=True)
-    p = command("figures", cmd_figures, "trajectory and bound figures", ["figures"])
+    for option in ("--out", "--summary", "--claims"):
+        p.add_argument(option, required=True)
+    p = command("figures", cmd_figures, "trajectory, bound and correlation figures",
+                ["figures"])
     p.add_argument("cube")
     p.add_argument("bounds")
-    p.add_argument("--trajectories", required=True)
-    p.add_argument("--bound-plot", required=True)
+    p.add_argument("stats")
+    for option in ("--trajectories", "--bound-plot", "--correlations", "--tightness",
+                   "--claims-table"):
+        p.add_argument(option, required=True)
     p = command("validate", cmd_validate, "check a params file")
     p.add_argument("params", nargs="?", default="params.yaml")
     return top

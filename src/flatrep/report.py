@@ -92,3 +92,81 @@ def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
     fig.colorbar(points, ax=axes, label="iteration", shrink=0.6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _annotation(stats_ds: xr.Dataset, measure: str) -> str:
+    """'r = .. [lo, hi]  tau = .. [lo, hi]' from the across-runs correlations of stats.nc."""
+    parts = []
+    for method, symbol in (("pearson", "r"), ("kendall", "τ")):
+        cell = stats_ds.sel(measure=measure, coefficient=method)
+        parts.append(f"{symbol} = {float(cell['corr_estimate']):.2f} "
+                     f"[{float(cell['corr_ci_low']):.2f}, {float(cell['corr_ci_high']):.2f}]")
+    return "\n".join(parts)
+
+
+def correlation_pairs(cube: xr.Dataset, stats_ds: xr.Dataset, path: str | Path) -> None:
+    """Sharpness against each compression measure across runs at the final checkpoint,
+    coloured by lr, annotated with Pearson r and Kendall tau and their bootstrap CIs."""
+    final = cube.isel(step=-1).where(stats.healthy_runs(cube), drop=True)
+    measures = list(stats_ds["measure"].values)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.4),
+                             squeeze=False, constrained_layout=True)
+    sharpness = stats.run_level(final, "sharpness").values
+    colour = final["lr"].values if "lr" in final.coords else None
+    for ax, measure in zip(axes[0], measures):
+        points = ax.scatter(sharpness, stats.run_level(final, measure).values, c=colour, s=18,
+                            cmap="viridis")
+        ax.set_xlabel("sharpness S")
+        ax.set_ylabel(f"{measure} (train mean)")
+        ax.text(0.03, 0.97, _annotation(stats_ds, measure), transform=ax.transAxes,
+                va="top", fontsize=8)
+    if colour is not None:
+        fig.colorbar(points, ax=axes, label="lr", shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tightness_distributions(bounds: xr.Dataset, path: str | Path) -> None:
+    """log10 tightness LHS/RHS of every bound at the final checkpoint, one box per bound
+    (theorems blue, conditional bounds orange); 0 means tight, > 0 violated."""
+    final = bounds.isel(step=-1)
+    names = list(final["bound"].values)
+    values = [np.log10(final["tightness"].sel(bound=name).values) for name in names]
+    values = [v[np.isfinite(v)] for v in values]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names)), 4.2), constrained_layout=True)
+    boxes = ax.boxplot(values, patch_artist=True, widths=0.6)
+    for patch, kind in zip(boxes["boxes"], final["kind"].values):
+        patch.set_facecolor("tab:blue" if kind == "theorem" else "tab:orange")
+    ax.axhline(0, color="k", linestyle="--", linewidth=1)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("log10 tightness (LHS / RHS), final checkpoint")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+VERDICT_COLOURS = {"supported": "#c7e9c0", "contradicted": "#fcbba1",
+                   "inconclusive": "#f0f0f0", "not tested": "#ffffff"}
+
+
+def claims_table(stats_ds: xr.Dataset, path: str | Path) -> None:
+    """The claims table of stats.nc as a figure: statement, estimate [CI], Holm p, verdict."""
+    rows = []
+    for name in stats_ds["claim"].values:
+        row = stats_ds.sel(claim=name)
+        estimate = float(row["claim_estimate"])
+        p = float(row["claim_p_holm"])
+        rows.append([row["claim_statement"].item(), row["claim_statistic"].item(),
+                     f"{estimate:.3g} [{float(row['claim_ci_low']):.3g}, "
+                     f"{float(row['claim_ci_high']):.3g}]" if np.isfinite(estimate) else "—",
+                     f"{p:.3g}" if np.isfinite(p) else "—", row["claim_verdict"].item()])
+    fig, ax = plt.subplots(figsize=(15, 0.42 * len(rows) + 0.8), constrained_layout=True)
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=["claim", "statistic", "estimate [CI]",
+                                               "p (Holm)", "verdict"],
+                     colWidths=[0.3, 0.36, 0.14, 0.07, 0.1], loc="center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7.5)
+    for i, row in enumerate(rows, start=1):
+        table[i, 4].set_facecolor(VERDICT_COLOURS[row[4]])
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -75,6 +75,9 @@ def study_targets(names):
             f"results/{name}/summary.json",
             f"results/{name}/figures/trajectories.png",
             f"results/{name}/figures/bounds.png",
+            f"results/{name}/figures/correlations.png",
+            f"results/{name}/figures/tightness.png",
+            f"results/{name}/figures/claims.png",
         )
     ]
 

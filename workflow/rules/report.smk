@@ -5,6 +5,7 @@ rule figures:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
+        stats="results/{study}/stats.nc",
         code=code_of("flatrep.report", "flatrep.stats"),
     output:
         trajectories=report(
@@ -19,6 +20,24 @@ rule figures:
             category="{study}",
             subcategory="Bounds",
         ),
+        correlations=report(
+            "results/{study}/figures/correlations.png",
+            caption="../report/correlations.rst",
+            category="{study}",
+            subcategory="Correlations",
+        ),
+        tightness=report(
+            "results/{study}/figures/tightness.png",
+            caption="../report/tightness.rst",
+            category="{study}",
+            subcategory="Bounds",
+        ),
+        claims=report(
+            "results/{study}/figures/claims.png",
+            caption="../report/claims.rst",
+            category="{study}",
+            subcategory="Claims",
+        ),
     params:
         figures=section_json("figures"),
     conda:
@@ -26,5 +45,7 @@ rule figures:
     log:
         "logs/{study}/figures.log",
     shell:
-        "flatrep figures {input.cube} {input.bounds} --figures-json {params.figures:q} "
-        "--trajectories {output.trajectories} --bound-plot {output.bounds} > {log} 2>&1"
+        "flatrep figures {input.cube} {input.bounds} {input.stats} "
+        "--figures-json {params.figures:q} --trajectories {output.trajectories} "
+        "--bound-plot {output.bounds} --correlations {output.correlations} "
+        "--tightness {output.tightness} --claims-table {output.claims} > {log} 2>&1"

@@ -36,12 +36,14 @@ rule stats:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
-        code=code_of("flatrep.stats", "flatrep.cube"),
+        code=code_of("flatrep.stats", "flatrep.claims", "flatrep.cube"),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",
+        claims="results/{study}/claims.md",
     params:
         stats=section_json("stats"),
+        figures=section_json("figures"),
     conda:
         "../envs/flatrep.yaml"
     log:
@@ -50,4 +52,5 @@ rule stats:
         "benchmarks/{study}/stats.tsv"
     shell:
         "flatrep stats {input.cube} {input.bounds} --stats-json {params.stats:q} "
-        "--out {output.stats} --summary {output.summary} > {log} 2>&1"
+        "--figures-json {params.figures:q} --out {output.stats} --summary {output.summary} "
+        "--claims {output.claims} > {log} 2>&1"

@@ -1,0 +1,278 @@
+"""The claims of both papers, each given a statistic and a verdict by a rule fixed in advance.
+
+A claim states a direction: ``positive`` / ``negative`` (an association, Kendall tau-b with a
+percentile-bootstrap CI and a permutation or signed-rank p-value), ``none`` (no association)
+or ``bound`` (a violation rate with an exact binomial CI). The verdict rule reads
+``stats.claims`` in params.yaml (written before the data are seen):
+
+* positive / negative: *supported* when the Holm-adjusted p < ``alpha``, the CI excludes 0 on
+  the claimed side and |estimate| >= ``min_effect``; *contradicted* when the same holds on
+  the other side; otherwise *inconclusive*.
+* none: *supported* when the CI lies inside (-``margin``, ``margin``); *contradicted* when an
+  association is established (as above, either side); otherwise *inconclusive*.
+* bound: *supported* when the CI's upper end <= ``max_violation_rate``; *contradicted* when
+  its lower end exceeds it; otherwise *inconclusive*.
+* *not tested* when the study has no data for the claim (e.g. no weight-decay variation).
+
+Holm's correction runs over the p-values of every tested association claim of the study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.stats
+import xarray as xr
+
+from flatrep import stats
+
+SUPPORTED, CONTRADICTED = "supported", "contradicted"
+INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    cube: xr.Dataset        # healthy runs only
+    bounds: xr.Dataset      # healthy runs only
+    cfg: dict               # the study's ``stats`` section
+    figures: dict           # the study's ``figures`` section (the lr row and batch row)
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    source: str
+    statement: str
+    statistic: str
+    direction: str
+    measure: Callable[[Evidence], Outcome | str]   # a str: why it is not tested
+
+
+def _rng(evidence: Evidence) -> np.random.Generator:
+    return np.random.default_rng(evidence.cfg["seed"])
+
+
+def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
+    """Kendall tau-b with bootstrap CI and permutation p (``stats.correlate``)."""
+    cfg = evidence.cfg
+    row = stats.correlate(np.asarray(x, float), np.asarray(y, float), cfg["bootstrap"],
+                          cfg["ci_level"], _rng(evidence),
+                          cfg.get("permutations", stats.DEFAULT_PERMUTATIONS))
+    k = stats.METHODS.index("kendall")
+    if not np.isfinite(row["estimate"][k]):
+        return f"fewer than 3 usable runs or a constant variable (n = {int(row['n'][k])})"
+    return Outcome(row["estimate"][k], row["ci_low"][k], row["ci_high"][k], row["p_perm"][k],
+                   int(row["n"][k]))
+
+
+def _across_runs(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
+    """tau of two run-level measures across runs at the final checkpoint."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        final = evidence.cube.isel(step=-1)
+        return _kendall(stats.run_level(final, x_name).values,
+                        stats.run_level(final, y_name).values, evidence)
+    return measure
+
+
+def _along(axis: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
+    """tau of a hyperparameter with a measure across the runs of its row of the study
+    (lr at ``figures.lr_row_batch_size``; batch size at ``figures.batch_row_lr``)."""
+    fixed = {"lr": ("batch_size", "lr_row_batch_size"), "batch_size": ("lr", "batch_row_lr")}
+
+    def measure(evidence: Evidence) -> Outcome | str:
+        other, key = fixed[axis]
+        cube = evidence.cube
+        if axis not in cube.coords or other not in cube.coords:
+            return f"the study does not sweep {axis}"
+        row = cube.where(cube[other] == evidence.figures[key], drop=True).isel(step=-1)
+        return _kendall(row[axis].values, stats.run_level(row, y_name).values, evidence)
+    return measure
+
+
+def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
+    """Per run, tau of the iteration with the test-point sharpness; the mean over runs, a
+    bootstrap CI over runs and a Wilcoxon signed-rank p."""
+    test = evidence.cube["sample_sharpness"].sel(subset="test").mean("sample")
+    steps = evidence.cube["step"].values
+    taus = np.array([scipy.stats.kendalltau(steps, test.isel(run=r).values).statistic
+                     for r in range(test.sizes["run"])])
+    taus = taus[np.isfinite(taus)]
+    if len(taus) < 3:
+        return "fewer than 3 runs with a defined trend"
+    boots = _rng(evidence).choice(taus, size=(evidence.cfg["bootstrap"], len(taus))).mean(1)
+    level = evidence.cfg["ci_level"]
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    p = scipy.stats.wilcoxon(taus).pvalue if np.ptp(taus) > 0 else 0.0
+    return Outcome(taus.mean(), low, high, p, len(taus), "mean over runs of tau(step, S_test)")
+
+
+def _violations(names: list[str]) -> Callable[[Evidence], Outcome | str]:
+    """Pooled violation rate of bounds over runs and checkpoints, exact binomial CI."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        holds = evidence.bounds["holds"].sel(bound=names).values
+        holds = holds[np.isfinite(holds)]
+        if holds.size == 0:
+            return "no evaluable checkpoint"
+        violations = int((holds == 0).sum())
+        interval = scipy.stats.binomtest(violations, holds.size).proportion_ci(
+            evidence.cfg["ci_level"], "exact")
+        return Outcome(violations / holds.size, interval.low, interval.high, np.nan,
+                       holds.size, f"{violations} of {holds.size} run x checkpoint points")
+    return measure
+
+
+def _swept(coordinate: str, y_name: str, reason: str) -> Callable[[Evidence], Outcome | str]:
+    """tau of a swept hyperparameter with a measure across runs, when the study sweeps it."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        cube = evidence.cube
+        if coordinate not in cube.coords or len(np.unique(cube[coordinate].values)) < 2:
+            return reason
+        final = cube.isel(step=-1)
+        return _kendall(final[coordinate].values, stats.run_level(final, y_name).values,
+                        evidence)
+    return measure
+
+
+def _not_tested(reason: str) -> Callable[[Evidence], str]:
+    return lambda _evidence: reason
+
+
+CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
+_THEOREMS = ["ma_ying", "mls", "nmls", "lvr_sum_min", "lvr_geometric", "nvr"]
+
+CLAIMS: list[Claim] = [
+    Claim("bounds_hold", CHEN, "MLS, LVR, NVR, NMLS (and Ma & Ying's) bounds hold",
+          "violation rate over runs x checkpoints", "bound", _violations(_THEOREMS)),
+    Claim("sharpness_mls", CHEN, "flatter minima have smaller MLS",
+          "Kendall tau(S, mean MLS), final checkpoint", "positive",
+          _across_runs("sharpness", "mls")),
+    Claim("sharpness_lvr", CHEN, "flatter minima have smaller local volumes (LVR)",
+          "Kendall tau(S, mean log LVR), final checkpoint", "positive",
+          _across_runs("sharpness", "log_lvr")),
+    Claim("sharpness_nmls", CHEN, "flatter minima have smaller NMLS",
+          "Kendall tau(S, mean NMLS), final checkpoint", "positive",
+          _across_runs("sharpness", "nmls")),
+    Claim("sharpness_nvr", CHEN, "flatter minima have smaller network volumes (NVR)",
+          "Kendall tau(S, mean log NVR), final checkpoint", "positive",
+          _across_runs("sharpness", "log_nvr")),
+    Claim("local_dim_unbounded", CHEN, "local dimensionality is not bounded by sharpness",
+          "Kendall tau(S, mean local dimension), final checkpoint", "none",
+          _across_runs("sharpness", "local_dim")),
+    Claim("lr_flatter", CHEN, "a larger learning rate gives flatter minima",
+          "Kendall tau(lr, S) at the lr row's batch size", "negative", _along("lr", "sharpness")),
+    Claim("lr_compressed", CHEN, "a larger learning rate gives more compressed representations",
+          "Kendall tau(lr, mean MLS) at the lr row's batch size", "negative",
+          _along("lr", "mls")),
+    Claim("batch_flatter", CHEN, "a smaller batch gives flatter minima",
+          "Kendall tau(batch size, S) at the batch row's lr", "positive",
+          _along("batch_size", "sharpness")),
+    Claim("test_sharpness_rises", CHEN, "sharpness at test points rises during training",
+          "mean over runs of Kendall tau(step, mean test-point sharpness)", "positive",
+          _test_sharpness_trend),
+    Claim("l2_sharper", GRANZIOL, "L2 regularisation makes minima sharper",
+          "Kendall tau(weight decay, lambda_max), final checkpoint", "positive",
+          _swept("weight_decay", "hessian_lambda_max", "the study does not sweep weight_decay")),
+    Claim("l2_generalises", GRANZIOL, "L2 regularisation generalises better",
+          "Kendall tau(weight decay, test accuracy), final checkpoint", "positive",
+          _swept("weight_decay", "test_acc", "the study does not sweep weight_decay")),
+    Claim("adam_ia_sharper", GRANZIOL, "Adam with iterate averaging is sharper than SGD",
+          "difference in lambda_max, Adam+IA vs SGD", "positive",
+          _not_tested("iterate averaging is not implemented yet (the False-Friend studies)")),
+    Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
+          "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
+]
+
+
+def _significant(outcome: Outcome, p_holm: float, rules: dict, sign: int) -> bool:
+    """Holm p below alpha, CI on the ``sign`` side of 0, |estimate| >= min_effect."""
+    side = outcome.ci_low > 0 if sign > 0 else outcome.ci_high < 0
+    return p_holm < rules["alpha"] and side and sign * outcome.estimate >= rules["min_effect"]
+
+
+def verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) -> str:
+    """The verdict of one claim under the rules of ``stats.claims`` (module docstring)."""
+    if isinstance(outcome, str):
+        return NOT_TESTED
+    if claim.direction == "bound":
+        if outcome.ci_high <= rules["max_violation_rate"]:
+            return SUPPORTED
+        return CONTRADICTED if outcome.ci_low > rules["max_violation_rate"] else INCONCLUSIVE
+    if claim.direction == "none":
+        if -rules["margin"] < outcome.ci_low and outcome.ci_high < rules["margin"]:
+            return SUPPORTED
+        either = any(_significant(outcome, p_holm, rules, s) for s in (1, -1))
+        return CONTRADICTED if either else INCONCLUSIVE
+    sign = 1 if claim.direction == "positive" else -1
+    if _significant(outcome, p_holm, rules, sign):
+        return SUPPORTED
+    return CONTRADICTED if _significant(outcome, p_holm, rules, -sign) else INCONCLUSIVE
+
+
+def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
+             figures_cfg: dict) -> xr.Dataset:
+    """The claims table (dim ``claim``) of one study."""
+    healthy = stats.healthy_runs(cube)
+    evidence = Evidence(cube.where(healthy, drop=True), bounds.where(healthy, drop=True),
+                        stats_cfg, figures_cfg)
+    outcomes = [claim.measure(evidence) for claim in CLAIMS]
+    p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction != "bound"
+                         else np.nan for claim, o in zip(CLAIMS, outcomes)])
+    p_holm = stats.holm(p_values)
+    rules = stats_cfg["claims"]
+    numbers = {field: [getattr(o, field) if isinstance(o, Outcome) else np.nan
+                       for o in outcomes] for field in ("estimate", "ci_low", "ci_high", "p",
+                                                        "n")}
+    text = {"source": [c.source for c in CLAIMS], "statement": [c.statement for c in CLAIMS],
+            "statistic": [c.statistic for c in CLAIMS],
+            "direction": [c.direction for c in CLAIMS],
+            "verdict": [verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)],
+            "note": [o if isinstance(o, str) else o.note for o in outcomes]}
+    data = {f"claim_{key}": ("claim", np.asarray(values, dtype=float))
+            for key, values in numbers.items()}
+    data["claim_p_holm"] = ("claim", p_holm)
+    data.update({f"claim_{key}": ("claim", values) for key, values in text.items()})
+    ds = xr.Dataset(data, coords={"claim": [c.name for c in CLAIMS]})
+    ds.attrs["claims_rules"] = repr(sorted(rules.items()))
+    return ds
+
+
+def markdown(table: xr.Dataset) -> str:
+    """The claims table as Markdown (one row per claim)."""
+    lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name in table["claim"].values:
+        row = table.sel(claim=name)
+        estimate = (f"{float(row['claim_estimate']):.3g} [{float(row['claim_ci_low']):.3g}, "
+                    f"{float(row['claim_ci_high']):.3g}]"
+                    if np.isfinite(float(row["claim_estimate"])) else "—")
+        p = float(row["claim_p_holm"])
+        lines.append(f"| {row['claim_statement'].item()} | {row['claim_source'].item()} | "
+                     f"{row['claim_statistic'].item()} | {estimate} | "
+                     f"{f'{p:.3g}' if np.isfinite(p) else '—'} | "
+                     f"**{row['claim_verdict'].item()}**"
+                     f"{' — ' + row['claim_note'].item() if row['claim_note'].item() else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(table: xr.Dataset) -> dict:
+    """{claim: {verdict, estimate, ci_low, ci_high, p_holm}} for summary.json (None for NaN)."""
+    def number(value) -> float | None:
+        value = float(value)
+        return value if np.isfinite(value) else None
+
+    return {str(name): {"verdict": str(row["claim_verdict"].item()),
+                        **{key: number(row[f"claim_{key}"])
+                           for key in ("estimate", "ci_low", "ci_high", "p_holm")}}
+            for name, row in ((n, table.sel(claim=n)) for n in table["claim"].values)}

@@ -215,6 +215,12 @@ def test_study_statistics_on_a_measured_run(measured_run, tiny_study):
     assert summary["correlation_within_configs"]["sharpness~mls"]["pearson"]["n"] == 0
     assert all(row["mixed_slope"] is None for row in summary["bounds"].values())
     assert set(summary["bounds"]) == set(bounds.REGISTRY)
+    points = ds.sizes["step"] * ds.sizes["sample"]
+    assert (result["sample_bound_evaluated"] == points).all()
+    assert (result["sample_bound_violations"] == 0).all()
+    assert set(summary["per_sample_bounds"]) == set(bounds.SAMPLE_REGISTRY)
+    split = result["violations_interpolated"] + result["violations_not_interpolated"]
+    assert (split == result["violations"]).all()
 
 
 def test_within_run_correlations_use_only_interpolated_checkpoints():

@@ -26,7 +26,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 METHODS = ("pearson", "spearman", "kendall")
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
-PAIRED_MEASURES = ("mls", "log_lvr", "nmls", "local_dim")
+PAIRED_MEASURES = ("mls", "log_lvr", "nmls", "log_nvr", "local_dim")
 #: Permutations of each permutation p-value when the params give no ``stats.permutations``.
 DEFAULT_PERMUTATIONS = 2000
 #: A permuted |r| counts as "at least as extreme" when >= |r_obs| (1 - _TIE_RTOL): a
@@ -474,7 +474,11 @@ def _bound_row(b: xr.Dataset, threshold: float, level: float) -> dict:
     after = b["train_loss"].values < threshold
     runs = np.broadcast_to(np.arange(b.sizes["run"])[:, None], after.shape)
     pooled = (b["lhs"].values[after], b["rhs"].values[after], runs[after])
-    row = {**_violations(b["holds"].values, level),
+    holds = b["holds"].values
+    row = {**_violations(holds, level),
+           # which assumption failed: violations before / after interpolation
+           "violations_interpolated": int((holds[after] == 0).sum()),
+           "violations_not_interpolated": int((holds[~after] == 0).sum()),
            "tightness_median": float(np.nanmedian(b["tightness"].values)),
            "tightness_final_median": float(np.nanmedian(final["tightness"].values))}
     for prefix, fit in (("final", log_regression(final["lhs"].values, final["rhs"].values)),
@@ -580,6 +584,21 @@ def _bootstrap_p(boots: np.ndarray, n_boot: int) -> float:
     return float(min(1.0, max(p, 1 / n_boot)))
 
 
+def sample_bound_statistics(bounds: xr.Dataset, cube: xr.Dataset, level: float) -> xr.Dataset:
+    """Violation rate over runs x checkpoints x training points of every per-sample bound
+    (exact binomial CI) and its median tightness; variables ``sample_bound_*``."""
+    if "sample_bound" not in bounds.dims:
+        return xr.Dataset()
+    bounds = bounds.where(healthy_runs(cube), drop=True)
+    names = list(bounds["sample_bound"].values)
+    rows = [{**_violations(b["sample_holds"].values, level),
+             "tightness_median": float(np.nanmedian(b["sample_tightness"].values))}
+            for b in (bounds.sel(sample_bound=name) for name in names)]
+    return xr.Dataset({f"sample_bound_{key}": ("sample_bound",
+                                               np.asarray([row[key] for row in rows], float))
+                       for key in rows[0]}, coords={"sample_bound": names})
+
+
 def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> xr.Dataset:
     """Every statistic of the study in one Dataset (written to stats.nc).
 
@@ -595,6 +614,7 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
                    within_runs(cube, threshold, n_boot, level, seed),
                    granulated_statistics(cube, bounds),
                    bound_statistics(bounds, cube, threshold, level),
+                   sample_bound_statistics(bounds, cube, level),
                    paired_bound_comparison(healthy_bounds, n_boot, level,
                                            np.random.default_rng(seed))],
                   compat="override", combine_attrs="drop")
@@ -611,6 +631,7 @@ _ACROSS_KEYS = ("estimate", "ci_low", "ci_high", "p_value", "n", "p_perm", "p_ho
                 "p_perm_holm")
 _WITHIN_CONFIG_KEYS = ("estimate", "ci_low", "ci_high", "p_perm", "n")
 _BOUND_KEYS = ("violation_rate", "violation_rate_ci_low", "violation_rate_ci_high",
+               "violations_interpolated", "violations_not_interpolated",
                "tightness_final_median", "final_slope", "final_r2", "mixed_slope",
                "mixed_slope_ci_low", "mixed_slope_ci_high", "lhs_rhs_granulated_kendall_psi")
 
@@ -637,6 +658,11 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
     for bound in stats["bound"].values:
         out["bounds"][str(bound)] = {key: _number(stats[key].sel(bound=bound))
                                      for key in (*_BOUND_KEYS, *vs_keys)}
+    out["per_sample_bounds"] = {
+        str(bound): {key: _number(stats[f"sample_bound_{key}"].sel(sample_bound=bound))
+                     for key in ("violation_rate", "violation_rate_ci_high", "evaluated",
+                                 "tightness_median")}
+        for bound in (stats["sample_bound"].values if "sample_bound" in stats.dims else [])}
     return out
 
 

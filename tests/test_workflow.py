@@ -1,45 +1,15 @@
 """End-to-end: the Snakemake DAG and DVC stages on the tiny study, in temporary projects."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import xarray as xr
+from conftest import REPO, make_project, run
 
 from flatrep import variables
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-
-
-def make_project(root: Path) -> Path:
-    """A copy of the workflow with tests/params_tiny.yaml as its params.yaml."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("workflow", "src"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "tests" / "params_tiny.yaml", root / "params.yaml")
-    return root
-
-
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run a command with the test interpreter's bin directory first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("wf") / "project")
-    run(["snakemake", "--cores", "2", "--quiet"], project)
-    return project
 
 
 def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
@@ -73,10 +43,16 @@ def test_outputs_of_every_stage_exist(snakemake_project):
     summary = json.loads((results / "summary.json").read_text())
     assert summary["n_runs"] == 6
     assert set(summary["correlation_across_runs"]) == {
-        "sharpness~mls", "sharpness~log_lvr", "sharpness~nmls", "sharpness~local_dim"}
+        "sharpness~mls", "sharpness~log_lvr", "sharpness~nmls", "sharpness~log_nvr",
+        "sharpness~local_dim"}
     with xr.open_dataset(results / "bounds.nc") as b:
-        assert (b["holds"] == 1).all()
-    for png in ("trajectories.png", "bounds.png"):
+        assert (b["holds"].where(b["kind"] == "theorem", drop=True) == 1).all()
+        assert (b["sample_holds"] == 1).all()
+    verdicts = {row["verdict"] for row in summary["claims"].values()}
+    assert verdicts <= {"supported", "contradicted", "inconclusive", "not tested"}
+    assert "| verdict |" in (results / "claims.md").read_text()
+    for png in ("trajectories.png", "bounds.png", "correlations.png", "tightness.png",
+                "claims.png"):
         assert (results / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((snakemake_project / "logs/tiny/train").glob("*.log"))
     assert list((snakemake_project / "benchmarks/tiny/measure").glob("*.tsv"))

@@ -374,3 +374,19 @@ def test_study_statistics_and_summary_on_a_synthetic_grid():
     within = out["correlation_within_configs"]["sharpness~nmls"]["kendall"]
     assert within["n"] == 14 and within["ci_low"] <= within["estimate"] <= within["ci_high"]
     assert out["granulated_kendall_psi"]["sharpness~mls"] == psi["psi"]
+
+
+def test_a_bound_never_evaluated_gets_nan_rates_not_an_error():
+    """E.g. the dense Hessian rank of a network too large for it: every holds is NaN."""
+    rng = np.random.default_rng(3)
+    hparams = _seeded_grid(seeds=1)
+    sharp = np.exp(rng.normal(size=8))
+    cube = _grid_cube(sharp, sharp, hparams)
+    rhs = np.exp(rng.normal(size=(8, 1)))
+    bounds = _bounds({"ma_ying": rhs / 2, "never": rhs / 2}, {"ma_ying": rhs, "never": rhs})
+    bounds["holds"].loc[{"bound": "never"}] = np.nan
+    result = stats.bound_statistics(bounds, cube, threshold=1.0, level=0.95)
+    never = result.sel(bound="never")
+    assert int(never["evaluated"]) == 0 and np.isnan(float(never["violation_rate"]))
+    assert np.isnan(float(never["violation_rate_ci_high"]))
+    assert float(result["violation_rate"].sel(bound="ma_ying")) == 0.0

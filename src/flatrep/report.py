@@ -76,10 +76,13 @@ def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
         lhs, rhs = b["lhs"].values.ravel(), b["rhs"].values.ravel()
         step = np.broadcast_to(b["step"].values, b["lhs"].shape).ravel()
         ok = (lhs > 0) & (rhs > 0) & np.isfinite(lhs) & np.isfinite(rhs)
+        if not ok.any():   # e.g. a dense rank above rank.dense_max_params
+            ax.set_title(f"{name}  (not evaluated)", fontsize=9)
+            ax.axis("off")
+            continue
         points = ax.scatter(rhs[ok], lhs[ok], c=step[ok], s=8, cmap="viridis")
-        if ok.any():
-            low, high = min(lhs[ok].min(), rhs[ok].min()), max(lhs[ok].max(), rhs[ok].max())
-            ax.plot([low, high], [low, high], "k--", linewidth=1)
+        low, high = min(lhs[ok].min(), rhs[ok].min()), max(lhs[ok].max(), rhs[ok].max())
+        ax.plot([low, high], [low, high], "k--", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

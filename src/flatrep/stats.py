@@ -462,9 +462,11 @@ def _violations(holds: np.ndarray, level: float) -> dict:
     evaluated = np.isfinite(holds)
     violations = int((holds[evaluated] == 0).sum())
     total = int(evaluated.sum())
+    if total == 0:   # e.g. the dense Hessian rank of a network above rank.dense_max_params
+        return {"violations": 0, "evaluated": 0, "violation_rate": np.nan,
+                "violation_rate_ci_low": np.nan, "violation_rate_ci_high": np.nan}
     interval = scipy.stats.binomtest(violations, total).proportion_ci(level, "exact")
-    return {"violations": violations, "evaluated": total,
-            "violation_rate": violations / total if total else np.nan,
+    return {"violations": violations, "evaluated": total, "violation_rate": violations / total,
             "violation_rate_ci_low": interval.low, "violation_rate_ci_high": interval.high}
 
 

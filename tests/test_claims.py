@@ -93,3 +93,17 @@ def test_a_reversed_relation_is_contradicted():
     cube["mls"] = 1 / cube["mls"]
     table = claims.evaluate(cube, bound_ds, CFG, FIGURES)
     assert table["claim_verdict"].sel(claim="sharpness_mls").item() == claims.CONTRADICTED
+
+
+def test_summary_markdown_has_the_three_tables(measured_run, tiny_study):
+    from flatrep import markdown, stats
+
+    ds, _ = measured_run
+    evaluated = bounds.evaluate(ds)
+    result = stats.study_statistics(ds, evaluated, tiny_study["stats"])
+    table = claims.evaluate(ds, evaluated, tiny_study["stats"], tiny_study["figures"])
+    text = markdown.study_summary("tiny", result, table)
+    assert text.startswith("# tiny: summary\n\n1 runs (0 diverged")
+    assert text.count("\n| ") == len(claims.CLAIMS) + len(stats.PAIRED_MEASURES) + len(
+        bounds.REGISTRY) + 3
+    assert f"| ma_ying | 0 / {ds.sizes['step']} |" in text

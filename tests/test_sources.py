@@ -34,6 +34,6 @@ def test_closure_follows_imports_transitively(tmp_path):
 
 def test_dvc_analysis_stage_depends_on_the_code_it_runs():
     stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["analysis"]["do"]
-    needed = sources.closure("flatrep.bounds", "flatrep.claims", "flatrep.stats", "flatrep.report",
-                             "flatrep.cube")
+    needed = sources.closure("flatrep.bounds", "flatrep.claims", "flatrep.markdown",
+                             "flatrep.stats", "flatrep.report", "flatrep.cube")
     assert set(needed) <= set(stage["deps"])

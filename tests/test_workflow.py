@@ -50,7 +50,8 @@ def test_outputs_of_every_stage_exist(snakemake_project):
         assert (b["sample_holds"] == 1).all()
     verdicts = {row["verdict"] for row in summary["claims"].values()}
     assert verdicts <= {"supported", "contradicted", "inconclusive", "not tested"}
-    assert "| verdict |" in (results / "claims.md").read_text()
+    text = (results / "summary.md").read_text()
+    assert "| verdict |" in text and "| sharpness vs |" in text and "| ma_ying |" in text
     for png in ("trajectories.png", "bounds.png", "correlations.png", "tightness.png",
                 "claims.png"):
         assert (results / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -68,7 +68,7 @@ def cmd_bounds(args) -> None:
 
 
 def cmd_stats(args) -> None:
-    from flatrep import claims, cube, stats
+    from flatrep import claims, cube, markdown, stats
 
     the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
     stats_cfg = _section(args, "stats")
@@ -77,7 +77,8 @@ def cmd_stats(args) -> None:
     cube.write(result.merge(table), args.out)
     headline = {**stats.summary(result, the_cube), "claims": claims.summary(table)}
     Path(args.summary).write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
-    Path(args.claims).write_text(claims.markdown(table))
+    study = the_cube.attrs.get("study", "study")
+    Path(args.markdown).write_text(markdown.study_summary(study, result, table))
 
 
 def cmd_figures(args) -> None:
@@ -141,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
                 ["stats", "figures"])
     p.add_argument("cube")
     p.add_argument("bounds")
-    for option in ("--out", "--summary", "--claims"):
+    for option in ("--out", "--summary", "--markdown"):
         p.add_argument(option, required=True)
     p = command("figures", cmd_figures, "trajectory, bound and correlation figures",
                 ["figures"])

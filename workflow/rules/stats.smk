@@ -36,11 +36,11 @@ rule stats:
     input:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
-        code=code_of("flatrep.stats", "flatrep.claims", "flatrep.cube"),
+        code=code_of("flatrep.stats", "flatrep.claims", "flatrep.markdown", "flatrep.cube"),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",
-        claims="results/{study}/claims.md",
+        markdown="results/{study}/summary.md",
     params:
         stats=section_json("stats"),
         figures=section_json("figures"),
@@ -53,4 +53,4 @@ rule stats:
     shell:
         "flatrep stats {input.cube} {input.bounds} --stats-json {params.stats:q} "
         "--figures-json {params.figures:q} --out {output.stats} --summary {output.summary} "
-        "--claims {output.claims} > {log} 2>&1"
+        "--markdown {output.markdown} > {log} 2>&1"

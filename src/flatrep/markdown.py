@@ -1,0 +1,62 @@
+"""``summary.md``: the study's headline results as Markdown, beside its cubes.
+
+Three tables from stats.nc: the claims with their verdicts (``flatrep.claims``), the
+across-runs correlations of sharpness with each compression measure, and every bound's
+violation rate and tightness.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from flatrep import claims
+
+
+def _interval(estimate, low, high, digits: int = 2) -> str:
+    values = [float(v) for v in (estimate, low, high)]
+    if not np.isfinite(values[0]):
+        return "—"
+    return f"{values[0]:.{digits}f} [{values[1]:.{digits}f}, {values[2]:.{digits}f}]"
+
+
+def _p(value) -> str:
+    value = float(value)
+    return f"{value:.3g}" if np.isfinite(value) else "—"
+
+
+def correlations(stats_ds: xr.Dataset) -> str:
+    """Pearson r and Kendall tau with CIs and Holm-adjusted permutation p, across runs."""
+    lines = ["| sharpness vs | Pearson r [CI] | Kendall τ [CI] | permutation p, Holm (τ) |",
+             "|---|---|---|---|"]
+    for measure in stats_ds["measure"].values:
+        cells = [_interval(*(stats_ds[f"corr_{key}"].sel(measure=measure, coefficient=method)
+                             for key in ("estimate", "ci_low", "ci_high")))
+                 for method in ("pearson", "kendall")]
+        p = stats_ds["corr_p_perm_holm"].sel(measure=measure, coefficient="kendall")
+        lines.append(f"| {measure} | {cells[0]} | {cells[1]} | {_p(p)} |")
+    return "\n".join(lines) + "\n"
+
+
+def bounds(stats_ds: xr.Dataset) -> str:
+    """Violations (exact CI) and median final tightness of every bound."""
+    lines = ["| bound | violations / evaluated | violation rate CI | median final LHS/RHS |",
+             "|---|---|---|---|"]
+    for name in stats_ds["bound"].values:
+        row = stats_ds.sel(bound=name)
+        evaluated = int(row["evaluated"])
+        interval = (f"[{float(row['violation_rate_ci_low']):.3g}, "
+                    f"{float(row['violation_rate_ci_high']):.3g}]" if evaluated else "—")
+        lines.append(f"| {name} | {int(row['violations'])} / {evaluated} | {interval} | "
+                     f"{_p(row['tightness_final_median'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) -> str:
+    """The whole ``summary.md`` of one study."""
+    return (f"# {study}: summary\n\n{stats_ds.attrs['n_runs']} runs "
+            f"({stats_ds.attrs['n_diverged_runs']} diverged, excluded), "
+            f"{stats_ds.attrs['ci_level']:.0%} CIs.\n\n"
+            f"## Claims\n\n{claims.markdown(claims_table)}\n"
+            f"## Correlations across runs, final checkpoint\n\n{correlations(stats_ds)}\n"
+            f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}")

@@ -132,7 +132,8 @@ def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(me
     assert abs(values["hessian_trace_hutchinson"] - torch.trace(h).item()) < \
         4 * values["hessian_trace_hutchinson_se"]
     assert values["hessian_lambda_max"] <= eig[-1].item() + 1e-9
-    assert eig[-1].item() - values["hessian_lambda_max"] <= values["hessian_lambda_max_residual"] + 1e-9
+    assert eig[-1].item() - values["hessian_lambda_max"] <= \
+        values["hessian_lambda_max_residual"] + 1e-9
     assert values["hessian_lambda_min"] >= eig[0].item() - 1e-9
 
 

@@ -87,10 +87,12 @@ def test_normalized_mls_invariant_to_a_scalar_input_scaling():
     other = copy.deepcopy(model)
     with torch.no_grad():
         other[1].weight.div_(5.0)
-    mls_a = jacobian.input_jacobian_measures(jacobian.per_sample_jacobians(model, x)["input"])["mls"]
+    mls_a = jacobian.input_jacobian_measures(
+        jacobian.per_sample_jacobians(model, x)["input"])["mls"]
     mls_b = jacobian.input_jacobian_measures(
         jacobian.per_sample_jacobians(other, 5.0 * x)["input"])["mls"]
-    assert torch.allclose(invariant.normalized_mls(mls_a, x), invariant.normalized_mls(mls_b, 5 * x))
+    assert torch.allclose(invariant.normalized_mls(mls_a, x),
+                          invariant.normalized_mls(mls_b, 5 * x))
 
 
 def test_iimls_closed_form_for_a_linear_map():

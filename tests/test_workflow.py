@@ -114,6 +114,7 @@ def test_dvc_repro_round_trip(tmp_path):
     changed = run(["dvc", "repro"], project)
     assert "Running stage 'analysis@tiny'" in changed.stdout
     assert "Running stage 'runs@tiny'" not in changed.stdout
-    assert "Running stage 'data'" in changed.stdout or "Stage 'data' didn't change" in changed.stdout
+    assert ("Running stage 'data'" in changed.stdout
+            or "Stage 'data' didn't change" in changed.stdout)
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert "results/tiny/summary.json" in metrics.stdout

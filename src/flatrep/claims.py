@@ -111,9 +111,8 @@ def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
     taus = taus[np.isfinite(taus)]
     if len(taus) < 3:
         return "fewer than 3 runs with a defined trend"
-    boots = _rng(evidence).choice(taus, size=(evidence.cfg["bootstrap"], len(taus))).mean(1)
-    level = evidence.cfg["ci_level"]
-    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    low, high = stats.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
+                                        evidence.cfg["ci_level"], _rng(evidence))
     return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus),
                    "mean over runs of tau(step, S_test)")
 
@@ -121,15 +120,14 @@ def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
 def _violations(names: list[str]) -> Callable[[Evidence], Outcome | str]:
     """Pooled violation rate of bounds over runs and checkpoints, exact binomial CI."""
     def measure(evidence: Evidence) -> Outcome | str:
-        holds = evidence.bounds["holds"].sel(bound=names).values
-        holds = holds[np.isfinite(holds)]
-        if holds.size == 0:
+        counted = stats.violations(evidence.bounds["holds"].sel(bound=names).values,
+                                   evidence.cfg["ci_level"])
+        if counted["evaluated"] == 0:
             return "no evaluable checkpoint"
-        violations = int((holds == 0).sum())
-        interval = scipy.stats.binomtest(violations, holds.size).proportion_ci(
-            evidence.cfg["ci_level"], "exact")
-        return Outcome(violations / holds.size, interval.low, interval.high, np.nan,
-                       holds.size, f"{violations} of {holds.size} run x checkpoint points")
+        return Outcome(counted["violation_rate"], counted["violation_rate_ci_low"],
+                       counted["violation_rate_ci_high"], np.nan, counted["evaluated"],
+                       f"{counted['violations']} of {counted['evaluated']} run x checkpoint "
+                       "points")
     return measure
 
 

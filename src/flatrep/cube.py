@@ -36,7 +36,8 @@ def provenance(study_name: str, study: dict, device: str, determinism: str) -> d
     return {"Conventions": "CF-1.8", "title": f"flatrep study {study_name}",
             "study": study_name, "config": json.dumps(study, sort_keys=True),
             "flatrep_version": flatrep.__version__, "git_revision": git_revision(),
-            "torch_version": metadata.version("torch"), "device": device, "determinism": determinism}
+            "torch_version": metadata.version("torch"), "device": device,
+            "determinism": determinism}
 
 
 def with_run_dim(ds: xr.Dataset, run: config.Run) -> xr.Dataset:

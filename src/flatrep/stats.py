@@ -103,6 +103,13 @@ def _percentile_ci(estimates: np.ndarray | list[float], n_boot: int,
     return float(low), float(high)
 
 
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int, level: float,
+                      rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean of ``values`` (resampled with replacement)."""
+    boots = rng.choice(values, size=(n_boot, len(values))).mean(1)
+    return _percentile_ci(boots, n_boot, level)
+
+
 def bootstrap_ci(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float,
                  rng: np.random.Generator,
                  groups: np.ndarray | None = None) -> tuple[float, float]:
@@ -299,8 +306,7 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
         count[m, k] = len(values)
         if len(values) >= 2:
             mean[m, k] = values.mean()
-            boots = rng.choice(values, size=(n_boot, len(values))).mean(1)
-            low[m, k], high[m, k] = _percentile_ci(boots, n_boot, level)
+            low[m, k], high[m, k] = bootstrap_mean_ci(values, n_boot, level, rng)
     dims = ("measure", "coefficient")
     return xr.Dataset(
         {"within_run_corr": (("run",) + dims, per_run,
@@ -457,16 +463,17 @@ def _fit_mixed(y: np.ndarray, x: np.ndarray, groups: np.ndarray):
     return fit, bool(fit.converged) and not warned
 
 
-def _violations(holds: np.ndarray, level: float) -> dict:
-    """Violation count and rate of the evaluated checkpoints with an exact binomial CI."""
+def violations(holds: np.ndarray, level: float) -> dict:
+    """Violation count and rate of the evaluated entries of ``holds`` (1 holds, 0 violated,
+    NaN not evaluated) with an exact (Clopper-Pearson) binomial CI."""
     evaluated = np.isfinite(holds)
-    violations = int((holds[evaluated] == 0).sum())
+    count = int((holds[evaluated] == 0).sum())
     total = int(evaluated.sum())
     if total == 0:   # e.g. the dense Hessian rank of a network above rank.dense_max_params
         return {"violations": 0, "evaluated": 0, "violation_rate": np.nan,
                 "violation_rate_ci_low": np.nan, "violation_rate_ci_high": np.nan}
-    interval = scipy.stats.binomtest(violations, total).proportion_ci(level, "exact")
-    return {"violations": violations, "evaluated": total, "violation_rate": violations / total,
+    interval = scipy.stats.binomtest(count, total).proportion_ci(level, "exact")
+    return {"violations": count, "evaluated": total, "violation_rate": count / total,
             "violation_rate_ci_low": interval.low, "violation_rate_ci_high": interval.high}
 
 
@@ -477,7 +484,7 @@ def _bound_row(b: xr.Dataset, threshold: float, level: float) -> dict:
     runs = np.broadcast_to(np.arange(b.sizes["run"])[:, None], after.shape)
     pooled = (b["lhs"].values[after], b["rhs"].values[after], runs[after])
     holds = b["holds"].values
-    row = {**_violations(holds, level),
+    row = {**violations(holds, level),
            # which assumption failed: violations before / after interpolation
            "violations_interpolated": int((holds[after] == 0).sum()),
            "violations_not_interpolated": int((holds[~after] == 0).sum()),
@@ -593,7 +600,7 @@ def sample_bound_statistics(bounds: xr.Dataset, cube: xr.Dataset, level: float) 
         return xr.Dataset()
     bounds = bounds.where(healthy_runs(cube), drop=True)
     names = list(bounds["sample_bound"].values)
-    rows = [{**_violations(b["sample_holds"].values, level),
+    rows = [{**violations(b["sample_holds"].values, level),
              "tightness_median": float(np.nanmedian(b["sample_tightness"].values))}
             for b in (bounds.sel(sample_bound=name) for name in names)]
     return xr.Dataset({f"sample_bound_{key}": ("sample_bound",

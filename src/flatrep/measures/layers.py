@@ -84,7 +84,8 @@ def weight_norms(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     ``x`` is a batch of inputs; its first sample fixes each layer's input shape. ``spectral``
     is the operator norm of the layer's linear map: ||W_l||_2 for a Linear layer, ||A_l||_2 of
     the unrolled convolution on that input shape for a conv layer (``conv.operator_norm``,
-    Lanczos on A^T A, converged to round-off, from below). ``frobenius`` is ||W_l||_F of the weight tensor.
+    Lanczos on A^T A, converged to round-off, from below). ``frobenius`` is ||W_l||_F of the
+    weight tensor.
     ``reference`` is Chen et al.'s reference-code convention: ||W_l||_2 when the model has no
     conv layer; otherwise ||K_l||_F sqrt(P_l) for a conv layer with P_l output positions
     (``conv.frobenius_surrogate``) and ||W_l||_F for a Linear layer.

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import vjp, vmap
 
-from flatrep.measures import curvature
+from flatrep.measures import curvature, layers
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def fan_in(module: nn.Module) -> int:
     """Inputs per output unit: in_features (Linear), in_channels / groups * prod(kernel)."""
     if isinstance(module, nn.Linear):
         return module.in_features
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, layers.CONV_TYPES):
         return module.in_channels // module.groups * math.prod(module.kernel_size)
     raise TypeError(f"no fan-in for {type(module).__name__}")
 

@@ -2,8 +2,9 @@
 
 ``measure.curvature`` in params.yaml turns the whole suite on (``enabled``) and each family
 below on or off: a family key that is absent or ``false`` is skipped, ``true`` runs it with
-its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them. All HVP counts are per
-checkpoint, each HVP costing about two passes (forward and backward) over ``points`` rows.
+its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them. All HVP counts
+are per checkpoint, each HVP costing about two passes (forward and backward) over ``points``
+rows.
 
 core (always, when curvature is enabled) — ``probes`` HVPs + ``probes`` JVPs + one
     per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian trace,
@@ -34,6 +35,7 @@ from torch import nn
 from flatrep import config, losses
 from flatrep.measures import curvature, invariant, jacobian, layers, spectrum
 from flatrep.measures import stability as stability_measures
+
 
 def coords(cfg: dict) -> dict[str, tuple[str, list]]:
     """The extra cube coordinates the enabled families need (dim -> (dim, values))."""

@@ -1,10 +1,13 @@
 """The bound registry: every bound holds on real measured networks (they are theorems for
 MLPs), and a violation is reported when one is fabricated."""
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
-from flatrep import bounds
+from flatrep import bounds, checkpoint, config, data, determinism, measure, train
 
 
 def test_every_theorem_holds_on_a_trained_mlp(measured_run):
@@ -12,6 +15,9 @@ def test_every_theorem_holds_on_a_trained_mlp(measured_run):
     result = bounds.evaluate(ds)
     assert set(result["bound"].values) == set(bounds.REGISTRY)
     assert result["holds"].dims == ("bound", "run", "step")
+    cross_entropy_only = ["loss_trace", "loss_spectral"]
+    assert result["holds"].sel(bound=cross_entropy_only).isnull().all()   # an mse study
+    result = result.drop_sel(bound=cross_entropy_only)
     theorems = result.where(result["kind"] == bounds.THEOREM, drop=True)
     assert theorems.sizes["bound"] >= 11
     assert (theorems["holds"] == 1).all()
@@ -100,3 +106,78 @@ def test_per_sample_bounds_hold_at_every_point_and_match_the_lemma_by_hand(measu
     broken = ds.copy(deep=True)
     broken["mls"][:] = broken["mls"] * 1e6
     assert (bounds.evaluate(broken)["sample_holds"].sel(sample_bound="mls_per_sample") == 0).all()
+
+
+def test_sgd_stability_conditions_by_hand_and_their_full_batch_limit(measured_run):
+    """Mulayoff & Michaeli's necessary conditions in the training convention (factor 2/K),
+    p = (n - B) / (B (n - 1)); at B = n (p = 0) the lambda_max form is GD's 2 / lambda."""
+    ds, _ = measured_run
+    n = ds.attrs["train_size"]
+    assert n == 300                                        # 400 samples, train_split 0.75
+    final = ds.isel(step=-1)
+    r = bounds.evaluate(ds).isel(step=-1)
+    batch, factor = final["batch_size"], 0.2
+    p = (n - batch) / (batch * (n - 1))
+    lam, spread = factor * final["hessian_lambda_max"], factor ** 2 * final[
+        "stability_rayleigh_spread"]
+    np.testing.assert_allclose(r["rhs"].sel(bound="sgd_stability_top"),
+                               2 * lam / (lam ** 2 + p * spread), rtol=1e-12)
+    trace = factor * final["hessian_gauss_newton_trace"]
+    denominator = factor ** 2 * ((1 - p) * final["hessian_fro"] ** 2
+                                 + p * final["per_sample_hessian_fro_sq"])
+    np.testing.assert_allclose(r["rhs"].sel(bound="sgd_stability_trace"),
+                               2 * trace / denominator, rtol=1e-12)
+    np.testing.assert_allclose(r["lhs"].sel(bound="sgd_stability_top"), final["lr"])
+    full_batch = bounds.evaluate(ds.assign_coords(batch_size=("run", [n]))).isel(step=-1)
+    np.testing.assert_allclose(full_batch["rhs"].sel(bound="sgd_stability_top"),
+                               2 / full_batch["lhs"].sel(bound="linear_stability"), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def logistic_regression_run(tiny_study, data_root, tmp_path_factory):
+    """A cross-entropy logistic regression, trained briefly and measured (P = 41 x 10):
+    (measured run, study, checkpoint paths)."""
+    study = copy.deepcopy(tiny_study)
+    study["model"] = {"name": "logreg"}
+    study["train"].update(loss="cross_entropy", iterations=60, checkpoints={"count": 3})
+    study["measure"]["curvature"].update(lanczos={"steps": 60}, spectral_density=False,
+                                         adaptive_sharpness=False, relative_flatness=False)
+    run = config.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
+    paths = train.train_run("ce", study, run, tmp_path_factory.mktemp("logreg"), data_root,
+                            threads=1)
+    return measure.measured_run(paths, study["measure"], data_root, threads=1), study, paths
+
+
+def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
+        logistic_regression_run, data_root):
+    """Tr H = (1/n) sum_i (1 - ||p_i||^2) ||x~_i||^2 <= (2/n) sum_i ||x~_i||^2 l_i, x~ = (x, 1):
+    the LHS against the dense Hessian of the mean cross-entropy on the curvature points and
+    the RHS against the closed form; the spectral form holds with zero output curvature."""
+    ds, study, paths = logistic_regression_run
+    r = bounds.evaluate(ds)
+    for name in ("loss_trace", "loss_spectral"):
+        assert (r["holds"].sel(bound=name) == 1).all()
+    assert (ds["loss_weighted_output_curvature"] == 0).all()     # f is linear in theta
+    x, y = data.load_study_split(study["data"], "train", data_root)
+    rows = measure.measurement_indices(len(y), study["measure"]["curvature"]["points"],
+                                       determinism.sub_seed(0, "curvature"))
+    x, y = x[rows].double(), y[rows]
+    x_tilde_sq = x.pow(2).sum(1) + 1
+    for k, path in enumerate(paths):
+        model = checkpoint.load(path)[0].double()
+        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        shapes = [p.shape for p in model.parameters()]
+
+        def mean_loss(flat):
+            weight, bias = flat[:shapes[0].numel()].reshape(shapes[0]), flat[shapes[0].numel():]
+            return torch.nn.functional.cross_entropy(x @ weight.T + bias, y)
+
+        dense = torch.func.hessian(mean_loss)(theta)
+        per_sample = torch.nn.functional.cross_entropy(model(x), y, reduction="none").detach()
+        at = r.isel(run=0, step=k)
+        assert float(at["lhs"].sel(bound="loss_trace")) == pytest.approx(
+            torch.trace(dense).item(), rel=1e-10)
+        assert float(at["rhs"].sel(bound="loss_trace")) == pytest.approx(
+            2 * (x_tilde_sq * per_sample).mean().item(), rel=1e-10)
+        assert float(at["lhs"].sel(bound="loss_spectral")) == pytest.approx(
+            torch.linalg.matrix_norm(dense, 2).item(), rel=1e-8)

@@ -115,12 +115,17 @@ def test_schema_accepts_the_shipped_params_and_model_and_measure_variants():
     study["train"]["loss"] = "cross_entropy"
     study["measure"]["curvature"].update(lanczos=False, rank=True)
     assert schema_errors(params) == []
+    study["model"] = {"name": "logreg"}
+    study["train"].update(optimizer="adamw", averaging_start=0.5)
+    study["train"]["grid"].append({"optimizer": ["sgd", "adamw"], "averaging_start": [1.0, 0.5]})
+    assert schema_errors(params) == []
 
 
 @pytest.mark.parametrize("model,curvature", [
     ({"name": "cnn", "hidden": [4]}, {}),                    # hidden is an mlp option
     ({"name": "mlp"}, {}),                                   # mlp needs hidden
     ({"name": "mlp", "hidden": [4], "channels": [2]}, {}),   # channels is a cnn option
+    ({"name": "logreg", "hidden": [4]}, {}),                 # logreg has no hidden layers
     ({"name": "mlp", "hidden": [4]}, {"rank": {"point": 3}}),
     ({"name": "mlp", "hidden": [4]}, {"spectral_density": {"bins": 2}}),
     ({"name": "mlp", "hidden": [4]}, {"lanczos_steps": 12}),

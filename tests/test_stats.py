@@ -208,7 +208,9 @@ def test_study_statistics_on_a_measured_run(measured_run, tiny_study):
     result = stats.study_statistics(ds, evaluated, tiny_study["stats"])
     theorems = evaluated["bound"].values[evaluated["kind"].values == bounds.THEOREM]
     assert (result["violations"].sel(bound=theorems) == 0).all()
-    assert (result["violation_rate_ci_high"] > 0).all()  # exact CI is not degenerate
+    evaluated = result["evaluated"] > 0
+    assert (result["violation_rate_ci_high"].where(evaluated, 1) > 0).all()  # exact CI
+    assert (~evaluated).sum() == 2     # loss_trace, loss_spectral: cross-entropy only
     summary = json.loads(json.dumps(stats.summary(result, ds)))
     assert summary["n_runs"] == 1 and summary["n_diverged_runs"] == 0
     # One run: no within-configuration pairs, no second group for the mixed model.
@@ -219,8 +221,14 @@ def test_study_statistics_on_a_measured_run(measured_run, tiny_study):
     assert (result["sample_bound_evaluated"] == points).all()
     assert (result["sample_bound_violations"] == 0).all()
     assert set(summary["per_sample_bounds"]) == set(bounds.SAMPLE_REGISTRY)
-    split = result["violations_interpolated"] + result["violations_not_interpolated"]
-    assert (split == result["violations"]).all()
+    # every assumption holds for a trained MLP except interpolation at early checkpoints
+    for name in ("dense_first_layer", "dense_layers", "plain_sgd"):
+        assert (result[f"violations_without_{name}"] == 0).all()
+    met = result["evaluated_assumptions_met"]
+    assert (met <= result["evaluated"]).all()
+    assert (met.sel(bound="ma_ying") == result["evaluated"].sel(bound="ma_ying")).all()
+    late = (ds["train_loss"] < tiny_study["stats"]["interpolation_loss"]).sum().item()
+    assert int(met.sel(bound="linear_stability")) == late
 
 
 def test_within_run_correlations_use_only_interpolated_checkpoints():
@@ -308,7 +316,9 @@ def _bounds(lhs, rhs, steps=1, train_loss=None):
                        "tightness": (dims, stack["lhs"] / stack["rhs"]),
                        "train_loss": (("run", "step"), loss)},
                       coords={"bound": names, "run": [f"r{i}" for i in range(n_runs)],
-                              "step": np.arange(steps)})
+                              "step": np.arange(steps), "requires": ("bound", [""] * len(names)),
+                              "layer_type": ("layer", ["Linear"])},
+                      attrs={"config": json.dumps({"train": {}})})
 
 
 def test_paired_comparison_of_a_bound_tighter_by_exactly_a_factor_two():

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "lanczos": {"steps": 5},
                 "relative_flatness": True, "adaptive_sharpness": {"pairs": 4},
                 "spectral_density": {"probes": 2, "steps": 4, "bins": 20, "smoothing": 0.1},
-                "rank": {"points": 4, "dense_max_params": 10_000}, "stability": {"steps": 4}}
+                "rank": {"points": 4, "dense_max_params": 10_000}, "stability": {"steps": 4},
+                "output_curvature": {"steps": 3, "point_chunk": 5}}
 CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
         "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
-        "hessian_fro_se", "hessian_effective_rank"}
+        "hessian_fro_se", "hessian_effective_rank", "loss_weighted_jacobian_sq"}
 
 
 def test_family_switches_absent_false_true_and_mapping():
@@ -61,6 +62,37 @@ def test_only_the_enabled_families_are_computed():
     assert with_lanczos["hessian_lambda_max_scaled"] == pytest.approx(
         with_lanczos["hessian_lambda_max"] * theta_sq, rel=1e-12)
     assert with_lanczos["hessian_trace"] == core["hessian_trace"]   # same probes
+
+
+def test_loss_weighted_norms_against_dense_jacobians_and_output_hessians():
+    """(1/n) sum_i l_i ||J_i||_2^2 and (1/n) sum_i l_i max_c ||grad^2 f_c(x_i)||_2 for
+    cross-entropy, from dense per-sample Jacobians and Hessians (torch.func, float64)."""
+    model, x, _ = small_problem(3)
+    labels = torch.randint(0, 3, (12,), generator=torch.Generator().manual_seed(0))
+    ce = losses.get("cross_entropy")
+    params = dict(model.named_parameters())
+    names = list(params)
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def output(flat, x_i):
+        chunks = torch.split(flat, [params[n].numel() for n in names])
+        values = {n: c.reshape(params[n].shape) for n, c in zip(names, chunks)}
+        return torch.func.functional_call(model, values, (x_i[None],))[0]
+
+    per_sample = ce.per_sample(model(x), labels).detach()
+    jac_sq = torch.stack([torch.linalg.matrix_norm(torch.func.jacrev(output)(theta, x_i), 2) ** 2
+                          for x_i in x])
+    hess = torch.stack([torch.stack([torch.linalg.matrix_norm(torch.func.hessian(
+        lambda t, c=c, x_i=x_i: output(t, x_i)[c])(theta), 2) for c in range(3)]).max()
+        for x_i in x])
+    values = suite.measure(model, x, labels, ce,
+                           {"probes": 4, "output_curvature": {"steps": 200, "point_chunk": 5}},
+                           seed=0)
+    assert values["loss_weighted_jacobian_sq"] == pytest.approx(
+        (per_sample * jac_sq).mean().item(), rel=1e-10)
+    assert values["loss_weighted_output_curvature"] == pytest.approx(
+        (per_sample * hess).mean().item(), rel=1e-8)
+    assert values["output_curvature_residual_max"] < 1e-8
 
 
 def batchnorm_model(seed=1):

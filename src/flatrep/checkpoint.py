@@ -20,9 +20,12 @@ class CheckpointError(RuntimeError):
 
 
 def save(path: str | Path, model: torch.nn.Module, meta: dict,
-         optimizer: torch.optim.Optimizer | None = None, rng: dict | None = None) -> None:
-    """Write ``{model, optimizer, rng, meta}`` atomically to ``path``.
+         optimizer: torch.optim.Optimizer | None = None, rng: dict | None = None,
+         training_model: torch.nn.Module | None = None) -> None:
+    """Write ``{model, training_model, optimizer, rng, meta}`` atomically to ``path``.
 
+    ``model`` is what the measures see (the averaged weights under iterate averaging);
+    ``training_model`` the raw iterate the optimizer continues from, when it differs.
     ``meta`` holds at least ``study``, ``run``, ``step``, ``config`` (the resolved study) and
     ``hparams``, plus ``input_shape`` and ``num_outputs`` to rebuild the model.
     """
@@ -30,6 +33,8 @@ def save(path: str | Path, model: torch.nn.Module, meta: dict,
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": "flatrep-checkpoint-1", "meta": meta,
                "model": model.state_dict(),
+               "training_model": (training_model.state_dict() if training_model is not None
+                                  else None),
                "optimizer": optimizer.state_dict() if optimizer is not None else None,
                "rng": rng}
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:

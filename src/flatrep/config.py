@@ -16,10 +16,14 @@ from pathlib import Path
 import yaml
 
 #: Hyperparameters a study may sweep; each becomes a coordinate along ``run`` in the cube.
-SWEEPABLE = ("lr", "batch_size", "weight_decay", "momentum", "optimizer", "seed")
+SWEEPABLE = ("lr", "batch_size", "weight_decay", "momentum", "optimizer", "averaging_start",
+             "seed")
 #: Short names used in run ids (``lr0.1_bs20_seed0``).
 _ABBREVIATION = {"lr": "lr", "batch_size": "bs", "seed": "seed", "weight_decay": "wd",
-                 "momentum": "mom", "optimizer": "opt"}
+                 "momentum": "mom", "optimizer": "opt", "averaging_start": "ia"}
+#: Values of the optional ``train`` keys when a study leaves them out.
+TRAIN_DEFAULTS = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                  "averaging_start": 1.0}
 
 
 class ConfigError(ValueError):
@@ -74,14 +78,16 @@ def expand_runs(study: dict) -> list[Run]:
     """All runs of a study: the union of the grid's crosses, each crossed with every seed.
 
     ``train.grid`` is a list of crosses (dicts of lists); a hyperparameter missing from a cross
-    takes its value from ``train``. Duplicate points of overlapping crosses are kept once.
+    takes its value from ``train`` (or ``TRAIN_DEFAULTS``). Duplicate points of overlapping
+    crosses are kept once.
     """
     train = study["train"]
     swept = sorted({key for cross in train["grid"] for key in cross} | {"seed"},
                    key=SWEEPABLE.index)
     runs: dict[str, Run] = {}
     for cross in train["grid"]:
-        axes = {key: cross.get(key, [train.get(key)]) for key in swept if key != "seed"}
+        axes = {key: cross.get(key, [train.get(key, TRAIN_DEFAULTS.get(key))])
+                for key in swept if key != "seed"}
         axes["seed"] = train["seeds"]
         for values in itertools.product(*axes.values()):
             hparams = {key: axes_value for key, axes_value in zip(axes, values)}
@@ -129,6 +135,7 @@ CURVATURE_FAMILIES: dict[str, dict] = {
     "spectral_density": {"probes": 4, "steps": 30, "bins": 200, "smoothing": 0.01},
     "rank": {"points": 32, "dense_max_params": 3000, "tolerances": [1e-4, 1e-6, 1e-8]},
     "stability": {"steps": 20},
+    "output_curvature": {"steps": 20, "point_chunk": 16},
 }
 
 

@@ -64,7 +64,8 @@ def _softmax_hessian(outputs: torch.Tensor) -> torch.Tensor:
 LOSSES = {
     "mse": Loss("mse", _one_hot, nn.functional.mse_loss,
                 lambda f, y: 0.5 * (f - y).pow(2).sum(-1), _identity, lambda k: 2.0 / k),
-    "cross_entropy": Loss("cross_entropy", lambda labels, _k, _dtype: labels, nn.functional.cross_entropy,
+    "cross_entropy": Loss("cross_entropy", lambda labels, _k, _dtype: labels,
+                          nn.functional.cross_entropy,
                           lambda f, y: nn.functional.cross_entropy(f, y, reduction="none"),
                           _softmax_hessian, lambda _k: 1.0),
 }

@@ -2,7 +2,8 @@
 
 Three tables from stats.nc: the claims with their verdicts (``flatrep.claims``), the
 across-runs correlations of sharpness with each compression measure, and every bound's
-violation rate and tightness.
+violation rate (over all points and where its assumptions hold), the assumptions blamed
+for its violations, and its tightness.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from flatrep import claims
+from flatrep.bounds import ASSUMPTIONS
 
 
 def _interval(estimate, low, high, digits: int = 2) -> str:
@@ -38,17 +40,27 @@ def correlations(stats_ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _blame(row: xr.Dataset) -> str:
+    """``assumption: count`` of the violations at points where that assumption failed."""
+    counts = {name: int(row[f"violations_without_{name}"]) for name in ASSUMPTIONS}
+    return ", ".join(f"{name}: {count}" for name, count in counts.items() if count) or "—"
+
+
 def bounds(stats_ds: xr.Dataset) -> str:
-    """Violations (exact CI) and median final tightness of every bound."""
-    lines = ["| bound | violations / evaluated | violation rate CI | median final LHS/RHS |",
-             "|---|---|---|---|"]
+    """Violations (exact CI) over all points and where the bound's assumptions hold, the
+    assumptions that failed where violations occurred, and the median final tightness."""
+    lines = ["| bound | violations / evaluated | violation rate CI | assumptions met: "
+             "violations / evaluated | violations where an assumption failed | "
+             "median final LHS/RHS |", "|---|---|---|---|---|---|"]
     for name in stats_ds["bound"].values:
         row = stats_ds.sel(bound=name)
         evaluated = int(row["evaluated"])
         interval = (f"[{float(row['violation_rate_ci_low']):.3g}, "
                     f"{float(row['violation_rate_ci_high']):.3g}]" if evaluated else "—")
+        met = (f"{int(row['violations_assumptions_met'])} / "
+               f"{int(row['evaluated_assumptions_met'])}")
         lines.append(f"| {name} | {int(row['violations'])} / {evaluated} | {interval} | "
-                     f"{_p(row['tightness_final_median'])} |")
+                     f"{met} | {_blame(row)} | {_p(row['tightness_final_median'])} |")
     return "\n".join(lines) + "\n"
 
 

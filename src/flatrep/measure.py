@@ -149,8 +149,10 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
             template = measure_checkpoint(model, splits, points, num_outputs, measure_cfg,
                                           loss)
         rows.append(nan_like(template) if diverged else template)
-    return run_dataset(metas, rows, points, [name for name, _ in layers.measured_layers(model)],
-                       tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
+    dataset = run_dataset(metas, rows, points, layers.measured_layers(model),
+                          tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
+    dataset.attrs["train_size"] = len(splits["train"][1])
+    return dataset
 
 
 def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
@@ -168,10 +170,12 @@ def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     return ds
 
 
-def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: list[str],
-                moments: tuple[int, ...], extra_coords: dict | None = None) -> xr.Dataset:
+def run_dataset(metas: list[dict], rows: list[dict], points: dict,
+                measured_layers: list[tuple[str, nn.Module]], moments: tuple[int, ...],
+                extra_coords: dict | None = None) -> xr.Dataset:
     """Assemble per-checkpoint measures into one Dataset with catalogue attributes.
 
+    ``measured_layers``: (name, module) of the Linear/Conv layers (``layers.measured_layers``).
     ``extra_coords``: coordinates of the dims only some measures have (``suite.coords``).
     """
     steps = [meta["step"] for meta in metas]
@@ -189,8 +193,11 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict, layer_names: 
     coords = {"step": ("step", np.array(steps, dtype=np.int64), {"long_name": "SGD iteration",
                                                                   "units": "1"}),
               "subset": ("subset", list(SUBSETS)),
-              "layer": ("layer", np.arange(len(layer_names))),
-              "layer_name": ("layer", layer_names, {"long_name": "module name in the model"}),
+              "layer": ("layer", np.arange(len(measured_layers))),
+              "layer_name": ("layer", [name for name, _ in measured_layers],
+                             {"long_name": "module name in the model"}),
+              "layer_type": ("layer", [type(module).__name__ for _, module in measured_layers],
+                             {"long_name": "torch module class (Linear, Conv1d, Conv2d)"}),
               "moment": ("moment", list(moments), {"long_name": "order k of the moment",
                                                   "units": "1"}),
               "sample_index": (("subset", "sample"), sample_index,

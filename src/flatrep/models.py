@@ -62,7 +62,15 @@ def cnn(input_shape: tuple[int, ...], num_outputs: int, channels: Sequence[int] 
     return nn.Sequential(*layers)
 
 
-BUILDERS = {"mlp": mlp, "cnn": cnn}
+def logreg(input_shape: int | tuple[int, ...], num_outputs: int,
+           bias: bool = True) -> nn.Sequential:
+    """Multinomial logistic regression f(x) = W x + b (Flatten, Linear) — an ``mlp`` without
+    hidden layers; with cross-entropy its Hessian is (1/n) sum_i (diag p_i - p_i p_i^T) (x) x~_i
+    x~_i^T, x~_i = (x_i, 1) (the False-Friend loss bound A2 holds for it in closed form)."""
+    return mlp(input_shape, num_outputs, [], bias=bias)
+
+
+BUILDERS = {"mlp": mlp, "cnn": cnn, "logreg": logreg}
 
 
 def build(model_cfg: dict, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:

@@ -10,7 +10,9 @@
 * OLS of log LHS on log RHS for every bound (statsmodels), across runs at the final
   checkpoint, and pooled over interpolated checkpoints with run-clustered standard errors; a
   mixed model with a random intercept per run on the same pooled checkpoints.
-* Violation rate of every bound with an exact (Clopper-Pearson) binomial CI.
+* Violation rate of every bound with an exact (Clopper-Pearson) binomial CI, over every
+  evaluated point and over the points where the bound's assumptions hold; violations are
+  attributed to the assumptions that failed where they occurred (``flatrep.bounds``).
 * Paired bootstrap comparison of every bound with Ma & Ying's (tightness, Kendall tau).
 """
 
@@ -23,6 +25,8 @@ import scipy.stats
 import statsmodels.api as sm
 import xarray as xr
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+from flatrep.bounds import ASSUMPTIONS, assumption_flags
 
 METHODS = ("pearson", "spearman", "kendall")
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
@@ -477,19 +481,42 @@ def violations(holds: np.ndarray, level: float) -> dict:
             "violation_rate_ci_low": interval.low, "violation_rate_ci_high": interval.high}
 
 
-def _bound_row(b: xr.Dataset, threshold: float, level: float) -> dict:
-    """Every per-bound statistic of one bound's (run, step) values."""
+def _nan_median(values: np.ndarray) -> float:
+    """Median of the finite entries; NaN (no warning) when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else np.nan
+
+
+def holds_where_assumed(bounds: xr.Dataset, flags: xr.DataArray) -> xr.DataArray:
+    """``bounds["holds"]`` with NaN (not evaluated) wherever one of the bound's own
+    assumptions (its ``requires`` coordinate) fails; ``flags`` from ``assumption_flags``."""
+    masks = [flags.sel(assumption=[a for a in str(required).split(",") if a]).all("assumption")
+             for required in bounds["requires"].values]
+    return bounds["holds"].where(xr.concat(masks, dim="bound").assign_coords(
+        bound=bounds["bound"]))
+
+
+def _bound_row(b: xr.Dataset, held: np.ndarray, flags: xr.DataArray, threshold: float,
+               level: float) -> dict:
+    """Every per-bound statistic of one bound's (run, step) values.
+
+    ``held``: its ``holds`` where its assumptions hold (``holds_where_assumed``); ``flags``:
+    ``assumption_flags`` of the same runs. The violation rate is given over every evaluated
+    point and over the points where the bound's assumptions hold; ``violations_without_<a>``
+    counts the violations at points where assumption ``a`` fails (which assumption a
+    violation can be blamed on)."""
     final = b.isel(step=-1)
     after = b["train_loss"].values < threshold
     runs = np.broadcast_to(np.arange(b.sizes["run"])[:, None], after.shape)
     pooled = (b["lhs"].values[after], b["rhs"].values[after], runs[after])
     holds = b["holds"].values
     row = {**violations(holds, level),
-           # which assumption failed: violations before / after interpolation
-           "violations_interpolated": int((holds[after] == 0).sum()),
-           "violations_not_interpolated": int((holds[~after] == 0).sum()),
-           "tightness_median": float(np.nanmedian(b["tightness"].values)),
-           "tightness_final_median": float(np.nanmedian(final["tightness"].values))}
+           **{f"{key}_assumptions_met": value for key, value in violations(held, level).items()},
+           **{f"violations_without_{name}": int((holds[~flags.sel(assumption=name).values]
+                                                 == 0).sum())
+              for name in flags["assumption"].values},
+           "tightness_median": _nan_median(b["tightness"].values),
+           "tightness_final_median": _nan_median(final["tightness"].values)}
     for prefix, fit in (("final", log_regression(final["lhs"].values, final["rhs"].values)),
                         ("interpolated", log_regression(*pooled)),
                         ("mixed", mixed_regression(*pooled))):
@@ -506,8 +533,11 @@ def bound_statistics(bounds: xr.Dataset, cube: xr.Dataset, threshold: float,
     ``mixed_*`` the mixed model with a random intercept per run on the same checkpoints.
     """
     bounds = bounds.where(healthy_runs(cube), drop=True)
+    flags = assumption_flags(bounds, threshold)
+    held = holds_where_assumed(bounds, flags)
     names = list(bounds["bound"].values)
-    rows = [_bound_row(bounds.sel(bound=name), threshold, level) for name in names]
+    rows = [_bound_row(bounds.sel(bound=name), held.sel(bound=name).values, flags, threshold,
+                       level) for name in names]
     return xr.Dataset({key: ("bound", np.asarray([row[key] for row in rows], dtype=float))
                        for key in rows[0]}, coords={"bound": names})
 
@@ -601,7 +631,7 @@ def sample_bound_statistics(bounds: xr.Dataset, cube: xr.Dataset, level: float) 
     bounds = bounds.where(healthy_runs(cube), drop=True)
     names = list(bounds["sample_bound"].values)
     rows = [{**violations(b["sample_holds"].values, level),
-             "tightness_median": float(np.nanmedian(b["sample_tightness"].values))}
+             "tightness_median": _nan_median(b["sample_tightness"].values)}
             for b in (bounds.sel(sample_bound=name) for name in names)]
     return xr.Dataset({f"sample_bound_{key}": ("sample_bound",
                                                np.asarray([row[key] for row in rows], float))
@@ -640,7 +670,9 @@ _ACROSS_KEYS = ("estimate", "ci_low", "ci_high", "p_value", "n", "p_perm", "p_ho
                 "p_perm_holm")
 _WITHIN_CONFIG_KEYS = ("estimate", "ci_low", "ci_high", "p_perm", "n")
 _BOUND_KEYS = ("violation_rate", "violation_rate_ci_low", "violation_rate_ci_high",
-               "violations_interpolated", "violations_not_interpolated",
+               "violations_assumptions_met", "evaluated_assumptions_met",
+               "violation_rate_assumptions_met", "violation_rate_ci_high_assumptions_met",
+               *(f"violations_without_{name}" for name in ASSUMPTIONS),
                "tightness_final_median", "final_slope", "final_r2", "mixed_slope",
                "mixed_slope_ci_low", "mixed_slope_ci_high", "lhs_rhs_granulated_kendall_psi")
 

@@ -21,10 +21,11 @@ _PER_SAMPLE = ("subset", "sample")
 
 CATALOG: dict[str, Variable] = {
     "train_loss": Variable((), "training loss on the full train split", "1",
-                           "torch MSELoss to one-hot targets: mean over samples and K outputs, "
-                           "model in eval mode"),
+                           "the study's train.loss in torch's reduction (mse: MSELoss to one-hot "
+                           "targets, mean over samples and K outputs; cross_entropy: mean over "
+                           "samples), model in eval mode"),
     "test_loss": Variable((), "test loss on the full test split", "1",
-                          "torch MSELoss to one-hot targets: mean over samples and K outputs"),
+                          "the study's train.loss in torch's reduction, model in eval mode"),
     "train_acc": Variable((), "training accuracy on the full train split", "1",
                           "fraction of argmax_k f_k(x) == y"),
     "test_acc": Variable((), "test accuracy on the full test split", "1",
@@ -210,6 +211,20 @@ CATALOG: dict[str, Variable] = {
                                           "v) the top Ritz pair of H (Mulayoff & Michaeli's "
                                           "lambda_max condition: eta <= 2 lambda / (lambda^2 + "
                                           "p * spread), p = (n-B)/(B(n-1)))"),
+    "loss_weighted_jacobian_sq": Variable((), "loss-weighted squared Jacobian norm", "1",
+                                          "(1/n) sum_i l_i ||J_i||_2^2 over the curvature "
+                                          "points, l_i the per-sample loss, ||J_i||_2 the "
+                                          "spectral norm of d f(x_i) / d theta (K x P); twice "
+                                          "it bounds Tr G for cross-entropy (Granziol A2)"),
+    "loss_weighted_output_curvature": Variable(
+        (), "loss-weighted output-Hessian norm", "1",
+        "(1/n) sum_i l_i max_c ||grad^2_theta f_c(x_i)||_2 over the curvature points, each norm "
+        "the largest |Ritz value| of Lanczos (output_curvature.steps); with "
+        "loss_weighted_jacobian_sq, half the False-Friend bound on ||H||_2 (Granziol A2)"),
+    "output_curvature_residual_max": Variable(
+        (), "largest Lanczos residual of the output-Hessian norms", "1",
+        "max over points and outputs of |beta_k y_k| of the Ritz value taken as the norm; "
+        "near 0 when the Krylov space became invariant (the norms are then exact)"),
     "num_params": Variable((), "number of parameters P", "1", "dimension of theta"),
     "rank_points": Variable((), "points of the Gauss-Newton rank", "1",
                             "N, the first rank.points curvature points"),

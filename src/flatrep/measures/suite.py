@@ -8,7 +8,8 @@ rows.
 
 core (always, when curvature is enabled) — ``probes`` HVPs + ``probes`` JVPs + one
     per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian trace,
-    Hutchinson trace, Frobenius norm and effective rank from the same probes.
+    Hutchinson trace, Frobenius norm and effective rank from the same probes; the
+    loss-weighted Jacobian norm of the False-Friend loss bound.
 hutch_plus_plus — ``probes`` HVPs: Hutch++ trace with SE.
 lanczos — ``steps`` HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2.
 relative_flatness — ``probes`` HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact.
@@ -22,6 +23,9 @@ rank — dense Hessian (P HVPs and a P x P eigendecomposition, only when P <=
 stability — ``steps`` products (3 JVPs + 3 VJPs each) for the non-uniformity, and the top
     Ritz pair of H (shared with ``lanczos`` when on, else ``steps`` more HVPs): the
     linear-stability ingredients of ``stability``.
+output_curvature — ``steps`` single-point HVPs per point and output (about ``steps`` x K
+    full-batch HVPs), batched over ``point_chunk`` points: the spectral norms of the
+    per-sample output Hessians for the False-Friend spectral loss bound.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 
 from flatrep import config, losses
-from flatrep.measures import curvature, invariant, jacobian, layers, spectrum
+from flatrep.measures import curvature, invariant, jacobian, layers, output_curvature, spectrum
 from flatrep.measures import stability as stability_measures
 
 
@@ -79,6 +83,13 @@ class Context:
         return self.lanczos_runs[steps]
 
 
+def loss_weighted_jacobian_sq(ctx: Context) -> float:
+    """(1/n) sum_i l_i ||J_i||_2^2, ||J_i||_2^2 = lambda_max(J_i J_i^T) (K x K Gram)."""
+    per_sample = ctx.loss.per_sample(ctx.operator.output_values, ctx.targets)
+    top = torch.linalg.eigvalsh(ctx.jacobians["param_gram"])[:, -1]
+    return (per_sample * top).mean().item()
+
+
 def core(ctx: Context) -> dict:
     outputs = ctx.operator.output_values
     gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
@@ -90,7 +101,8 @@ def core(ctx: Context) -> dict:
             "hessian_trace_hutchinson_se": ctx.probes["trace"].standard_error,
             "hessian_fro": ctx.probes["fro"].value,
             "hessian_fro_se": ctx.probes["fro"].standard_error,
-            "hessian_effective_rank": ctx.probes["effective_rank"]}
+            "hessian_effective_rank": ctx.probes["effective_rank"],
+            "loss_weighted_jacobian_sq": loss_weighted_jacobian_sq(ctx)}
 
 
 def hutch_plus_plus(ctx: Context, _options: dict) -> dict:
@@ -176,7 +188,17 @@ def stability(ctx: Context, options: dict) -> dict:
                 ctx.operator, top.top_vector, top.lambda_max)}
 
 
-FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "lanczos": lanczos, "stability": stability,
+def output_curvature_family(ctx: Context, options: dict) -> dict:
+    result = output_curvature.output_hessian_norms(ctx.operator, options["steps"],
+                                                   ctx.generator(4), options["point_chunk"])
+    per_sample = ctx.loss.per_sample(ctx.operator.output_values, ctx.targets)
+    return {"loss_weighted_output_curvature": output_curvature.loss_weighted_output_curvature(
+                per_sample, result.norms),
+            "output_curvature_residual_max": result.residuals.max().item()}
+
+
+FAMILIES = {"hutch_plus_plus": hutch_plus_plus,
+            "output_curvature": output_curvature_family, "lanczos": lanczos, "stability": stability,
             "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
             "spectral_density": spectral_density, "rank": rank}
 

@@ -1,0 +1,84 @@
+"""Iterate averaging (Polyak & Juditsky 1992; SWA, Izmailov et al. 2018; Granziol's "Gadam").
+
+From step t0 on, the averaged weights after step t are
+
+    theta_bar_t = (1 / (t - t0 + 1)) sum_{s=t0}^{t} theta_s,
+
+kept as a running mean theta_bar <- theta_bar + (theta_t - theta_bar) / k in float64. Batch
+normalisation statistics do not average: the averaged model's running means and variances are
+recomputed by one pass over the training data in train mode (``recompute_batchnorm``), as the
+False-Friend paper does for its IA models (reference §C.12).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def start_step(fraction: float, iterations: int) -> int:
+    """t0 = round(fraction * iterations): fraction 1 averages only the last iterate."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"train.averaging_start must lie in [0, 1], got {fraction}")
+    return int(round(fraction * iterations))
+
+
+class IterateAverage:
+    """The running mean of a model's parameters from step ``start`` on."""
+
+    def __init__(self, start: int):
+        self.start = start
+        self.count = 0
+        self.mean: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, model: nn.Module) -> None:
+        """Add theta_step to the mean when step >= start."""
+        if step < self.start:
+            return
+        self.count += 1
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                value = param.detach().to(torch.float64)
+                if name not in self.mean:
+                    self.mean[name] = value.clone()
+                else:
+                    self.mean[name] += (value - self.mean[name]) / self.count
+
+    def model(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> nn.Module:
+        """The model to evaluate: ``model`` itself while at most one iterate is averaged,
+        else a copy holding the mean (BatchNorm statistics recomputed on ``x``)."""
+        if self.count <= 1:
+            return model
+        averaged = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, param in averaged.named_parameters():
+                param.copy_(self.mean[name].to(param.dtype))
+        recompute_batchnorm(averaged, x, batch_size)
+        return averaged
+
+
+def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Running statistics of every BatchNorm layer re-estimated on ``x`` in order, in batches
+    of ``batch_size``: the running mean becomes the mean of the batch means and the running
+    variance the mean of the (unbiased) batch variances (cumulative average, momentum None).
+    A model without BatchNorm is left untouched."""
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size])
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    model.train(was_training)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import stats  # noqa: E402
+from flatrep import config, stats  # noqa: E402
 
 #: (variable, y label, transform) of the six trajectory panels of Chen et al. Fig. 1/2.
 PANELS = (("train_loss", "train loss", None),
@@ -24,7 +24,9 @@ PANELS = (("train_loss", "train loss", None),
 
 
 def _rows(cube: xr.Dataset, rows_cfg: dict) -> list[tuple[str, xr.Dataset, str]]:
-    """(title, runs, colour key): runs at the fixed batch coloured by lr, and vice versa."""
+    """(title, runs, colour key): runs at the fixed batch coloured by lr, and vice versa; a
+    study that sweeps neither (e.g. weight decay or optimiser arms) gets one row coloured by
+    its configuration (the swept hyperparameters other than the seed)."""
     result = []
     if "batch_size" in cube.coords:
         at = rows_cfg["lr_row_batch_size"]
@@ -34,7 +36,19 @@ def _rows(cube: xr.Dataset, rows_cfg: dict) -> list[tuple[str, xr.Dataset, str]]
         at = rows_cfg["batch_row_lr"]
         result.append((f"lr {at}, coloured by batch size",
                        cube.where(cube["lr"] == at, drop=True), "batch_size"))
-    return [row for row in result if row[1].sizes["run"] > 0 and row[2] in row[1].coords]
+    result = [row for row in result if row[1].sizes["run"] > 0 and row[2] in row[1].coords]
+    if not result:
+        swept = [name for name in config.SWEEPABLE if name != "seed" and name in cube.coords]
+        labels = [", ".join(f"{name}={_text(cube[name].values[i])}" for name in swept) or "all"
+                  for i in range(cube.sizes["run"])]
+        result.append(("coloured by configuration",
+                       cube.assign_coords(configuration=("run", labels)), "configuration"))
+    return result
+
+
+def _text(value) -> str:
+    """A hyperparameter value as a legend shows it (numbers in %g)."""
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
 
 
 def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
@@ -52,7 +66,8 @@ def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
                 if transform is not None:
                     values = transform(values)
                 steps = group["step"].values
-                ax.plot(steps, values.mean("run"), color=colour, label=f"{key}={level:g}")
+                label_text = _text(level) if key == "configuration" else f"{key}={_text(level)}"
+                ax.plot(steps, values.mean("run"), color=colour, label=label_text)
                 ax.fill_between(steps, values.min("run"), values.max("run"), color=colour,
                                 alpha=0.2, linewidth=0)
                 ax.set_xlabel("iteration")

@@ -91,3 +91,17 @@ def test_averaging_start_outside_the_unit_interval_is_rejected():
     assert averaging.start_step(1.0, 50) == 50 and averaging.start_step(0.5, 5) == 2
     with pytest.raises(ValueError, match="averaging_start"):
         averaging.start_step(1.5, 10)
+
+
+def test_string_hyperparameters_survive_the_study_cube(measured_run, tmp_path):
+    """Runs with optimizer 'sgd' then 'adamw': the combined cube keeps the full strings."""
+    from flatrep import cube
+
+    ds, _ = measured_run
+    paths = []
+    for name, optimizer in (("a", "sgd"), ("b", "adamw")):
+        one = ds.assign_coords(run=[name], optimizer=("run", [optimizer]))
+        cube.write(one, tmp_path / f"{name}.nc")
+        paths.append(tmp_path / f"{name}.nc")
+    cube.write(cube.combine(paths), tmp_path / "cube.nc")
+    assert list(cube.read(tmp_path / "cube.nc")["optimizer"].values) == ["sgd", "adamw"]

@@ -102,6 +102,9 @@ def combine(run_files: list[str | Path]) -> xr.Dataset:
     runs = [read(path) for path in run_files]
     cube = xr.concat(runs, dim="run", data_vars="all", coords="different", compat="equals",
                      combine_attrs="drop_conflicts")
+    # the first file's encoding (e.g. a <U3 width for optimizer='sgd') would truncate longer
+    # strings of later runs ('adamw' -> 'ada') on write
+    cube = cube.drop_encoding()
     revisions = sorted({ds.attrs.get("git_revision", "unknown") for ds in runs})
     cube.attrs["git_revision"] = revisions[0] if len(revisions) == 1 else json.dumps(revisions)
     return cube

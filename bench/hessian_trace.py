@@ -72,7 +72,8 @@ def trained_problem(hidden, points, steps):
 
 def gauss_newton_trace(model, x) -> float:
     """Tr G = (1/n) sum_i ||grad_theta f(x_i)||_F^2, exact (part of every timed estimate)."""
-    return jacobian.per_sample_jacobians(model, x, chunk_size=len(x), moments=())["param_sq"].mean().item()
+    squares = jacobian.per_sample_jacobians(model, x, chunk_size=len(x), moments=())["param_sq"]
+    return squares.mean().item()
 
 
 def random_problem(hidden, points):

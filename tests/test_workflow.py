@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
+import yaml
 from conftest import REPO, make_project, run
 
 from flatrep import variables
@@ -62,9 +64,9 @@ def test_outputs_of_every_stage_exist(snakemake_project):
     assert list((snakemake_project / "benchmarks/tiny/measure").glob("*.tsv"))
 
 
-def planned_jobs(project: Path) -> dict[str, int]:
+def planned_jobs(project: Path, *targets: str) -> dict[str, int]:
     """Rule name -> job count of what `snakemake -n` would run."""
-    out = run(["snakemake", "--cores", "1", "-n", "--quiet", "rules"], project)
+    out = run(["snakemake", *targets, "--cores", "1", "-n", "--quiet", "rules"], project)
     counts = {}
     for line in (out.stdout + out.stderr).splitlines():
         fields = line.split()
@@ -121,3 +123,24 @@ def test_dvc_repro_round_trip(tmp_path):
             or "Stage 'data' didn't change" in changed.stdout)
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert "results/tiny/summary.json" in metrics.stdout
+
+
+def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_results(
+        snakemake_project, tmp_path):
+    """`train.ensemble: seeds`: one training job per configuration (3 for the tiny grid), the
+    same per-run checkpoint files, and a cube whose measures match the per-run project's to
+    float32 training rounding."""
+    project = make_project(tmp_path / "ensemble")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["studies"]["tiny"]["train"]["ensemble"] = "seeds"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    planned = planned_jobs(project, "results/tiny/cube.nc")
+    assert {job: count for job, count in planned.items() if job.startswith("train")} == {
+        "train_tiny_lr0_1_bs20": 1, "train_tiny_lr0_2_bs20": 1, "train_tiny_lr0_1_bs8": 1}
+    run(["snakemake", "results/tiny/cube.nc", "--cores", "2", "--quiet"], project)
+    with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as single, \
+            xr.open_dataset(project / "results/tiny/cube.nc") as together:
+        assert list(single.run.values) == list(together.run.values)
+        for name in ("train_loss", "test_acc", "sharpness", "mls"):
+            np.testing.assert_allclose(together[name].values, single[name].values,
+                                       rtol=1e-3, atol=1e-6, err_msg=name)

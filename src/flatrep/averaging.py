@@ -29,35 +29,60 @@ def start_step(fraction: float, iterations: int) -> int:
 
 
 class IterateAverage:
-    """The running mean of a model's parameters from step ``start`` on."""
+    """The running mean of a model's parameters from step ``start`` on.
 
-    def __init__(self, start: int):
+    For an ensemble the parameters are stacked (member first) and ``active`` (M,) says which
+    members take part in an update: a member frozen after divergence stops averaging, as its
+    single run, which stops training, does.
+    """
+
+    def __init__(self, start: int, members: int | None = None):
         self.start = start
-        self.count = 0
+        self.counts = torch.zeros(() if members is None else (members,), dtype=torch.long)
         self.mean: dict[str, torch.Tensor] = {}
 
-    def update(self, step: int, model: nn.Module) -> None:
-        """Add theta_step to the mean when step >= start."""
+    @property
+    def count(self) -> int:
+        """Iterates averaged so far (of a single run)."""
+        return int(self.counts)
+
+    def count_of(self, member: int | None) -> int:
+        """Iterates averaged so far by one ensemble member (``None``: a single run)."""
+        return self.count if member is None else int(self.counts[member])
+
+    def update(self, step: int, parameters: dict[str, torch.Tensor],
+               active: torch.Tensor | None = None) -> None:
+        """Add theta_step (``name -> tensor``, e.g. ``dict(model.named_parameters())``, or
+        the stacked parameters of an ensemble) to the mean when step >= start."""
         if step < self.start:
             return
-        self.count += 1
+        taking_part = torch.ones((), dtype=torch.bool) if active is None else active.cpu()
+        self.counts = self.counts + taking_part.long()
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, param in parameters.items():
                 value = param.detach().to(torch.float64)
                 if name not in self.mean:
                     self.mean[name] = value.clone()
-                else:
-                    self.mean[name] += (value - self.mean[name]) / self.count
+                    continue
+                shape = (-1,) + (1,) * (value.dim() - 1) if active is not None else ()
+                counts = self.counts.clamp(min=1).reshape(shape).to(value.device)
+                increment = (value - self.mean[name]) / counts
+                if active is not None:
+                    increment = torch.where(active.reshape(shape), increment, 0.0)
+                self.mean[name] += increment
 
-    def model(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> nn.Module:
+    def model(self, model: nn.Module, x: torch.Tensor, batch_size: int,
+              member: int | None = None) -> nn.Module:
         """The model to evaluate: ``model`` itself while at most one iterate is averaged,
-        else a copy holding the mean (BatchNorm statistics recomputed on ``x``)."""
-        if self.count <= 1:
+        else a copy holding the mean (BatchNorm statistics recomputed on ``x``); ``member``
+        picks one member of a stacked (ensemble) mean."""
+        if self.count_of(member) <= 1:
             return model
         averaged = copy.deepcopy(model)
         with torch.no_grad():
             for name, param in averaged.named_parameters():
-                param.copy_(self.mean[name].to(param.dtype))
+                mean = self.mean[name] if member is None else self.mean[name][member]
+                param.copy_(mean.to(param.dtype))
         recompute_batchnorm(averaged, x, batch_size)
         return averaged
 

@@ -20,12 +20,13 @@ class CheckpointError(RuntimeError):
 
 
 def save(path: str | Path, model: torch.nn.Module, meta: dict,
-         optimizer: torch.optim.Optimizer | None = None, rng: dict | None = None,
+         optimizer_state: dict | None = None, rng: dict | None = None,
          training_model: torch.nn.Module | None = None) -> None:
     """Write ``{model, training_model, optimizer, rng, meta}`` atomically to ``path``.
 
     ``model`` is what the measures see (the averaged weights under iterate averaging);
-    ``training_model`` the raw iterate the optimizer continues from, when it differs.
+    ``training_model`` the raw iterate the optimizer continues from, when it differs;
+    ``optimizer_state`` the torch optimizer's ``state_dict()``.
     ``meta`` holds at least ``study``, ``run``, ``step``, ``config`` (the resolved study) and
     ``hparams``, plus ``input_shape`` and ``num_outputs`` to rebuild the model.
     """
@@ -35,7 +36,7 @@ def save(path: str | Path, model: torch.nn.Module, meta: dict,
                "model": model.state_dict(),
                "training_model": (training_model.state_dict() if training_model is not None
                                   else None),
-               "optimizer": optimizer.state_dict() if optimizer is not None else None,
+               "optimizer": optimizer_state,
                "rng": rng}
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         torch.save(payload, handle)

@@ -15,11 +15,30 @@ or ``bound`` (a violation rate with an exact binomial CI). The verdict rule read
 * *not tested* when the study has no data for the claim (e.g. no weight-decay variation).
 
 Holm's correction runs over the p-values of every tested association claim of the study.
+
+Granziol's comparisons of arms (weight decay; Adam/AdamW + iterate averaging vs SGD) are
+made twice, on the same statistic and verdict rule, differing only in the checkpoint read
+per run (``Checkpoint``):
+
+* at the end of training (``l2_sharper``, ``l2_generalises``, ``adam_ia_sharper``,
+  ``adam_ia_generalises``): every run's final checkpoint;
+* at equal train loss (the same names + ``_equal_loss``), because arms that end at different
+  train losses are not comparable (the Hessian measures fall with the loss level). Over the
+  runs the statistic compares (all runs for weight decay; the two arms' runs for Adam + IA),
+  the common level is L* = max over runs of (min over the run's checkpoints of train_loss),
+  the lowest level every run reaches; by construction every run reaches it (the run setting
+  L* at its minimum). Each run is read at its first checkpoint in step order with
+  train_loss <= L*; the measure there (lambda_max, test accuracy: as at the end of training)
+  enters the same Kendall tau. Checkpoints are discrete and nothing is interpolated between
+  them, so the chosen checkpoints' train losses are <= L*, not equal to it (the claim's note
+  gives L*, their range and the steps chosen). Non-finite train losses never qualify a
+  checkpoint; a run with none finite is left out (noted). Diverged runs are already out of the
+  evidence. ``equal_loss_checkpoints`` computes L* and the checkpoints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -134,35 +153,124 @@ def _violations(names: list[str]) -> Callable[[Evidence], Outcome | str]:
     return measure
 
 
-def _swept(coordinate: str, y_name: str, reason: str) -> Callable[[Evidence], Outcome | str]:
-    """tau of a swept hyperparameter with a measure across runs, when the study sweeps it."""
+#: One checkpoint per run: ``at(cube)`` is ``(point, note)``, ``point`` the cube indexed to one
+#: checkpoint per run (dim ``run``; ``step`` a coordinate along ``run``), ``note`` a remark for
+#: the claims table; or a str, why there is no such checkpoint.
+Checkpoint = Callable[[xr.Dataset], "tuple[xr.Dataset, str] | str"]
+
+
+def _at_final(cube: xr.Dataset) -> tuple[xr.Dataset, str]:
+    """The final checkpoint of every run (end of the training budget)."""
+    return cube.isel(step=-1), ""
+
+
+def equal_loss_checkpoints(train_loss: xr.DataArray) -> tuple[float, np.ndarray]:
+    """The common train-loss level L* and each run's first checkpoint at or below it.
+
+    L* is the largest, over runs, of the run's minimum train loss over its checkpoints: the
+    lowest level that every run reaches. By construction every run reaches it (its minimum is
+    <= L*; the run that sets L* reaches it exactly, at its minimum), so no run is lost to the
+    matching. A run's checkpoint is the first one in step order whose train loss is <= L*.
+    Non-finite train losses (NaN, inf) never count: such a checkpoint is skipped, and a run
+    without any finite train loss takes no part in L* and gets position -1. Returns
+    ``(L*, positions along step)``; ``(nan, all -1)`` when no run has a finite train loss.
+    """
+    loss = train_loss.transpose("run", "step").values.astype(float)
+    order = np.argsort(train_loss["step"].values, kind="stable")
+    loss = loss[:, order]
+    finite = np.isfinite(loss)
+    present = finite.any(axis=1)
+    first = np.full(loss.shape[0], -1)
+    if not present.any():
+        return np.nan, first
+    level = float(np.max(np.min(np.where(finite, loss, np.inf), axis=1)[present]))
+    below = finite & (np.where(finite, loss, np.inf) <= level)
+    first[present] = order[np.argmax(below[present], axis=1)]
+    return level, first
+
+
+def _at_equal_loss(cube: xr.Dataset) -> tuple[xr.Dataset, str] | str:
+    """Each run at its first checkpoint with train loss <= L* (``equal_loss_checkpoints``,
+    over the runs of ``cube``). No interpolation between checkpoints: the losses at the chosen
+    checkpoints are <= L*, not equal to it (the note gives their range)."""
+    if "train_loss" not in cube:
+        return "the cube has no train_loss"
+    level, first = equal_loss_checkpoints(cube["train_loss"])
+    runs = np.flatnonzero(first >= 0)
+    if len(runs) == 0:
+        return "no run has a finite train loss"
+    point = cube.isel(run=xr.DataArray(runs, dims="run"),
+                      step=xr.DataArray(first[runs], dims="run"))
+    loss, steps = point["train_loss"].values, point["step"].values
+    where = (f"step {steps.min()}" if steps.min() == steps.max()
+             else f"steps {steps.min()}-{steps.max()}")
+    note = (f"equal train loss L* = {level:.3g}: first checkpoint per run with train loss "
+            f"<= L* ({where}, train loss {loss.min():.3g}-{loss.max():.3g})")
+    if len(runs) < cube.sizes["run"]:
+        note += f"; {cube.sizes['run'] - len(runs)} run(s) without a finite train loss left out"
+    return point, note
+
+
+def _noted(outcome: Outcome | str, note: str) -> Outcome | str:
+    """``outcome`` with ``note`` prepended to its note."""
+    if isinstance(outcome, str) or not note:
+        return outcome
+    return replace(outcome, note="; ".join(n for n in (note, outcome.note) if n))
+
+
+def _swept(coordinate: str, y_name: str, reason: str,
+           at: Checkpoint = _at_final) -> Callable[[Evidence], Outcome | str]:
+    """tau of a swept hyperparameter with a measure across runs, each run read at its
+    checkpoint ``at``, when the study sweeps it."""
+    def swept(ds: xr.Dataset) -> bool:
+        return coordinate in ds.coords and len(np.unique(ds[coordinate].values)) >= 2
+
     def measure(evidence: Evidence) -> Outcome | str:
-        cube = evidence.cube
-        if coordinate not in cube.coords or len(np.unique(cube[coordinate].values)) < 2:
+        if not swept(evidence.cube):
             return reason
-        final = cube.isel(step=-1)
-        return _kendall(final[coordinate].values, stats.run_level(final, y_name).values,
-                        evidence)
+        point = at(evidence.cube)
+        if isinstance(point, str):
+            return point
+        checkpoint, note = point
+        if not swept(checkpoint):
+            return f"{reason} (among the runs with a checkpoint)"
+        return _noted(_kendall(checkpoint[coordinate].values,
+                               stats.run_level(checkpoint, y_name).values, evidence), note)
     return measure
 
 
-def _adaptive_averaged(evidence: Evidence, y_name: str) -> Outcome | str:
+def _arms(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(Adam/AdamW with iterate averaging, SGD on its last iterate) masks over runs."""
+    optimizer = bounds.hyperparameter(ds, "optimizer").values.astype(str)
+    averaged = bounds.hyperparameter(ds, "averaging_start").values < 1
+    return np.isin(optimizer, ["adam", "adamw"]) & averaged, (optimizer == "sgd") & ~averaged
+
+
+def _adaptive_averaged(y_name: str,
+                       at: Checkpoint = _at_final) -> Callable[[Evidence], Outcome | str]:
     """tau of the arm (1: Adam/AdamW with iterate averaging, 0: SGD on its last iterate) with
-    a measure across the runs of these two arms at the final checkpoint (a rank-biserial
-    effect size; runs in neither arm are left out)."""
-    final = evidence.cube.isel(step=-1)
-    optimizer = bounds.hyperparameter(final, "optimizer").values.astype(str)
-    averaged = bounds.hyperparameter(final, "averaging_start").values < 1
-    treated = np.isin(optimizer, ["adam", "adamw"]) & averaged
-    control = (optimizer == "sgd") & ~averaged
-    if not treated.any() or not control.any():
-        return "the study has no Adam + iterate-averaging arm beside an SGD arm"
-    keep = treated | control
-    return _kendall(treated[keep].astype(float),
-                    stats.run_level(final, y_name).values[keep], evidence)
+    a measure across the runs of these two arms, each run read at its checkpoint ``at`` (a
+    rank-biserial effect size; runs in neither arm are left out, also of ``at``'s choice)."""
+    reason = "the study has no Adam + iterate-averaging arm beside an SGD arm"
+
+    def measure(evidence: Evidence) -> Outcome | str:
+        treated, control = _arms(evidence.cube)
+        if not treated.any() or not control.any():
+            return reason
+        point = at(evidence.cube.isel(run=np.flatnonzero(treated | control)))
+        if isinstance(point, str):
+            return point
+        checkpoint, note = point
+        treated, control = _arms(checkpoint)
+        if not treated.any() or not control.any():
+            return f"{reason} (among the runs with a checkpoint)"
+        return _noted(_kendall(treated.astype(float),
+                               stats.run_level(checkpoint, y_name).values, evidence), note)
+    return measure
 
 
 CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
+_NO_WD = "the study does not sweep weight_decay"
 _THEOREMS = ["ma_ying", "mls", "nmls", "lvr_sum_min", "lvr_geometric", "nvr"]
 
 CLAIMS: list[Claim] = [
@@ -196,16 +304,32 @@ CLAIMS: list[Claim] = [
           _test_sharpness_trend),
     Claim("l2_sharper", GRANZIOL, "L2 regularisation makes minima sharper",
           "Kendall tau(weight decay, lambda_max), final checkpoint", "positive",
-          _swept("weight_decay", "hessian_lambda_max", "the study does not sweep weight_decay")),
+          _swept("weight_decay", "hessian_lambda_max", _NO_WD)),
+    Claim("l2_sharper_equal_loss", GRANZIOL,
+          "L2 regularisation makes minima sharper, at equal train loss",
+          "Kendall tau(weight decay, lambda_max), first checkpoint at train loss <= L*",
+          "positive", _swept("weight_decay", "hessian_lambda_max", _NO_WD, _at_equal_loss)),
     Claim("l2_generalises", GRANZIOL, "L2 regularisation generalises better",
           "Kendall tau(weight decay, test accuracy), final checkpoint", "positive",
-          _swept("weight_decay", "test_acc", "the study does not sweep weight_decay")),
+          _swept("weight_decay", "test_acc", _NO_WD)),
+    Claim("l2_generalises_equal_loss", GRANZIOL,
+          "L2 regularisation generalises better, at equal train loss",
+          "Kendall tau(weight decay, test accuracy), first checkpoint at train loss <= L*",
+          "positive", _swept("weight_decay", "test_acc", _NO_WD, _at_equal_loss)),
     Claim("adam_ia_sharper", GRANZIOL, "Adam with iterate averaging is sharper than SGD",
           "Kendall tau(Adam+IA arm, lambda_max), final checkpoint", "positive",
-          lambda e: _adaptive_averaged(e, "hessian_lambda_max")),
+          _adaptive_averaged("hessian_lambda_max")),
+    Claim("adam_ia_sharper_equal_loss", GRANZIOL,
+          "Adam with iterate averaging is sharper than SGD, at equal train loss",
+          "Kendall tau(Adam+IA arm, lambda_max), first checkpoint at train loss <= L*",
+          "positive", _adaptive_averaged("hessian_lambda_max", _at_equal_loss)),
     Claim("adam_ia_generalises", GRANZIOL, "Adam with iterate averaging generalises better",
           "Kendall tau(Adam+IA arm, test accuracy), final checkpoint", "positive",
-          lambda e: _adaptive_averaged(e, "test_acc")),
+          _adaptive_averaged("test_acc")),
+    Claim("adam_ia_generalises_equal_loss", GRANZIOL,
+          "Adam with iterate averaging generalises better, at equal train loss",
+          "Kendall tau(Adam+IA arm, test accuracy), first checkpoint at train loss <= L*",
+          "positive", _adaptive_averaged("test_acc", _at_equal_loss)),
     Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
           "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
 ]

@@ -45,6 +45,14 @@ def cmd_train(args) -> None:
     train.train_run(args.study, study, run, args.out_dir, args.data_root, args.threads)
 
 
+def cmd_train_ensemble(args) -> None:
+    from flatrep import ensemble
+
+    study = _study(args)
+    runs = [config.Run(run_id, hparams) for run_id, hparams in json.loads(args.runs_json).items()]
+    ensemble.train_ensemble(args.study, study, runs, args.out_root, args.data_root, args.threads)
+
+
 def cmd_measure(args) -> None:
     from flatrep import cube, measure
 
@@ -94,11 +102,10 @@ def cmd_figures(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from flatrep import data
+    from flatrep import validation
 
     params = config.load_params(args.params)
-    for name, study in params["studies"].items():
-        config.check_study(name, study, data.spec(study["data"]["name"]).num_classes)
+    validation.check_studies(params["studies"])
     print(f"{args.params}: {len(params['studies'])} studies valid")
 
 
@@ -125,6 +132,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--hparams-json", help="the run's hyperparameters (default: from the grid)")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--threads", type=int, default=1)
+    p = command("train-ensemble", cmd_train_ensemble,
+                "train several runs as one vmapped ensemble, writing each run's checkpoints",
+                ["study"])
+    p.add_argument("--runs-json", required=True, help="{run id: hyperparameters} of the members")
+    p.add_argument("--out-root", required=True, help="checkpoints go to <out-root>/<run>/")
     p.add_argument("--data-root", default="data")
     p.add_argument("--threads", type=int, default=1)
     p = command("measure", cmd_measure, "measure every checkpoint of a run", ["measure"])
@@ -160,7 +174,8 @@ def parser() -> argparse.ArgumentParser:
 def _library_errors() -> tuple[type[Exception], ...]:
     """Errors with a message meant for the user (the modules are imported lazily)."""
     errors = []
-    for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError")):
+    for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError"),
+                         ("flatrep.ensemble", "EnsembleError")):
         loaded = sys.modules.get(module)
         if loaded is not None:
             errors.append(getattr(loaded, name))

@@ -105,6 +105,36 @@ def find_run(study: dict, rid: str) -> Run:
     raise ConfigError(f"run {rid!r} is not in the study's grid")
 
 
+#: ``train.ensemble`` modes: how runs share a training process (``flatrep.ensemble``).
+ENSEMBLE_MODES = ("none", "seeds", "configs")
+#: What the members of one ensemble must share: the shapes and the update rule.
+ENSEMBLE_SHARED = ("batch_size", "optimizer", "averaging_start")
+
+
+def ensemble_groups(study: dict) -> dict[str, list[Run]]:
+    """The runs of a study grouped into training processes, by ``train.ensemble``:
+
+    * ``none`` (default): one process per run (group id = run id);
+    * ``seeds``: all seeds of one configuration together (group id = run id without the seed),
+      so changing one configuration retrains that configuration's seeds only;
+    * ``configs``: all runs sharing ``ENSEMBLE_SHARED`` together (group id names those values).
+    """
+    mode = study["train"].get("ensemble", "none")
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"unknown train.ensemble {mode!r}; allowed: {list(ENSEMBLE_MODES)}")
+    groups: dict[str, list[Run]] = {}
+    for run in expand_runs(study):
+        if mode == "none":
+            key = run.run_id
+        elif mode == "seeds":
+            key = run_id({k: v for k, v in run.hparams.items() if k != "seed"}) or "all"
+        else:
+            resolved = {**TRAIN_DEFAULTS, **study["train"], **run.hparams}
+            key = run_id({k: resolved[k] for k in ENSEMBLE_SHARED})
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
 def checkpoint_steps(train: dict) -> list[int]:
     """The checkpoint schedule, known before training starts.
 

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import torch
 
-#: Named sub-streams of a run's seed, in a fixed order (never reorder: it changes every run).
-STREAMS = ("init", "data_order", "measure_points", "curvature")
+#: Named sub-streams of a run's seed, in a fixed order (never reorder: it changes every run;
+#: appending is safe, child i of SeedSequence.spawn does not depend on how many are spawned).
+STREAMS = ("init", "data_order", "measure_points", "curvature", "augment")
 
 
 def sub_seed(seed: int, stream: str) -> int:

@@ -19,18 +19,22 @@ scheduled checkpoints, so the study completes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from flatrep import averaging, checkpoint, config, data, determinism, losses, models
+from flatrep import (augment, averaging, checkpoint, config, data, determinism, losses, models,
+                     schedules)
 
 log = logging.getLogger(__name__)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: ``train.dtype``: float32 (default) or float64 (exact comparisons, e.g. in the tests).
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
@@ -55,65 +59,124 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator):
             yield perm[start:start + batch_size]
 
 
-def run_meta(study_name: str, study: dict, run: config.Run, step: int, input_shape, num_outputs,
-             device: torch.device, mode: str, diverged_at: int | None,
-             averaged_iterates: int) -> dict:
+def run_meta(study_name: str, study: dict, run: config.Run, step: int, setup: "Setup",
+             diverged_at: int | None, averaged_iterates: int) -> dict:
     """The metadata every checkpoint carries (see ``flatrep.checkpoint.load``)."""
     return {"study": study_name, "run": run.run_id, "step": step, "config": study,
-            "hparams": run.hparams, "input_shape": list(input_shape), "num_outputs": num_outputs,
-            "device": str(device), "determinism": mode, "diverged_at": diverged_at,
+            "hparams": run.hparams, "input_shape": list(setup.x.shape[1:]),
+            "num_outputs": setup.num_outputs, "device": str(setup.device),
+            "determinism": setup.mode, "diverged_at": diverged_at,
             "averaged_iterates": averaged_iterates}
 
 
-def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path,
-              data_root: str | Path = "data", threads: int | None = None) -> list[Path]:
-    """Train one run and write ``out_dir/step_<k>.pt`` for every scheduled step ``k``."""
+@dataclass
+class Setup:
+    """What every run of a study shares: data on the device, loss, schedules, modes."""
+
+    train_cfg: dict
+    mode: str                      # "strict" or "fast" (flatrep.determinism.configure)
+    device: torch.device
+    x: torch.Tensor                # training inputs on the device
+    targets: torch.Tensor          # training targets of the loss, on the device
+    num_outputs: int
+    loss: losses.Loss
+    checkpoint_steps: list[int]    # known up front; the last is the iteration count
+    lr_schedule: dict              # flatrep.schedules.resolve
+    augmentation: str              # flatrep.augment name, "none" for no augmentation
+    dtype: torch.dtype             # of weights and data: float32, or float64 for validation
+
+    @property
+    def iterations(self) -> int:
+        return self.checkpoint_steps[-1]
+
+    def hyperparameters(self, run: config.Run) -> dict:
+        """The run's hyperparameters with the study's fixed values and the defaults."""
+        return {**config.TRAIN_DEFAULTS, **self.train_cfg, **run.hparams}
+
+    def initial_model(self, study: dict, seed: int) -> nn.Module:
+        """The run's model with weights drawn from its ``init`` stream, on the device."""
+        return models.seeded_build(study["model"], tuple(self.x.shape[1:]), self.num_outputs,
+                                   determinism.sub_seed(seed, "init")).to(self.device,
+                                                                          self.dtype)
+
+    def learning_rate(self, base: float, step: int) -> float:
+        return base * schedules.factor(self.lr_schedule, step, self.iterations)
+
+
+def prepare(study: dict, data_root: str | Path = "data", threads: int | None = None) -> Setup:
+    """Configure determinism and the device, load the training split and build the loss."""
     train_cfg = study["train"]
-    hp = {**config.TRAIN_DEFAULTS, **train_cfg, **run.hparams}
     mode = determinism.configure(strict=train_cfg.get("determinism", "strict") == "strict",
                                  threads=threads)["mode"]
     device = determinism.pick_device(train_cfg.get("device", "auto"))
     x, y = data.load_study_split(study["data"], "train", data_root)
     num_outputs = data.spec(study["data"]["name"]).num_classes
     loss = losses.get(train_cfg.get("loss", "mse"))
-    x, targets = x.to(device), loss.targets(y, num_outputs, torch.float32).to(device)
+    augmentation = train_cfg.get("augment", "none")
+    augment.check(augmentation, tuple(x.shape[1:]))
+    dtype = DTYPES[train_cfg.get("dtype", "float32")]
+    return Setup(train_cfg, mode, device, x.to(device, dtype),
+                 loss.targets(y, num_outputs, dtype).to(device), num_outputs, loss,
+                 config.checkpoint_steps(train_cfg),
+                 schedules.resolve(train_cfg.get("lr_schedule")), augmentation, dtype)
 
-    model = models.seeded_build(study["model"], tuple(x.shape[1:]), num_outputs,
-                                determinism.sub_seed(hp["seed"], "init")).to(device, torch.float32)
+
+def generators(seed: int) -> dict[str, torch.Generator]:
+    """The run's CPU generators of minibatch order and augmentation, from its seed."""
+    return {stream: torch.Generator().manual_seed(determinism.sub_seed(seed, stream))
+            for stream in ("data_order", "augment")}
+
+
+def save_checkpoint(path: Path, meta: dict, model: nn.Module, average: averaging.IterateAverage,
+                    setup: Setup, batch_size: int, optimizer_state: dict,
+                    rng: dict[str, torch.Generator], member: int | None = None) -> Path:
+    """Write one checkpoint: the evaluated (averaged) weights, the raw iterate beside them
+    when they differ, the optimizer state and every RNG state."""
+    evaluated = average.model(model, setup.x, batch_size, member)
+    checkpoint.save(path, evaluated, meta, optimizer_state,
+                    rng={"torch": torch.get_rng_state(),
+                         **{name: gen.get_state() for name, gen in rng.items()}},
+                    training_model=model if evaluated is not model else None)
+    return path
+
+
+def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path,
+              data_root: str | Path = "data", threads: int | None = None) -> list[Path]:
+    """Train one run and write ``out_dir/step_<k>.pt`` for every scheduled step ``k``."""
+    setup = prepare(study, data_root, threads)
+    hp = setup.hyperparameters(run)
+    model = setup.initial_model(study, hp["seed"])
     optimizer = make_optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["momentum"],
                                hp["weight_decay"])
-    generator = torch.Generator().manual_seed(determinism.sub_seed(hp["seed"], "data_order"))
-    batches = batch_order(len(x), int(hp["batch_size"]), generator)
-    schedule = config.checkpoint_steps(train_cfg)
+    rng = generators(hp["seed"])
+    batch_size = int(hp["batch_size"])
+    batches = batch_order(len(setup.x), batch_size, rng["data_order"])
     average = averaging.IterateAverage(
-        averaging.start_step(hp["averaging_start"], schedule[-1]))
+        averaging.start_step(hp["averaging_start"], setup.iterations))
     out_dir = Path(out_dir)
     written: list[Path] = []
     diverged_at: int | None = None
 
     def save(step: int) -> None:
-        path = out_dir / f"step_{step}.pt"
-        meta = run_meta(study_name, study, run, step, x.shape[1:], num_outputs, device, mode,
-                        diverged_at, average.count)
-        evaluated = average.model(model, x, int(hp["batch_size"]))
-        checkpoint.save(path, evaluated, meta, optimizer,
-                        rng={"torch": torch.get_rng_state(), "data_order": generator.get_state()},
-                        training_model=model if evaluated is not model else None)
-        written.append(path)
+        meta = run_meta(study_name, study, run, step, setup, diverged_at, average.count)
+        written.append(save_checkpoint(out_dir / f"step_{step}.pt", meta, model, average, setup,
+                                       batch_size, optimizer.state_dict(), rng))
 
-    pending = iter(schedule)
+    pending = iter(setup.checkpoint_steps)
     next_save = next(pending)
-    progress = tqdm(range(schedule[-1] + 1), desc=run.run_id, mininterval=10, leave=False)
+    progress = tqdm(range(setup.iterations + 1), desc=run.run_id, mininterval=10, leave=False)
     for step in progress:
-        average.update(step, model)
+        average.update(step, dict(model.named_parameters()))
         while next_save is not None and step == next_save:
             save(step)
             next_save = next(pending, None)
-        if step == schedule[-1]:
+        if step == setup.iterations:
             break
-        idx = next(batches).to(device)
+        idx = next(batches).to(setup.device)
+        inputs = augment.augment(setup.x[idx], setup.augmentation, rng["augment"])
+        optimizer.param_groups[0]["lr"] = setup.learning_rate(hp["lr"], step)
         optimizer.zero_grad(set_to_none=True)
-        value = loss.training(model(x[idx]), targets[idx])
+        value = setup.loss.training(model(inputs), setup.targets[idx])
         if not torch.isfinite(value):
             diverged_at = step
             log.warning("run %s diverged at step %d (loss %s)", run.run_id, step, value.item())

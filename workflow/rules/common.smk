@@ -1,16 +1,16 @@
 # Shared helpers: validate params.yaml, expand studies into runs, derive every path from params.
 import json
+import re
 
 from snakemake.utils import validate
 
 from flatrep import config as study_config
 from flatrep import data as datasets
-from flatrep import sources
+from flatrep import sources, validation
 
 
 validate(config, "../schemas/params.schema.yaml")
-for _name, _study in config["studies"].items():
-    study_config.check_study(_name, _study, datasets.spec(_study["data"]["name"]).num_classes)
+validation.check_studies(config["studies"])
 SELECTED = study_config.selected_studies(config)
 
 wildcard_constraints:
@@ -112,3 +112,18 @@ def run_measure_files(wildcards):
 
 
 TRAIN_CODE = code_of("flatrep.train")
+ENSEMBLE_CODE = code_of("flatrep.ensemble")
+
+
+def ensemble_mode(name):
+    return study(name)["train"].get("ensemble", "none")
+
+
+def ensemble_groups(name):
+    """{group id: runs} trained together (flatrep.config.ensemble_groups)."""
+    return study_config.ensemble_groups(study(name))
+
+
+def rule_name(*parts):
+    """A rule name from study and group ids (characters other than [A-Za-z0-9_] become _)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))

@@ -1,31 +1,66 @@
-# Training: one job per run; its checkpoint files are known up front from params.yaml.
+# Training. `train.ensemble: none` (default): one job per run. `seeds` / `configs`: one job per
+# group of runs trained together as a vmapped ensemble (flatrep.ensemble); its outputs are the
+# checkpoint files of every member, so the measure rules below do not change.
 
 
 for _name in config["studies"]:
+    if ensemble_mode(_name) == "none":
 
-    rule:
-        name:
-            f"train_{_name}"
-        input:
-            data=data_file(_name),
-            code=TRAIN_CODE,
-        output:
-            checkpoint_files(_name, "{run}"),
-        params:
-            study=_name,
-            config=training_config(_name),
-            hparams=run_hparams(_name),
-        conda:
-            "../envs/flatrep.yaml"
-        log:
-            f"logs/{_name}/train/{{run}}.log",
-        benchmark:
-            f"benchmarks/{_name}/train/{{run}}.tsv"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=60,
-        shell:
-            "flatrep train --study {params.study} --study-json {params.config:q} "
-            "--run {wildcards.run} --hparams-json {params.hparams:q} "
-            "--out-dir results/{params.study}/runs/{wildcards.run} --threads {threads} > {log} 2>&1"
+        rule:
+            name:
+                f"train_{_name}"
+            input:
+                data=data_file(_name),
+                code=TRAIN_CODE,
+            output:
+                checkpoint_files(_name, "{run}"),
+            params:
+                study=_name,
+                config=training_config(_name),
+                hparams=run_hparams(_name),
+            conda:
+                "../envs/flatrep.yaml"
+            log:
+                f"logs/{_name}/train/{{run}}.log",
+            benchmark:
+                f"benchmarks/{_name}/train/{{run}}.tsv"
+            threads: 1
+            resources:
+                mem_mb=2000,
+                runtime=60,
+            shell:
+                "flatrep train --study {params.study} --study-json {params.config:q} "
+                "--run {wildcards.run} --hparams-json {params.hparams:q} "
+                "--out-dir results/{params.study}/runs/{wildcards.run} --threads {threads} "
+                "> {log} 2>&1"
+
+        continue
+
+    for _group, _runs in ensemble_groups(_name).items():
+
+        rule:
+            name:
+                rule_name("train", _name, _group)
+            input:
+                data=data_file(_name),
+                code=ENSEMBLE_CODE,
+            output:
+                [path for _run in _runs for path in checkpoint_files(_name, _run.run_id)],
+            params:
+                study=_name,
+                config=training_config(_name),
+                runs=json.dumps({_run.run_id: _run.hparams for _run in _runs}, sort_keys=True),
+            conda:
+                "../envs/flatrep.yaml"
+            log:
+                f"logs/{_name}/train/ensemble_{_group}.log",
+            benchmark:
+                f"benchmarks/{_name}/train/ensemble_{_group}.tsv"
+            threads: 2
+            resources:
+                mem_mb=4000,
+                runtime=120,
+            shell:
+                "flatrep train-ensemble --study {params.study} --study-json {params.config:q} "
+                "--runs-json {params.runs:q} --out-root results/{params.study}/runs "
+                "--threads {threads} > {log} 2>&1"

@@ -55,13 +55,14 @@ def write_random_cifar(root: Path, per_class: int = 5000) -> None:
         (folder / name).write_bytes(pickle.dumps(batch))
 
 
-def study_for(case: str, steps: int, device: str, mode: str, raw_root: str) -> dict:
+def study_for(case: str, steps: int, device: str, mode: str, raw_root: str,
+              dtype: str = "float32") -> dict:
     study = {key: dict(value) for key, value in CASES[case].items()}
     if case == "cifar2_vgg":
         study["data"]["root"] = raw_root
     study["train"] = {"optimizer": "sgd", "loss": "mse", "batch_size": 20, "iterations": steps,
                       "checkpoints": [0, steps], "determinism": mode, "device": device,
-                      "grid": [], "seeds": []}
+                      "dtype": dtype, "grid": [], "seeds": []}
     return study
 
 
@@ -104,6 +105,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mode", choices=("strict", "fast"), default="strict")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="float64 shows the members agree with their single runs to "
+                             "rounding where float32 trajectories have drifted apart")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="MLP widths instead of the case's (mnist1d_mlp only)")
     parser.add_argument("--raw-root", default=None,
@@ -116,7 +120,7 @@ def main() -> None:
         if args.case == "cifar2_vgg" and raw_root is None:
             raw_root = str(tmp / "raw")
             write_random_cifar(Path(raw_root))
-        study = study_for(args.case, args.steps, args.device, args.mode, raw_root)
+        study = study_for(args.case, args.steps, args.device, args.mode, raw_root, args.dtype)
         if args.hidden:
             study["model"]["hidden"] = args.hidden
         options = {k: v for k, v in study["data"].items() if k != "name"}
@@ -134,8 +138,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     work = args.members * args.steps
     print(f"case {args.case}, model {study['model']}, {args.members} members x {args.steps} "
-          f"steps, device {name}, "
-          f"mode {args.mode}, {args.threads} thread(s), torch {torch.__version__}")
+          f"steps, device {name}, mode {args.mode}, {args.dtype}, {args.threads} thread(s), "
+          f"torch {torch.__version__}")
     print("| method | seconds | member-steps/s | speed-up |")
     print("|---|---|---|---|")
     print(f"| one run at a time (train.train_run) | {sequential:.2f} | {work / sequential:.0f} "

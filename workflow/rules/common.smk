@@ -28,6 +28,22 @@ def study(name):
     return config["studies"][name]
 
 
+def gpus(name):
+    """GPUs a training job of study `name` requests from a cluster: 0 when its `train.device`
+    is `cpu`, else 1 (`auto` means CUDA when present, so a cluster job should get one)."""
+    return 0 if study(name)["train"].get("device", "auto") == "cpu" else 1
+
+
+def by_attempt(base):
+    """A resource growing with the attempt (base, 2*base, ...), so a retried job asks for more
+    memory / time after an out-of-memory or time-limit kill."""
+
+    def get(wildcards, attempt):
+        return base * attempt
+
+    return get
+
+
 def run_ids(name):
     return [run.run_id for run in study_config.expand_runs(study(name))]
 

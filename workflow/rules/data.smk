@@ -11,6 +11,9 @@ rule prepare_data:
         "../envs/flatrep.yaml"
     log:
         "logs/prepare_data/{dataset}.log",
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(60),
     shell:
         "flatrep prepare-data {params.name} --root data --options {params.options:q} > {log} 2>&1"
 

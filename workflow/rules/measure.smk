@@ -16,9 +16,11 @@ rule measure:
     benchmark:
         "benchmarks/{study}/measure/{run}.tsv"
     threads: 1
+    retries: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(60),
+        gpu=0,  # the measures run on the CPU
     shell:
         "flatrep measure --measure-json {params.measure:q} --checkpoints {input.checkpoints} "
         "--out {output} --threads {threads} > {log} 2>&1"

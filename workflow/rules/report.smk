@@ -44,6 +44,9 @@ rule figures:
         "../envs/flatrep.yaml"
     log:
         "logs/{study}/figures.log",
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(30),
     shell:
         "flatrep figures {input.cube} {input.bounds} {input.stats} "
         "--figures-json {params.figures:q} --trajectories {output.trajectories} "

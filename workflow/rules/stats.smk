@@ -13,6 +13,9 @@ rule cube:
         "../envs/flatrep.yaml"
     log:
         "logs/{study}/cube.log",
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(30),
     shell:
         "flatrep cube --study {wildcards.study} --study-json {params.study:q} {input.runs} "
         "--out {output} > {log} 2>&1"
@@ -28,6 +31,9 @@ rule bounds:
         "../envs/flatrep.yaml"
     log:
         "logs/{study}/bounds.log",
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(30),
     shell:
         "flatrep bounds {input.cube} --out {output} > {log} 2>&1"
 
@@ -50,6 +56,9 @@ rule stats:
         "logs/{study}/stats.log",
     benchmark:
         "benchmarks/{study}/stats.tsv"
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(120),
     shell:
         "flatrep stats {input.cube} {input.bounds} --stats-json {params.stats:q} "
         "--figures-json {params.figures:q} --out {output.stats} --summary {output.summary} "

@@ -1,6 +1,8 @@
 # Training. `train.ensemble: none` (default): one job per run. `seeds` / `configs`: one job per
 # group of runs trained together as a vmapped ensemble (flatrep.ensemble); its outputs are the
 # checkpoint files of every member, so the measure rules below do not change.
+# Resources (for cluster profiles, workflow/profiles/): memory in MB and runtime in minutes grow
+# with the attempt (`retries: 2`); one GPU unless the study's `train.device` is `cpu`.
 
 
 for _name in config["studies"]:
@@ -25,9 +27,11 @@ for _name in config["studies"]:
             benchmark:
                 f"benchmarks/{_name}/train/{{run}}.tsv"
             threads: 1
+            retries: 2
             resources:
-                mem_mb=2000,
-                runtime=60,
+                mem_mb=by_attempt(2000),
+                runtime=by_attempt(60),
+                gpu=gpus(_name),
             shell:
                 "flatrep train --study {params.study} --study-json {params.config:q} "
                 "--run {wildcards.run} --hparams-json {params.hparams:q} "
@@ -57,9 +61,11 @@ for _name in config["studies"]:
             benchmark:
                 f"benchmarks/{_name}/train/ensemble_{_group}.tsv"
             threads: 2
+            retries: 2
             resources:
-                mem_mb=4000,
-                runtime=120,
+                mem_mb=by_attempt(4000),
+                runtime=by_attempt(120),
+                gpu=gpus(_name),
             shell:
                 "flatrep train-ensemble --study {params.study} --study-json {params.config:q} "
                 "--runs-json {params.runs:q} --out-root results/{params.study}/runs "

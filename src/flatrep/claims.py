@@ -218,24 +218,35 @@ def _noted(outcome: Outcome | str, note: str) -> Outcome | str:
     return replace(outcome, note="; ".join(n for n in (note, outcome.note) if n))
 
 
+CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
+
+
+def _tau_at(at: Checkpoint, cube: xr.Dataset, contrast, y_name: str, reason: str,
+            evidence: Evidence) -> Outcome | str:
+    """Kendall tau of ``contrast(point)`` (a value per run, or None when the point has no
+    contrast) with ``y_name`` across runs, each run read at its checkpoint ``at``."""
+    point = at(cube)
+    if isinstance(point, str):
+        return point
+    checkpoint, note = point
+    x = contrast(checkpoint)
+    if x is None:
+        return f"{reason} (among the runs with a checkpoint)"
+    return _noted(_kendall(x, stats.run_level(checkpoint, y_name).values, evidence), note)
+
+
 def _swept(coordinate: str, y_name: str, reason: str,
            at: Checkpoint = _at_final) -> Callable[[Evidence], Outcome | str]:
     """tau of a swept hyperparameter with a measure across runs, each run read at its
     checkpoint ``at``, when the study sweeps it."""
-    def swept(ds: xr.Dataset) -> bool:
-        return coordinate in ds.coords and len(np.unique(ds[coordinate].values)) >= 2
+    def values(ds: xr.Dataset) -> np.ndarray | None:
+        swept = coordinate in ds.coords and len(np.unique(ds[coordinate].values)) >= 2
+        return ds[coordinate].values if swept else None
 
     def measure(evidence: Evidence) -> Outcome | str:
-        if not swept(evidence.cube):
+        if values(evidence.cube) is None:
             return reason
-        point = at(evidence.cube)
-        if isinstance(point, str):
-            return point
-        checkpoint, note = point
-        if not swept(checkpoint):
-            return f"{reason} (among the runs with a checkpoint)"
-        return _noted(_kendall(checkpoint[coordinate].values,
-                               stats.run_level(checkpoint, y_name).values, evidence), note)
+        return _tau_at(at, evidence.cube, values, y_name, reason, evidence)
     return measure
 
 
@@ -253,23 +264,30 @@ def _adaptive_averaged(y_name: str,
     rank-biserial effect size; runs in neither arm are left out, also of ``at``'s choice)."""
     reason = "the study has no Adam + iterate-averaging arm beside an SGD arm"
 
+    def arm(ds: xr.Dataset) -> np.ndarray | None:
+        treated, control = _arms(ds)
+        return treated.astype(float) if treated.any() and control.any() else None
+
     def measure(evidence: Evidence) -> Outcome | str:
-        treated, control = _arms(evidence.cube)
-        if not treated.any() or not control.any():
+        if arm(evidence.cube) is None:
             return reason
-        point = at(evidence.cube.isel(run=np.flatnonzero(treated | control)))
-        if isinstance(point, str):
-            return point
-        checkpoint, note = point
-        treated, control = _arms(checkpoint)
-        if not treated.any() or not control.any():
-            return f"{reason} (among the runs with a checkpoint)"
-        return _noted(_kendall(treated.astype(float),
-                               stats.run_level(checkpoint, y_name).values, evidence), note)
+        treated, control = _arms(evidence.cube)
+        both = evidence.cube.isel(run=np.flatnonzero(treated | control))
+        return _tau_at(at, both, arm, y_name, reason, evidence)
     return measure
 
 
-CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
+def _at_end_and_equal_loss(name: str, statement: str, statistic: str,
+                           measure: Callable[[Checkpoint], Callable]) -> list[Claim]:
+    """A False-Friend arm comparison judged at the end of training and, as ``<name>_equal_loss``,
+    at equal train loss (module docstring); ``measure(at)`` is its measure at checkpoint ``at``."""
+    return [Claim(name, GRANZIOL, statement, f"{statistic}, final checkpoint", "positive",
+                  measure(_at_final)),
+            Claim(f"{name}_equal_loss", GRANZIOL, f"{statement}, at equal train loss",
+                  f"{statistic}, first checkpoint at train loss <= L*", "positive",
+                  measure(_at_equal_loss))]
+
+
 _NO_WD = "the study does not sweep weight_decay"
 _THEOREMS = ["ma_ying", "mls", "nmls", "lvr_sum_min", "lvr_geometric", "nvr"]
 
@@ -302,34 +320,22 @@ CLAIMS: list[Claim] = [
     Claim("test_sharpness_rises", CHEN, "sharpness at test points rises during training",
           "mean over runs of Kendall tau(step, mean test-point sharpness)", "positive",
           _test_sharpness_trend),
-    Claim("l2_sharper", GRANZIOL, "L2 regularisation makes minima sharper",
-          "Kendall tau(weight decay, lambda_max), final checkpoint", "positive",
-          _swept("weight_decay", "hessian_lambda_max", _NO_WD)),
-    Claim("l2_sharper_equal_loss", GRANZIOL,
-          "L2 regularisation makes minima sharper, at equal train loss",
-          "Kendall tau(weight decay, lambda_max), first checkpoint at train loss <= L*",
-          "positive", _swept("weight_decay", "hessian_lambda_max", _NO_WD, _at_equal_loss)),
-    Claim("l2_generalises", GRANZIOL, "L2 regularisation generalises better",
-          "Kendall tau(weight decay, test accuracy), final checkpoint", "positive",
-          _swept("weight_decay", "test_acc", _NO_WD)),
-    Claim("l2_generalises_equal_loss", GRANZIOL,
-          "L2 regularisation generalises better, at equal train loss",
-          "Kendall tau(weight decay, test accuracy), first checkpoint at train loss <= L*",
-          "positive", _swept("weight_decay", "test_acc", _NO_WD, _at_equal_loss)),
-    Claim("adam_ia_sharper", GRANZIOL, "Adam with iterate averaging is sharper than SGD",
-          "Kendall tau(Adam+IA arm, lambda_max), final checkpoint", "positive",
-          _adaptive_averaged("hessian_lambda_max")),
-    Claim("adam_ia_sharper_equal_loss", GRANZIOL,
-          "Adam with iterate averaging is sharper than SGD, at equal train loss",
-          "Kendall tau(Adam+IA arm, lambda_max), first checkpoint at train loss <= L*",
-          "positive", _adaptive_averaged("hessian_lambda_max", _at_equal_loss)),
-    Claim("adam_ia_generalises", GRANZIOL, "Adam with iterate averaging generalises better",
-          "Kendall tau(Adam+IA arm, test accuracy), final checkpoint", "positive",
-          _adaptive_averaged("test_acc")),
-    Claim("adam_ia_generalises_equal_loss", GRANZIOL,
-          "Adam with iterate averaging generalises better, at equal train loss",
-          "Kendall tau(Adam+IA arm, test accuracy), first checkpoint at train loss <= L*",
-          "positive", _adaptive_averaged("test_acc", _at_equal_loss)),
+    *_at_end_and_equal_loss(
+        "l2_sharper", "L2 regularisation makes minima sharper",
+        "Kendall tau(weight decay, lambda_max)",
+        lambda at: _swept("weight_decay", "hessian_lambda_max", _NO_WD, at)),
+    *_at_end_and_equal_loss(
+        "l2_generalises", "L2 regularisation generalises better",
+        "Kendall tau(weight decay, test accuracy)",
+        lambda at: _swept("weight_decay", "test_acc", _NO_WD, at)),
+    *_at_end_and_equal_loss(
+        "adam_ia_sharper", "Adam with iterate averaging is sharper than SGD",
+        "Kendall tau(Adam+IA arm, lambda_max)",
+        lambda at: _adaptive_averaged("hessian_lambda_max", at)),
+    *_at_end_and_equal_loss(
+        "adam_ia_generalises", "Adam with iterate averaging generalises better",
+        "Kendall tau(Adam+IA arm, test accuracy)",
+        lambda at: _adaptive_averaged("test_acc", at)),
     Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
           "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
 ]

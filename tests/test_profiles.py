@@ -5,7 +5,6 @@ Dry runs only (seconds): no cluster, no `sbatch`, no `kubectl`, no kube config i
 import copy
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -133,10 +132,10 @@ def test_kubernetes_profile_requests_nvidia_gpus_with_a_remote_default_storage(p
     pytest.importorskip("snakemake_executor_plugin_kubernetes")
     pytest.importorskip("snakemake_storage_plugin_fs")
     # The plugin assumes no shared file system: every input and output goes through the
-    # default storage (s3 in the profile). A local `fs` storage stands in for it here, holding
-    # what a real run uploads first: the sources the rules declare as inputs.
+    # default storage (s3 in the profile). An empty local `fs` storage stands in for it here:
+    # the sources the rules declare as inputs are `local(...)`, so nothing is uploaded first.
     storage = project.parent / "storage"
-    shutil.copytree(project / "src", storage / "src", dirs_exist_ok=True)
+    storage.mkdir()
     jobs = dry_run(project, "kubernetes", "--default-storage-provider", "fs",
                    "--default-storage-prefix", str(storage))
     check_requests(jobs)

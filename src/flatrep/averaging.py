@@ -71,6 +71,21 @@ class IterateAverage:
                     increment = torch.where(active.reshape(shape), increment, 0.0)
                 self.mean[name] += increment
 
+    def state_dict(self, member: int | None = None) -> dict:
+        """The count and float64 running mean (of one ensemble member), for resuming."""
+        return {"count": self.count_of(member),
+                "mean": {name: (mean if member is None else mean[member]).clone()
+                         for name, mean in self.mean.items()}}
+
+    def load_members(self, states: list[dict], stacked: bool, device: torch.device) -> None:
+        """Restore from ``state_dict`` outputs onto ``device``: one state for a single run,
+        one per member (stacked along a leading axis) for an ensemble."""
+        counts = torch.tensor([state["count"] for state in states], dtype=torch.long)
+        self.counts = counts if stacked else counts[0]
+        names = states[0]["mean"]
+        self.mean = {name: (torch.stack([state["mean"][name] for state in states]) if stacked
+                            else states[0]["mean"][name].clone()).to(device) for name in names}
+
     def model(self, model: nn.Module, x: torch.Tensor, batch_size: int,
               member: int | None = None) -> nn.Module:
         """The model to evaluate: ``model`` itself while at most one iterate is averaged,

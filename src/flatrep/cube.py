@@ -1,24 +1,33 @@
 """NetCDF files: per-run measure files, the study cube, provenance attributes, atomic writes.
 
 Files are written with the netcdf4 engine after loading into memory, to a temporary name and
-then renamed, so a killed job leaves no half-written file and identical data give identical
-content (no wall-clock values are stored).
+then renamed (``flatrep.atomic``), so a killed job leaves no half-written file, and identical
+data give identical content (no wall-clock values are stored). Each file carries the sha256 of
+its content; ``read`` checks it, so a file altered or damaged after writing is detected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
+import netCDF4
+import numpy as np
 import xarray as xr
 
 import flatrep
-from flatrep import config, losses
+from flatrep import atomic, config, losses
+
+#: Global attribute holding ``content_digest`` of the file's content.
+DIGEST_ATTR = "content_sha256"
+
+
+class CubeError(RuntimeError):
+    """A NetCDF file of the pipeline is truncated, corrupt or fails its digest."""
 
 
 def git_revision() -> str:
@@ -71,30 +80,49 @@ def measurement_attrs(num_outputs: int, input_shape: list[int], measure_cfg: dic
             "measure_dtype": "float64"}
 
 
+def content_digest(ds: xr.Dataset) -> str:
+    """sha256 over every variable's name, dims, dtype and values (strings as JSON), in name
+    order: what a reader gets out of the file, independent of compression and layout."""
+    digest = hashlib.sha256()
+    for name in sorted(ds.variables):
+        var = ds.variables[name]
+        values = np.asarray(var.values)
+        digest.update(json.dumps([name, list(var.dims), str(values.dtype)]).encode())
+        digest.update(json.dumps(values.tolist()).encode() if values.dtype.kind in "OUS"
+                      else np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
 def write(ds: xr.Dataset, path: str | Path) -> None:
-    """Write ``ds`` atomically as NETCDF4 (netcdf4 engine, zlib level 4)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``ds`` atomically as NETCDF4 (netcdf4 engine, zlib level 4), with the digest of
+    its content as read back (``content_digest``) in the global attribute ``content_sha256``."""
     ds = ds.load()
     encoding = {name: {"zlib": True, "complevel": 4}
                 for name, var in ds.data_vars.items() if var.dtype.kind in "fiu"}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nc.tmp")
-    os.close(handle)
-    try:
+    with atomic.destination(path, suffix=".nc.tmp") as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        digest = content_digest(xr.load_dataset(tmp, engine="netcdf4"))
+        with netCDF4.Dataset(tmp, "a") as handle:
+            handle.setncattr(DIGEST_ATTR, digest)
 
 
 def read(path: str | Path) -> xr.Dataset:
-    """Load a NetCDF file fully into memory (the file is closed afterwards)."""
+    """Load a NetCDF file fully into memory (the file is closed afterwards), checking that it
+    opens and that its content matches its ``content_sha256``; one clear error otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with "
                                 f"`snakemake --cores all {path}`")
-    return xr.load_dataset(path, engine="netcdf4")
+    fix = f"delete it and rebuild it with `snakemake --cores all {path}`"
+    try:
+        ds = xr.load_dataset(path, engine="netcdf4")
+    except Exception as err:  # netCDF4/HDF5 raise OSError, RuntimeError, ... on damaged files
+        raise CubeError(f"{path} is truncated or corrupt ({err}); {fix}") from err
+    stored = ds.attrs.pop(DIGEST_ATTR, None)
+    if stored is not None and stored != content_digest(ds):
+        raise CubeError(f"{path} fails its content_sha256 check (altered or damaged after "
+                        f"writing); {fix}")
+    return ds
 
 
 def combine(run_files: list[str | Path]) -> xr.Dataset:

@@ -14,6 +14,8 @@ rounding: batched matrix products may sum in another order than the single run's
 numbers agree to rounding error (tests compare them in float32 and float64), not bit for bit.
 Checkpoints are written per run, in the single run's format; a member whose loss turns NaN/inf
 is frozen at that step and recorded as diverged, while the others go on.
+Torch's global generator is seeded from the first member's seed: members share it, so models
+drawing from it during training (dropout) do not reproduce their single runs.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from pathlib import Path
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
-from tqdm import tqdm
 
-from flatrep import augment, averaging, config, schedules, train
+from flatrep import augment, averaging, checkpoint, config, resume, train
 from flatrep.stacked_optim import StackedOptimizer
 
 log = logging.getLogger(__name__)
@@ -45,31 +46,6 @@ def _shared(runs: list[config.Run], setup: train.Setup, key: str):
     return values.pop()
 
 
-class EpochBatches:
-    """Each member's minibatch indices, exactly as ``train.batch_order`` draws them: a fresh
-    permutation per epoch from the member's generator, incomplete last batch dropped. All
-    members share n and the batch size, so their epochs start together."""
-
-    def __init__(self, n: int, batch_size: int, generators: list[torch.Generator],
-                 device: torch.device):
-        if batch_size > n:
-            raise config.ConfigError(f"batch_size {batch_size} exceeds the {n} training samples")
-        self.n, self.batch_size, self.generators, self.device = n, batch_size, generators, device
-        self.per_epoch = n // batch_size
-        self.position = self.per_epoch
-        self.order: torch.Tensor | None = None
-
-    def next(self) -> torch.Tensor:
-        """Indices (M, batch_size) of the next step."""
-        if self.position == self.per_epoch:
-            self.order = torch.stack([torch.randperm(self.n, generator=gen)
-                                      for gen in self.generators]).to(self.device)
-            self.position = 0
-        start = self.position * self.batch_size
-        self.position += 1
-        return self.order[:, start:start + self.batch_size]
-
-
 def _member_vector(runs, setup: train.Setup, key: str) -> torch.Tensor:
     """A hyperparameter of every member as a float64 vector on the device."""
     return torch.tensor([float(setup.hyperparameters(run)[key]) for run in runs],
@@ -84,6 +60,7 @@ class Ensemble:
         self.study_name, self.study, self.runs, self.setup = study_name, study, runs, setup
         self.batch_size = int(_shared(runs, setup, "batch_size"))
         self.hparams = [setup.hyperparameters(run) for run in runs]
+        train.seed_global_generator(self.hparams[0]["seed"])   # shared: see the module notes
         self.members = [setup.initial_model(study, hp["seed"]) for hp in self.hparams]
         self.params, self.buffers = stack_module_state(self.members)
         self.template = copy.deepcopy(self.members[0]).to("meta")
@@ -92,8 +69,8 @@ class Ensemble:
             _member_vector(runs, setup, "momentum"), _member_vector(runs, setup, "weight_decay"))
         self.base_lr = _member_vector(runs, setup, "lr")
         self.rngs = [train.generators(hp["seed"]) for hp in self.hparams]
-        self.batches = EpochBatches(len(setup.x), self.batch_size,
-                                    [rng["data_order"] for rng in self.rngs], setup.device)
+        self.batches = train.BatchOrder(len(setup.x), self.batch_size,
+                                        [rng["data_order"] for rng in self.rngs], setup.device)
         self.average = averaging.IterateAverage(averaging.start_step(
             _shared(runs, setup, "averaging_start"), setup.iterations), members=len(runs))
         self.active = torch.ones(len(runs), dtype=torch.bool, device=setup.device)
@@ -121,8 +98,8 @@ class Ensemble:
         self.diverged_at = torch.where(self.active & ~finite, step, self.diverged_at)
         self.active = self.active & finite
         grads = torch.autograd.grad(values.sum(), list(self.params.values()))
-        factor = schedules.factor(self.setup.lr_schedule, step, self.setup.iterations)
-        self.optimizer.step(list(grads), self.base_lr * factor, self.active)
+        self.optimizer.step(list(grads), self.setup.learning_rate(self.base_lr, step),
+                            self.active)
 
     def save(self, step: int, out_root: Path) -> list[Path]:
         """Copy each member out of the stack into its module and write its checkpoint."""
@@ -140,28 +117,70 @@ class Ensemble:
                                           hp["momentum"], hp["weight_decay"])
             written.append(train.save_checkpoint(
                 out_root / run.run_id / f"step_{step}.pt", meta, module, self.average,
-                self.setup, self.batch_size, self.optimizer.member_state_dict(m, single),
+                self.setup, self.batches, self.optimizer.member_state_dict(m, single),
                 self.rngs[m], member=m))
         return written
+
+    def restore(self, step: int, contents: list[dict]) -> None:
+        """Continue every member from its checkpoint at ``step`` (``contents`` in member
+        order): weights, optimizer state, divergence, RNG states, minibatch order, average."""
+        with torch.no_grad():
+            for m, (content, module) in enumerate(zip(contents, self.members)):
+                module.load_state_dict(train.iterate_weights(content))
+                for name, tensor in module.named_parameters():
+                    self.params[name][m].copy_(tensor)
+                for name, tensor in module.named_buffers():
+                    self.buffers[name][m].copy_(tensor)
+                self.optimizer.load_member_state(m, content["optimizer"], step)
+                diverged_at = content["meta"]["diverged_at"]
+                self.diverged_at[m] = -1 if diverged_at is None else diverged_at
+        self.active = self.diverged_at < 0
+        train.restore_streams(contents, self.rngs, self.batches, self.average, self.setup.device,
+                              stacked=True)
+
+    def resume_point(self, out_root: Path) -> int | None:
+        """The last step at which every member has a checkpoint to resume from (restoring
+        the members there, and their earlier checkpoints as outputs); None to start afresh."""
+        found = [resume.latest(out_root / run.run_id, self.setup.checkpoint_steps,
+                               train.belongs_to(self.study_name, self.study, run))
+                 for run in self.runs]
+        if any(point is None for point in found):
+            return None
+        step = min(point[0] for point in found)
+        contents = [point[1] if point[0] == step else
+                    checkpoint.read(resume.scratch_dir(out_root / run.run_id) / f"step_{step}.pt")
+                    for run, point in zip(self.runs, found)]
+        self.restore(step, contents)
+        return step
 
 
 def train_ensemble(study_name: str, study: dict, runs: list[config.Run], out_root: str | Path,
                    data_root: str | Path = "data", threads: int | None = None) -> list[Path]:
-    """Train ``runs`` together; write ``out_root/<run>/step_<k>.pt`` for every run and step."""
+    """Train ``runs`` together; write ``out_root/<run>/step_<k>.pt`` for every run and step,
+    resuming from the last step every member checkpointed when a job was interrupted."""
     setup = train.prepare(study, data_root, threads)
     ensemble = Ensemble(study_name, study, runs, setup)
+    out_root = Path(out_root)
     written: list[Path] = []
-    pending = iter(setup.checkpoint_steps)
-    next_save = next(pending)
-    for step in tqdm(range(setup.iterations + 1), desc=f"{len(runs)} members", mininterval=10,
-                     leave=False):
-        ensemble.average.update(step, ensemble.params, ensemble.active)
-        while next_save is not None and step == next_save:
-            written += ensemble.save(step, Path(out_root))
-            next_save = next(pending, None)
-        if step == setup.iterations:
-            break
+    start = ensemble.resume_point(out_root)
+    if start is not None:
+        for run in runs:
+            written += resume.restore(out_root / run.run_id,
+                                      [k for k in setup.checkpoint_steps if k <= start])
+        log.info("ensemble of %d runs resumes from step %d", len(runs), start)
+
+    def save(step: int) -> None:
+        written.extend(ensemble.save(step, out_root))
+
+    def advance(step: int) -> bool:
         ensemble.step(step)
+        return True
+
+    train.drive(setup, start or 0, start is not None,
+                lambda step: ensemble.average.update(step, ensemble.params, ensemble.active),
+                save, advance, f"{len(runs)} members")
+    for run in runs:
+        resume.discard(out_root / run.run_id)
     diverged = {run.run_id: at for run, at in zip(runs, ensemble.diverged_at.tolist()) if at >= 0}
     if diverged:
         log.warning("diverged runs (step of divergence): %s", diverged)

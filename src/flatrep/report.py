@@ -12,7 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import config, stats  # noqa: E402
+from flatrep import atomic, config, stats  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write the figure atomically (format from the suffix of ``path``) and close it."""
+    with atomic.destination(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
 
 #: (variable, y label, transform) of the six trajectory panels of Chen et al. Fig. 1/2.
 PANELS = (("train_loss", "train loss", None),
@@ -75,8 +82,7 @@ def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
         row_axes[0].set_yscale("log")
         row_axes[0].set_title(title, loc="left", fontsize=9)
         row_axes[0].legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
@@ -108,8 +114,7 @@ def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.colorbar(points, ax=axes, label="iteration", shrink=0.6)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _annotation(stats_ds: xr.Dataset, measure: str) -> str:
@@ -140,8 +145,7 @@ def correlation_pairs(cube: xr.Dataset, stats_ds: xr.Dataset, path: str | Path) 
                 va="top", fontsize=8)
     if colour is not None:
         fig.colorbar(points, ax=axes, label="lr", shrink=0.8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def tightness_distributions(bounds: xr.Dataset, path: str | Path) -> None:
@@ -158,8 +162,7 @@ def tightness_distributions(bounds: xr.Dataset, path: str | Path) -> None:
     ax.axhline(0, color="k", linestyle="--", linewidth=1)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("log10 tightness (LHS / RHS), final checkpoint")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 VERDICT_COLOURS = {"supported": "#c7e9c0", "contradicted": "#fcbba1",
@@ -186,5 +189,4 @@ def claims_table(stats_ds: xr.Dataset, path: str | Path) -> None:
     table.set_fontsize(7.5)
     for i, row in enumerate(rows, start=1):
         table[i, 4].set_facecolor(VERDICT_COLOURS[row[4]])
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

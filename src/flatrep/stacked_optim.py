@@ -16,12 +16,15 @@ Nesterov, not maximising), member by member, with base learning rate eta_t:
 A member whose ``active`` flag is False (it diverged) gets a zero gradient and a zero rate:
 its parameters stay exactly as they are, without a host synchronisation per step.
 ``member_state_dict`` gives one member's state in the format of the torch optimizer a single
-run uses, so checkpoints are the same either way.
+run uses, so checkpoints are the same either way, and ``load_member_state`` takes it back when
+an ensemble resumes.
 """
 
 from __future__ import annotations
 
 import torch
+
+from flatrep.train import OPTIMIZERS
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -37,8 +40,8 @@ class StackedOptimizer:
 
     def __init__(self, kind: str, params: list[torch.Tensor], momentum: torch.Tensor,
                  weight_decay: torch.Tensor):
-        if kind not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"unknown optimizer {kind!r}")
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {kind!r}; allowed: {list(OPTIMIZERS)}")
         self.kind = kind
         self.params = params
         self.momentum = momentum
@@ -109,3 +112,14 @@ class StackedOptimizer:
                     "exp_avg": self.exp_avg[i][member].clone(),
                     "exp_avg_sq": self.exp_avg_sq[i][member].clone()}
         return optimizer.state_dict()
+
+    def load_member_state(self, member: int, state_dict: dict, steps: int) -> None:
+        """Continue member ``member`` from a ``member_state_dict`` output after ``steps``
+        updates (members with no torch state, e.g. SGD without momentum, keep zeros)."""
+        self.steps = steps
+        for i, state in state_dict["state"].items():
+            if self.kind == "sgd":
+                self.buffers[i][member].copy_(state["momentum_buffer"])
+            else:
+                self.exp_avg[i][member].copy_(state["exp_avg"])
+                self.exp_avg_sq[i][member].copy_(state["exp_avg_sq"])

@@ -14,6 +14,8 @@ Weight decay (SGD's coupled L2, AdamW's decoupled decay) changes the trajectory 
 measured Hessian is that of the data loss, never of the penalty.
 A run whose minibatch loss becomes NaN/inf stops and is recorded as diverged in the remaining
 scheduled checkpoints, so the study completes.
+A job killed at any moment and started again resumes from its last checkpoint
+(``flatrep.resume``) and ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from flatrep import (augment, averaging, checkpoint, config, data, determinism, losses, models,
-                     schedules)
+                     resume, schedules)
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,42 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     raise config.ConfigError(f"unknown train.optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
 
 
-def batch_order(n: int, batch_size: int, generator: torch.Generator):
-    """Endless minibatch indices: a fresh permutation each epoch, incomplete last batch dropped."""
-    if batch_size > n:
-        raise config.ConfigError(f"batch_size {batch_size} exceeds the {n} training samples")
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start:start + batch_size]
+class BatchOrder:
+    """Minibatch indices of one run, or of the M members of an ensemble: each draws a fresh
+    permutation of the n training rows per epoch from its own ``data_order`` generator and
+    walks it in batches of ``batch_size``, dropping the incomplete last batch. Members share n
+    and the batch size, so their epochs start together. The current permutations and the
+    position in them go into every checkpoint, so a resumed run continues mid-epoch exactly."""
+
+    def __init__(self, n: int, batch_size: int, generators: list[torch.Generator],
+                 device: torch.device):
+        if batch_size > n:
+            raise config.ConfigError(f"batch_size {batch_size} exceeds the {n} training samples")
+        self.n, self.batch_size, self.generators, self.device = n, batch_size, generators, device
+        self.per_epoch = n // batch_size
+        self.position = self.per_epoch
+        self.order: torch.Tensor | None = None
+
+    def next(self) -> torch.Tensor:
+        """Indices (M, batch_size) of the next step."""
+        if self.position == self.per_epoch:
+            self.order = torch.stack([torch.randperm(self.n, generator=gen)
+                                      for gen in self.generators]).to(self.device)
+            self.position = 0
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.order[:, start:start + self.batch_size]
+
+    def state_dict(self, member: int = 0) -> dict:
+        """The member's current permutation and the position in it."""
+        return {"order": None if self.order is None else self.order[member].cpu().clone(),
+                "position": self.position}
+
+    def load_members(self, states: list[dict]) -> None:
+        """Continue from ``state_dict`` outputs, one per member."""
+        self.position = states[0]["position"]
+        self.order = (None if states[0]["order"] is None else
+                      torch.stack([state["order"] for state in states]).to(self.device))
 
 
 def run_meta(study_name: str, study: dict, run: config.Run, step: int, setup: "Setup",
@@ -121,6 +152,12 @@ def prepare(study: dict, data_root: str | Path = "data", threads: int | None = N
                  schedules.resolve(train_cfg.get("lr_schedule")), augmentation, dtype)
 
 
+def seed_global_generator(seed: int) -> None:
+    """Seed torch's global generator (dropout masks during training draw from it) from the
+    run's ``dropout`` sub-seed, so a run's global RNG state is a function of its seed."""
+    torch.manual_seed(determinism.sub_seed(seed, "dropout"))
+
+
 def generators(seed: int) -> dict[str, torch.Generator]:
     """The run's CPU generators of minibatch order and augmentation, from its seed."""
     return {stream: torch.Generator().manual_seed(determinism.sub_seed(seed, stream))
@@ -128,51 +165,111 @@ def generators(seed: int) -> dict[str, torch.Generator]:
 
 
 def save_checkpoint(path: Path, meta: dict, model: nn.Module, average: averaging.IterateAverage,
-                    setup: Setup, batch_size: int, optimizer_state: dict,
+                    setup: Setup, batches: BatchOrder, optimizer_state: dict,
                     rng: dict[str, torch.Generator], member: int | None = None) -> Path:
     """Write one checkpoint: the evaluated (averaged) weights, the raw iterate beside them
-    when they differ, the optimizer state and every RNG state."""
-    evaluated = average.model(model, setup.x, batch_size, member)
+    when they differ, the optimizer state, every RNG state, and what resuming needs beyond
+    them (minibatch order, running average); keep it for resuming (``flatrep.resume``)."""
+    evaluated = average.model(model, setup.x, batches.batch_size, member)
     checkpoint.save(path, evaluated, meta, optimizer_state,
                     rng={"torch": torch.get_rng_state(),
                          **{name: gen.get_state() for name, gen in rng.items()}},
-                    training_model=model if evaluated is not model else None)
+                    training_model=model if evaluated is not model else None,
+                    resume={"batch_order": batches.state_dict(member or 0),
+                            "average": average.state_dict(member)})
+    resume.keep(path)
     return path
+
+
+def belongs_to(study_name: str, study: dict, run: config.Run) -> Callable[[dict], bool]:
+    """Whether a checkpoint's metadata was written by this run of this study config."""
+    def check(meta: dict) -> bool:
+        return (meta["study"], meta["run"], meta["config"], meta["hparams"]) == \
+            (study_name, run.run_id, study, run.hparams)
+    return check
+
+
+def restore_streams(contents: list[dict], rngs: list[dict[str, torch.Generator]],
+                    batches: BatchOrder, average: averaging.IterateAverage,
+                    device: torch.device, stacked: bool) -> None:
+    """Set the RNG states, minibatch order and running average of one run (``stacked``
+    False) or of every ensemble member from their checkpoints' ``contents``."""
+    torch.set_rng_state(contents[0]["rng"]["torch"])
+    for content, streams in zip(contents, rngs):
+        for name, generator in streams.items():
+            generator.set_state(content["rng"][name])
+    batches.load_members([content["resume"]["batch_order"] for content in contents])
+    average.load_members([content["resume"]["average"] for content in contents], stacked,
+                         device)
+
+
+def iterate_weights(content: dict) -> dict:
+    """The raw iterate a checkpoint continues from (its model unless averaging differs)."""
+    return content["training_model"] if content["training_model"] is not None \
+        else content["model"]
+
+
+def drive(setup: Setup, start: int, resumed: bool, observe: Callable[[int], None],
+          save: Callable[[int], None], advance: Callable[[int], bool], desc: str) -> None:
+    """The loop of a training job over steps t = start, ..., T: ``observe(t)`` (add theta_t
+    to the running average), write the checkpoint scheduled at t, then ``advance(t)`` (the
+    update theta_t -> theta_{t+1}; False stops, e.g. at divergence, and every remaining
+    scheduled checkpoint is written as is). A ``resumed`` job starts after its checkpoint
+    at ``start``, which already holds the observation of that step."""
+    pending = [step for step in setup.checkpoint_steps if step > start or not resumed]
+    progress = tqdm(total=setup.iterations, initial=start, desc=desc, mininterval=10,
+                    leave=False)
+    for step in range(start, setup.iterations + 1):
+        if step > start or not resumed:
+            observe(step)
+            if pending and pending[0] == step:
+                save(pending.pop(0))
+        if step == setup.iterations or not advance(step):
+            break
+        progress.update()
+    progress.close()
+    for step in pending:
+        save(step)
 
 
 def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path,
               data_root: str | Path = "data", threads: int | None = None) -> list[Path]:
-    """Train one run and write ``out_dir/step_<k>.pt`` for every scheduled step ``k``."""
+    """Train one run and write ``out_dir/step_<k>.pt`` for every scheduled step ``k``,
+    resuming from the last checkpoint of an interrupted job (``flatrep.resume``)."""
     setup = prepare(study, data_root, threads)
     hp = setup.hyperparameters(run)
+    seed_global_generator(hp["seed"])
     model = setup.initial_model(study, hp["seed"])
     optimizer = make_optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["momentum"],
                                hp["weight_decay"])
     rng = generators(hp["seed"])
-    batch_size = int(hp["batch_size"])
-    batches = batch_order(len(setup.x), batch_size, rng["data_order"])
+    batches = BatchOrder(len(setup.x), int(hp["batch_size"]), [rng["data_order"]], setup.device)
     average = averaging.IterateAverage(
         averaging.start_step(hp["averaging_start"], setup.iterations))
     out_dir = Path(out_dir)
     written: list[Path] = []
     diverged_at: int | None = None
+    start = 0
+    resumed = resume.latest(out_dir, setup.checkpoint_steps, belongs_to(study_name, study, run))
+    if resumed is not None:
+        start, content = resumed
+        model.load_state_dict(iterate_weights(content))
+        optimizer.load_state_dict(content["optimizer"])
+        restore_streams([content], [rng], batches, average, setup.device, stacked=False)
+        diverged_at = content["meta"]["diverged_at"]
+        written += resume.restore(out_dir, [k for k in setup.checkpoint_steps if k <= start])
+        log.info("run %s resumes from its checkpoint at step %d", run.run_id, start)
 
     def save(step: int) -> None:
         meta = run_meta(study_name, study, run, step, setup, diverged_at, average.count)
         written.append(save_checkpoint(out_dir / f"step_{step}.pt", meta, model, average, setup,
-                                       batch_size, optimizer.state_dict(), rng))
+                                       batches, optimizer.state_dict(), rng))
 
-    pending = iter(setup.checkpoint_steps)
-    next_save = next(pending)
-    progress = tqdm(range(setup.iterations + 1), desc=run.run_id, mininterval=10, leave=False)
-    for step in progress:
-        average.update(step, dict(model.named_parameters()))
-        while next_save is not None and step == next_save:
-            save(step)
-            next_save = next(pending, None)
-        if step == setup.iterations:
-            break
-        idx = next(batches).to(setup.device)
+    def advance(step: int) -> bool:
+        nonlocal diverged_at
+        if diverged_at is not None:
+            return False
+        idx = batches.next()[0]
         inputs = augment.augment(setup.x[idx], setup.augmentation, rng["augment"])
         optimizer.param_groups[0]["lr"] = setup.learning_rate(hp["lr"], step)
         optimizer.zero_grad(set_to_none=True)
@@ -180,9 +277,13 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
         if not torch.isfinite(value):
             diverged_at = step
             log.warning("run %s diverged at step %d (loss %s)", run.run_id, step, value.item())
-            break
+            return False
         value.backward()
         optimizer.step()
-    for step in ([next_save] if next_save is not None else []) + list(pending):
-        save(step)   # after divergence: the remaining scheduled files record it
+        return True
+
+    drive(setup, start, resumed is not None,
+          lambda step: average.update(step, dict(model.named_parameters())), save, advance,
+          run.run_id)
+    resume.discard(out_dir)
     return written

@@ -1,0 +1,69 @@
+"""Files are written atomically and checked when read: cubes carry the sha256 of their
+content, a truncated or altered file fails with an error naming it and how to rebuild it,
+and a write that fails leaves neither a partial file nor a temporary one."""
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+from flatrep import atomic, cube
+
+
+def _dataset():
+    return xr.Dataset({"sharpness": (("run", "step"), np.arange(6.0).reshape(2, 3)),
+                       "optimizer": ("run", np.array(["sgd", "adamw"], dtype=object))},
+                      coords={"run": ["a", "b"], "step": [0, 10, 20]}, attrs={"study": "s"})
+
+
+def test_cube_round_trip_keeps_content_and_checks_its_digest(tmp_path):
+    path = tmp_path / "cube.nc"
+    cube.write(_dataset(), path)
+    with netCDF4.Dataset(path) as handle:
+        assert len(handle.getncattr(cube.DIGEST_ATTR)) == 64
+    back = cube.read(path)
+    xr.testing.assert_identical(back, _dataset())
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_cube_altered_in_place_fails_its_digest(tmp_path):
+    path = tmp_path / "cube.nc"
+    cube.write(_dataset(), path)
+    with netCDF4.Dataset(path, "a") as handle:
+        handle["sharpness"][1, 2] = 99.0
+    with pytest.raises(cube.CubeError, match="content_sha256") as caught:
+        cube.read(path)
+    assert str(path) in str(caught.value) and "snakemake --cores all" in str(caught.value)
+
+
+def test_a_truncated_cube_fails_cleanly(tmp_path):
+    path = tmp_path / "cube.nc"
+    cube.write(_dataset(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(cube.CubeError, match="truncated or corrupt") as caught:
+        cube.read(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    path = tmp_path / "summary.json"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic.destination(path) as tmp:
+            tmp.write_text("{\"half\": ")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    atomic.write_text(path, "{}\n")
+    atomic.write_text(path, "{\"a\": 1}\n")
+    assert path.read_text() == "{\"a\": 1}\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
+    """The error names the folder and the fix (permissions are simulated: tests may run as
+    root, whom a read-only folder does not stop)."""
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied", kwargs["dir"])
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match="folder .*locked is not writable") as caught:
+        atomic.write_text(tmp_path / "locked" / "x.json", "{}")
+    assert "choose another results folder" in str(caught.value)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 
-.PHONY: setup run test report clean
+.PHONY: setup run test report restamp clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,12 @@ report: run
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# After `dvc pull` on a fresh clone: record Snakemake's provenance of the pulled outputs, so
+# `snakemake` reruns nothing (only while `dvc status` is clean: the pulled files match the code).
+restamp: setup
+	$(BIN)/dvc status --quiet || { echo "dvc status is not clean: check out the commit whose dvc.lock matches the pulled data"; exit 1; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --touch --forceall --cores 1
 
 clean:
 	rm -rf .snakemake logs benchmarks

@@ -3,6 +3,7 @@ tiny study run end to end by Snakemake in a temporary project."""
 
 import copy
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,21 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert result.returncode == 0, (f"{cmd} failed:\n{result.stdout[-3000:]}\n"
                                     f"{result.stderr[-3000:]}")
     return result
+
+
+def dry_run_jobs(project: Path, *targets: str) -> list[dict]:
+    """The jobs `snakemake -n -p` plans for ``targets``, each as its rule, its declared paths
+    (output, log, benchmark) and its shell command's arguments, parsed from the job blocks."""
+    out = run(["snakemake", *targets, "--cores", "1", "-n", "--printshellcmds"], project)
+    jobs = []
+    for line in out.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            jobs.append({"rule": line.split()[1].rstrip(":"), "paths": [], "args": []})
+        elif line.startswith(("    output: ", "    log: ", "    benchmark: ")):
+            jobs[-1]["paths"] += line.split(": ", 1)[1].split(", ")
+        elif line.startswith("Shell command: "):
+            jobs[-1]["args"] = shlex.split(line.removeprefix("Shell command: "))
+    return jobs
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,7 @@ def test_a_diverging_run_is_recorded_not_fatal(tiny_study, data_root, tmp_path):
     ds = measure.measure_run(paths, study["measure"], data_root)
     flags = ds["diverged"].values
     assert flags[0] == 0 and flags[-1] == 1
+    assert int(ds["diverged_at"]) == diverged_at
     assert np.isnan(ds["sharpness"].values[flags == 1]).all()
     assert np.isfinite(ds["sharpness"].values[flags == 0]).all()
 

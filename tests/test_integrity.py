@@ -2,6 +2,8 @@
 content, a truncated or altered file fails with an error naming it and how to rebuild it,
 and a write that fails leaves neither a partial file nor a temporary one."""
 
+import os
+
 import netCDF4
 import numpy as np
 import pytest
@@ -55,6 +57,9 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     atomic.write_text(path, "{}\n")
     atomic.write_text(path, "{\"a\": 1}\n")
     assert path.read_text() == "{\"a\": 1}\n" and list(tmp_path.iterdir()) == [path]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask   # not mkstemp's owner-only 0600
 
 
 def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
@@ -67,3 +72,15 @@ def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="folder .*locked is not writable") as caught:
         atomic.write_text(tmp_path / "locked" / "x.json", "{}")
     assert "choose another results folder" in str(caught.value)
+
+
+def test_the_command_line_reports_a_damaged_cube_in_one_line(tmp_path, capsys):
+    from flatrep import cli
+
+    path = tmp_path / "cube.nc"
+    cube.write(_dataset(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    assert cli.main(["bounds", str(path), "--out", str(tmp_path / "bounds.nc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flatrep bounds: error: ") and str(path) in err
+    assert "Traceback" not in err and not (tmp_path / "bounds.nc").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_project, run
+from conftest import make_project
 
 from flatrep import checkpoint, config, ensemble, resume, train
 

@@ -10,7 +10,7 @@ import statsmodels.formula.api as smf
 import xarray as xr
 from statsmodels.stats.multitest import multipletests
 
-from flatrep import stats
+from flatrep import markdown, stats
 
 
 def _grid_cube(sharpness, measure, hparams, diverged=None):
@@ -357,6 +357,7 @@ def test_study_statistics_and_summary_on_a_synthetic_grid():
     diverged = np.zeros(16)
     diverged[3] = 1
     cube = _grid_cube(sharp, sharp * np.exp(rng.normal(scale=0.3, size=16)), hparams, diverged)
+    cube["diverged_at"] = ("run", np.where(diverged == 1, 57, -1))
     rhs = np.exp(rng.normal(size=(16, 3)))
     lhs = rhs * np.exp(rng.normal(scale=0.2, size=(16, 3)) - 1.0)
     loss = np.broadcast_to([1.0, 0.1, 0.05], (16, 3))
@@ -364,6 +365,11 @@ def test_study_statistics_and_summary_on_a_synthetic_grid():
     cfg = {"bootstrap": 100, "ci_level": 0.95, "seed": 0, "interpolation_loss": 0.2,
            "permutations": 100}
     result = stats.study_statistics(cube, bounds, cfg)
+    diverged_run = str(cube["run"].values[3])
+    assert json.loads(result.attrs["diverged_runs"]) == {diverged_run: 57}
+    assert markdown.diverged_note(result) == (
+        f"Diverged (NaN/inf training loss), excluded from every statistic below: "
+        f"`{diverged_run}` (iteration 57).\n\n")
     healthy = np.arange(16) != 3
     pooled = [side[healthy, 1:].ravel() for side in (lhs, rhs)]
     runs = np.repeat(np.arange(15), 2)

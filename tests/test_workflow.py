@@ -30,6 +30,8 @@ def test_cube_has_the_contract_dims_variables_and_attributes(snakemake_project):
             assert cube[name].dims == ("run", "step") + var.dims, name
             for attr in ("long_name", "units", "definition"):
                 assert cube[name].attrs[attr], (name, attr)
+        assert cube["diverged_at"].dims == ("run",)
+        assert (cube["diverged_at"].values == -1).all()   # no tiny run diverges
         config = json.loads(cube.attrs["config"])
         assert config["model"]["hidden"] == [16, 16]
         for attr in ("flatrep_version", "git_revision", "torch_version", "device",

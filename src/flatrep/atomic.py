@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def destination(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on error
@@ -27,6 +34,7 @@ def destination(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable "
                               "(fix its permissions or choose another results folder)") from err
     os.close(handle)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it owner-only; keep the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)

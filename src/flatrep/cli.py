@@ -76,7 +76,7 @@ def cmd_bounds(args) -> None:
 
 
 def cmd_stats(args) -> None:
-    from flatrep import claims, cube, markdown, stats
+    from flatrep import atomic, claims, cube, markdown, stats
 
     the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
     stats_cfg = _section(args, "stats")
@@ -84,9 +84,9 @@ def cmd_stats(args) -> None:
     table = claims.evaluate(the_cube, the_bounds, stats_cfg, _section(args, "figures"))
     cube.write(result.merge(table), args.out)
     headline = {**stats.summary(result, the_cube), "claims": claims.summary(table)}
-    Path(args.summary).write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(args.summary, json.dumps(headline, indent=2, sort_keys=True) + "\n")
     study = the_cube.attrs.get("study", "study")
-    Path(args.markdown).write_text(markdown.study_summary(study, result, table))
+    atomic.write_text(args.markdown, markdown.study_summary(study, result, table))
 
 
 def cmd_figures(args) -> None:
@@ -105,7 +105,7 @@ def cmd_validate(args) -> None:
     from flatrep import validation
 
     params = config.load_params(args.params)
-    validation.check_studies(params["studies"])
+    validation.check_params(params)
     print(f"{args.params}: {len(params['studies'])} studies valid")
 
 
@@ -175,7 +175,7 @@ def _library_errors() -> tuple[type[Exception], ...]:
     """Errors with a message meant for the user (the modules are imported lazily)."""
     errors = []
     for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError"),
-                         ("flatrep.ensemble", "EnsembleError")):
+                         ("flatrep.ensemble", "EnsembleError"), ("flatrep.cube", "CubeError")):
         loaded = sys.modules.get(module)
         if loaded is not None:
             errors.append(getattr(loaded, name))
@@ -183,11 +183,13 @@ def _library_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; an error meant for the user (bad input, a missing file, an unwritable
+    folder) is one line on stderr and exit status 2, not a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (config.ConfigError, FileNotFoundError) + _library_errors() as err:
+    except (config.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
         print(f"flatrep {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

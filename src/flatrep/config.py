@@ -8,6 +8,7 @@ Every path derived here is a pure function of the parameters.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from dataclasses import dataclass
@@ -38,25 +39,94 @@ class Run:
     hparams: dict
 
 
+def key_path(parts) -> str:
+    """The key path of a value, as error messages name it: ``studies.quick.train.grid[0].lr[1]``
+    (identifier keys after dots, list indices and any other key as its repr in brackets)."""
+    text = ""
+    for part in parts:
+        if isinstance(part, str) and part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
+
+
+def did_you_mean(word, choices) -> str:
+    """``" (did you mean 'lr'?)"`` naming the closest of ``choices`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(choice) for choice in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_yaml(path: str | Path):
+    """The YAML document in ``path``. A syntax error, or a key given twice in one mapping (which
+    ``yaml.safe_load`` silently merges, keeping the last), is a one-line ConfigError naming the
+    line."""
+    path = Path(path)
+    loader = yaml.SafeLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(path, node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error_line(path, err)) from err
+    finally:
+        loader.dispose()
+
+
+def _yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
+    """``params.yaml:12: not valid YAML: <problem>`` on one line."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or err
+    return f"{where}: not valid YAML: {' '.join(str(problem).split())}"
+
+
+def _check_unique_keys(path: Path, node: yaml.Node, parts: tuple = ()) -> None:
+    """ConfigError naming the key path and both lines of the first key that a YAML mapping
+    under ``node`` defines twice."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(path, item, (*parts, index))
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_lines: dict[tuple[str, str], int] = {}
+    for key_node, value_node in node.value:
+        scalar = isinstance(key_node, yaml.ScalarNode)
+        name = key_node.value if scalar else "<complex key>"
+        key, line = (key_node.tag, name), key_node.start_mark.line + 1
+        if scalar and key in first_lines:
+            raise ConfigError(f"{path}:{line}: duplicate key {key_path((*parts, name))} (first "
+                              f"at line {first_lines[key]}); YAML would keep only the last: "
+                              "rename or merge them")
+        first_lines[key] = line
+        _check_unique_keys(path, value_node, (*parts, name))
+
+
 def load_params(path: str | Path) -> dict:
-    """Read a params file, with a clear error when it is missing or not YAML."""
+    """Read a params file, with a one-line error when it is missing, not YAML, or defines a key
+    twice."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist; pass the path of your params.yaml")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    params = read_yaml(path)
     if not isinstance(params, dict) or "studies" not in params:
         raise ConfigError(f"{path}: top-level key 'studies' is missing")
     return params
+
+
+def _unknown_study(study, studies: dict) -> str:
+    """The message for a study name that ``studies`` lacks."""
+    return (f"unknown study {study!r}{did_you_mean(study, studies)}; studies in params: "
+            f"{sorted(studies)}")
 
 
 def study_config(params: dict, study: str) -> dict:
     """The config of one study, with a clear error for an unknown name."""
     studies = params["studies"]
     if study not in studies:
-        raise ConfigError(f"unknown study {study!r}; studies in params: {sorted(studies)}")
+        raise ConfigError(_unknown_study(study, studies))
     return studies[study]
 
 
@@ -182,11 +252,18 @@ def curvature_families(curvature: dict) -> dict[str, dict]:
     return enabled
 
 
+def _bins_needed(smoothing: float) -> float:
+    """Least ``spectral_density.bins`` that resolve ``smoothing``: the grid spacing
+    (1/smoothing + 6) / (bins - 1) must not exceed it (inf where 1/smoothing overflows)."""
+    needed = 1 / smoothing + 7
+    return math.ceil(needed) if math.isfinite(needed) else needed
+
+
 def _check_curvature(name: str, curvature: dict) -> None:
+    """The spectral density's bins must resolve its smoothing."""
     density = curvature_families(curvature).get("spectral_density")
     if density is not None:
-        # grid spacing sigma (1/smoothing + 6) / (bins - 1) must not exceed sigma
-        needed = math.ceil(1 / density["smoothing"] + 7)
+        needed = _bins_needed(density["smoothing"])
         if density["bins"] < needed:
             raise ConfigError(f"studies.{name}.measure.curvature.spectral_density.bins = "
                               f"{density['bins']} cannot resolve smoothing = "
@@ -194,33 +271,43 @@ def _check_curvature(name: str, curvature: dict) -> None:
                               "smoothing")
 
 
-def check_study(name: str, study: dict, dataset_classes: int | None = None) -> None:
-    """Checks a schema cannot express; raises ConfigError naming the key path."""
-    train = study["train"]
-    prefix = f"studies.{name}.train"
+def _check_checkpoints(name: str, train: dict) -> None:
+    """Explicit checkpoint steps must lie inside the training length; a count needs >= 2."""
     total = int(train["iterations"])
     spec = train["checkpoints"]
+    prefix = f"studies.{name}.train.checkpoints"
     if isinstance(spec, list):
-        beyond = [step for step in spec if int(step) > total]
-        if beyond:
-            raise ConfigError(f"{prefix}.checkpoints: steps {beyond} exceed "
-                              f"{prefix}.iterations = {total}")
+        for index, step in enumerate(spec):
+            if int(step) > total:
+                raise ConfigError(f"{prefix}[{index}] = {step}: beyond the training length "
+                                  f"studies.{name}.train.iterations = {total}; allowed: "
+                                  f"0..{total}")
     elif int(spec["count"]) < 2:
-        raise ConfigError(f"{prefix}.checkpoints.count must be >= 2 (got {spec['count']})")
+        raise ConfigError(f"{prefix}.count = {spec['count']}: must be >= 2 (start and end)")
+
+
+def _check_classes(name: str, classes, dataset_classes: int) -> None:
+    """Every entry of ``data.classes`` must be a class index of the dataset."""
+    for index, label in enumerate(classes or []):
+        if not 0 <= label < dataset_classes:
+            raise ConfigError(f"studies.{name}.data.classes[{index}] = {label}: not a class "
+                              f"of the dataset; allowed: 0..{dataset_classes - 1}")
+
+
+def check_study(name: str, study: dict, dataset_classes: int | None = None) -> None:
+    """Checks a schema cannot express; raises ConfigError naming the key path."""
+    _check_checkpoints(name, study["train"])
     if not expand_runs(study):
-        raise ConfigError(f"{prefix}.grid expands to no run")
-    classes = study["data"].get("classes")
-    if classes is not None and dataset_classes is not None:
-        bad = [c for c in classes if not 0 <= c < dataset_classes]
-        if bad:
-            raise ConfigError(f"studies.{name}.data.classes: {bad} out of range "
-                              f"0..{dataset_classes - 1}")
+        raise ConfigError(f"studies.{name}.train.grid expands to no run")
+    if dataset_classes is not None:
+        _check_classes(name, study["data"].get("classes"), dataset_classes)
     _check_curvature(name, study.get("measure", {}).get("curvature", {}))
 
 
 def selected_studies(params: dict) -> list[str]:
     """The studies ``rule all`` builds (``run_studies``), each checked to exist."""
     selected = params.get("run_studies", [])
-    for study in selected:
-        study_config(params, study)
+    for index, study in enumerate(selected):
+        if study not in params["studies"]:
+            raise ConfigError(f"run_studies[{index}]: {_unknown_study(study, params['studies'])}")
     return list(selected)

@@ -8,20 +8,21 @@ the exact tensors a study trains and measures on, after class subsetting and sca
 ``mnist1d`` is generated offline. ``mnist``, ``fashion_mnist``, ``cifar10`` and ``cifar100`` are
 read from torchvision's raw files under the ``root`` option (default ``data/torchvision``),
 which torchvision downloads first when some are missing and the ``download`` option is true
-(the default). Their prepared files hold uint8 images ``(N, C, H, W)`` and int64 labels; ``load``
-converts to float32 only after class subsetting.
+(the default), one process at a time (``_download_lock``). Their prepared files hold uint8
+images ``(N, C, H, W)`` and int64 labels; ``load`` converts to float32 only after class
+subsetting.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
 import math
-import os
 import pickle
 import struct
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from flatrep import atomic
 
 
 class DataError(ValueError):
@@ -144,7 +147,38 @@ def _existing(path: Path) -> Path | None:
 
 def _raw_files(name: str, root: Path, download: bool) -> dict[str, list[Path]]:
     """The raw files of each split, downloaded by torchvision first if some are missing and
-    ``download`` is true; one DataError naming the missing files if they cannot be had."""
+    ``download`` is true (checked and downloaded under ``_download_lock``); one DataError
+    naming the missing files if they cannot be had."""
+    if not download:
+        return _find_raw_files(name, root, download)
+    with _download_lock(name, root):
+        return _find_raw_files(name, root, download)
+
+
+@contextmanager
+def _download_lock(name: str, root: Path):
+    """Hold an exclusive ``fcntl.flock`` on ``<root>/.<name>.lock`` (created if missing).
+
+    Two ``prepare`` processes of one dataset, such as the ``prepare_data`` jobs of two studies
+    with different ``num_train`` that ``snakemake --cores N`` runs at once, share the raw folder,
+    which no job declares as an output. Unlocked, both would find files missing and download
+    them into it at the same time, and one could read a file the other is still writing; locked,
+    the second waits, then finds the files complete. The lock goes with the file descriptor, so
+    a killed process releases it. A root that cannot hold the lock file is one DataError.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / f".{name}.lock", "a")
+    except OSError as error:
+        raise DataError(f"dataset {name!r}: cannot create the download lock in {root} ({error}); "
+                        "for a read-only raw folder set data.download: false") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _find_raw_files(name: str, root: Path, download: bool) -> dict[str, list[Path]]:
+    """``_raw_files`` without the lock."""
     raw = _RAW_IMAGES[name]
     expected = {split: [root / raw.folder / file for file in files]
                 for split, files in raw.files.items()}
@@ -265,10 +299,8 @@ def prepare(name: str, prepared_dir: str | Path = "data", **options) -> Path:
     """Generate the dataset and write it atomically to ``prepared_path``; return that path."""
     arrays = spec(name).generate(options)
     path = prepared_path(name, prepared_dir, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-        np.savez(handle, **{key: np.asarray(value) for key, value in arrays.items()})
-    os.replace(handle.name, path)
+    with atomic.destination(path, suffix=".npz") as tmp:
+        np.savez(tmp, **{key: np.asarray(value) for key, value in arrays.items()})
     return path
 
 

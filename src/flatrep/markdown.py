@@ -8,6 +8,8 @@ for its violations, and its tightness.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import xarray as xr
 
@@ -64,11 +66,22 @@ def bounds(stats_ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diverged_note(stats_ds: xr.Dataset) -> str:
+    """One paragraph naming the runs excluded for divergence and where they diverged."""
+    runs = json.loads(stats_ds.attrs.get("diverged_runs", "{}"))
+    if not runs:
+        return ""
+    named = ", ".join(f"`{run}`" + (f" (iteration {at})" if at is not None else "")
+                      for run, at in runs.items())
+    return (f"Diverged (NaN/inf training loss), excluded from every statistic below: "
+            f"{named}.\n\n")
+
+
 def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) -> str:
     """The whole ``summary.md`` of one study."""
     return (f"# {study}: summary\n\n{stats_ds.attrs['n_runs']} runs "
             f"({stats_ds.attrs['n_diverged_runs']} diverged, excluded), "
-            f"{stats_ds.attrs['ci_level']:.0%} CIs.\n\n"
+            f"{stats_ds.attrs['ci_level']:.0%} CIs.\n\n{diverged_note(stats_ds)}"
             f"## Claims\n\n{claims.markdown(claims_table)}\n"
             f"## Correlations across runs, final checkpoint\n\n{correlations(stats_ds)}\n"
             f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}")

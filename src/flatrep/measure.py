@@ -20,6 +20,10 @@ from flatrep import checkpoint, config, cube, data, determinism, losses, variabl
 from flatrep.measures import invariant, jacobian, layers, suite
 
 SUBSETS = ("train", "test", "test_misclassified")
+SUBSET_ATTRS = {"long_name": "set of measurement points",
+                "definition": "train, test: the measure.points rows of that split "
+                              "(sample_index); test_misclassified: the test rows, NaN at every "
+                              "point the checkpoint classifies correctly"}
 #: Default orders k of Ma & Ying's moments g_x(k), g_W(k) (``measure.moments``).
 MOMENTS = (1, 2)
 
@@ -49,7 +53,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: in
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
                    moments: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """All per-sample measures at points x (float64 model and inputs)."""
+    """All per-sample measures at points x (float64 model and inputs).
+
+    log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf.
+    """
     jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments)
     result = jacobian.input_jacobian_measures(jac["input"])
     spectra = jacobian.layer_gram_spectra(jac["layer"])
@@ -189,10 +196,12 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
     data_vars["diverged"] = (("step",), np.array(
         [diverged_at is not None and diverged_at <= step for step in steps], dtype=np.int8),
         variables.attributes("diverged"))
+    data_vars["diverged_at"] = ((), np.int64(-1 if diverged_at is None else diverged_at),
+                                variables.attributes("diverged_at"))
     sample_index = np.stack([points["train"], points["test"], points["test"]])
     coords = {"step": ("step", np.array(steps, dtype=np.int64), {"long_name": "SGD iteration",
                                                                   "units": "1"}),
-              "subset": ("subset", list(SUBSETS)),
+              "subset": ("subset", list(SUBSETS), SUBSET_ATTRS),
               "layer": ("layer", np.arange(len(measured_layers))),
               "layer_name": ("layer", [name for name, _ in measured_layers],
                              {"long_name": "module name in the model"}),

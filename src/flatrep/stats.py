@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -214,6 +215,14 @@ def run_level(cube: xr.Dataset, name: str) -> xr.DataArray:
 def healthy_runs(cube: xr.Dataset) -> xr.DataArray:
     """Runs that never diverged (the others are excluded from every statistic)."""
     return cube["diverged"].max("step") == 0
+
+
+def diverged_runs(cube: xr.Dataset) -> dict[str, int | None]:
+    """{run id: iteration at which it diverged} of the runs excluded from the statistics
+    (``None`` where the cube has no ``diverged_at``)."""
+    unhealthy = cube["run"].values[~healthy_runs(cube).values]
+    return {str(run): (int(cube["diverged_at"].sel(run=run)) if "diverged_at" in cube
+                       else None) for run in unhealthy}
 
 
 def _final(cube: xr.Dataset) -> xr.Dataset:
@@ -661,6 +670,7 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
                      "permutations": n_perm, "interpolation_loss": threshold,
                      "n_runs": int(cube.sizes["run"]),
                      "n_diverged_runs": int((~healthy_runs(cube)).sum()),
+                     "diverged_runs": json.dumps(diverged_runs(cube), sort_keys=True),
                      "config": cube.attrs.get("config", "")})
     return ds
 

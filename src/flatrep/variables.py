@@ -54,7 +54,9 @@ CATALOG: dict[str, Variable] = {
     "hessian_trace_hutchpp": Variable((), "trace of the training-loss Hessian (Hutch++)", "1",
                                       "Hutch++ (Meyer et al. 2021), probes matvecs"),
     "hessian_trace_hutchpp_se": Variable((), "standard error of hessian_trace_hutchpp", "1",
-                                         "std of the Hutch++ residual probes / sqrt(probes/3)"),
+                                         "std of the Hutch++ residual probes / sqrt(probes/3); "
+                                         "NaN when probes < 6 (a single residual probe has no "
+                                         "standard error)"),
     "hessian_trace_hutchinson": Variable((), "trace of the training-loss Hessian (Hutchinson)",
                                          "1", "mean of v^T H v over Rademacher probes v"),
     "hessian_trace_hutchinson_se": Variable((), "standard error of hessian_trace_hutchinson",
@@ -63,9 +65,12 @@ CATALOG: dict[str, Variable] = {
                             "||H||_F = sqrt(E ||H v||^2), Rademacher v (same probes as "
                             "hessian_trace_hutchinson)"),
     "hessian_fro_se": Variable((), "standard error of hessian_fro", "1",
-                               "delta method: SE(||Hv||^2 mean) / (2 ||H||_F)"),
+                               "delta method: SE(||Hv||^2 mean) / (2 ||H||_F); 0 when "
+                               "hessian_fro = 0 (every probe gives H v = 0)"),
     "hessian_effective_rank": Variable((), "effective rank of the Hessian", "1",
-                                       "Tr(H)^2 / ||H||_F^2 from the Hutchinson probes"),
+                                       "Tr(H)^2 / ||H||_F^2 from the Hutchinson probes; 0 when "
+                                       "hessian_fro = 0 (every probe gives H v = 0, as for "
+                                       "H = 0)"),
     "hessian_lambda_max": Variable((), "largest Hessian eigenvalue (Lanczos)", "1",
                                    "largest Ritz value, Lanczos with full reorthogonalisation"),
     "hessian_lambda_max_residual": Variable((), "residual bound of hessian_lambda_max", "1",
@@ -98,10 +103,13 @@ CATALOG: dict[str, Variable] = {
     "param_norm": Variable((), "parameter norm", "1", "||theta||_2 over all parameters"),
     "layer_log_lvr": Variable(_PER_SAMPLE + ("layer",), "layer log volumetric ratio", "1",
                               "log LVR_l(x) = sum_{k=1}^{min(K,d_l)} log s_k(df/dh_l) (Chen et al. "
-                              "M5, per layer; from the eigenvalues of the smaller Gram matrix)"),
+                              "M5, per layer; from the eigenvalues of the smaller Gram matrix); "
+                              "-inf where an eigenvalue is 0 (round-off below 0 is clamped to "
+                              "0), e.g. a dead ReLU layer"),
     "log_nvr": Variable(_PER_SAMPLE, "log network volumetric ratio", "1",
                         "log sum_l LVR_l(x) (candidate form of Chen et al. NVR, M5; UNCONFIRMED "
-                        "in the paper; the layer mean of layer_log_lvr is the other candidate)"),
+                        "in the paper; the layer mean of layer_log_lvr is the other candidate); "
+                        "-inf where every layer_log_lvr is -inf"),
     "input_grad_moment": Variable(_PER_SAMPLE + ("moment",), "input-gradient moment", "1",
                                   "sum_c sum_d (df_c/dx_d)^{2k}; Ma & Ying g_x(k) = (mean_i of "
                                   "it)^{1/(2k)} (B.6)"),
@@ -117,10 +125,12 @@ CATALOG: dict[str, Variable] = {
                         "sum_{k=1}^{min(K,d)} log s_k(df/dx); -inf where a singular value is 0 "
                         "(Chen et al. M1, LVR = prod_k s_k)"),
     "log_lvr_top3": Variable(_PER_SAMPLE, "log volume, top-3 singular values", "1",
-                             "sum_{k=1}^{3} log s_k(df/dx), the reference code's 'log volume'"),
+                             "sum_{k=1}^{min(3,K,d)} log s_k(df/dx), the reference code's 'log "
+                             "volume'; -inf where one of these singular values is 0"),
     "local_dim": Variable(_PER_SAMPLE, "local dimensionality (participation ratio)", "1",
-                          "(sum_k s_k^2)^2 / sum_k s_k^4 of J_x J_x^T; 0 where J_x = 0 "
-                          "(Chen et al. M3)"),
+                          "(sum_k s_k^2)^2 / sum_k s_k^4 of J_x J_x^T, in [1, min(K, d)], "
+                          "computed from s_k / s_1 (scale-free); 0 where J_x = 0 (Chen et al. "
+                          "M3)"),
     "jacobian_fro_sq": Variable(_PER_SAMPLE, "squared Frobenius norm of the input Jacobian", "1",
                                 "||df/dx||_F^2 = sum_k s_k^2 (Ma & Ying g_x, k=2; Chen et al. M6)"),
     "nmls": Variable(_PER_SAMPLE, "network maximum local sensitivity", "1",
@@ -176,11 +186,15 @@ CATALOG: dict[str, Variable] = {
                                             "uniform grid over [min node - 3 sigma, "
                                             "max node + 3 sigma] of this checkpoint"),
     "spectral_density_sigma": Variable((), "Gaussian smoothing width of spectral_density", "1",
-                                       "sigma = smoothing * (max node - min node)"),
+                                       "sigma = smoothing * (max node - min node); "
+                                       "smoothing * max(max |node|, 1) when the nodes agree to "
+                                       "1e-10 of max |node| (e.g. H = 0)"),
     "slq_nodes": Variable(("slq_probe", "slq_node"), "SLQ nodes (Ritz values)", "1",
-                          "Ritz values of each probe's Lanczos run; NaN after an early stop"),
+                          "Ritz values of each probe's Lanczos run; NaN after an early stop "
+                          "(invariant subspace, or past step P when steps > P)"),
     "slq_weights": Variable(("slq_probe", "slq_node"), "SLQ weights", "1",
-                            "squared first components of the Ritz vectors (sum to 1 per probe)"),
+                            "squared first components of the Ritz vectors (sum to 1 per probe); "
+                            "0 where slq_nodes is NaN"),
     "hessian_trace_slq": Variable((), "trace of the Hessian (SLQ)", "1",
                                   "P * mean over probes of sum_j w_j theta_j (one Hutchinson "
                                   "sample per probe, Gaussian start vectors)"),
@@ -231,7 +245,16 @@ CATALOG: dict[str, Variable] = {
 }
 
 
+#: Variables with one value per run (dims ``(run,)`` in the cube, no ``step``).
+PER_RUN: dict[str, Variable] = {
+    "diverged_at": Variable((), "iteration at which the run diverged", "1",
+                            "first SGD iteration whose minibatch loss was NaN/inf (the run "
+                            "stopped there and is excluded from every statistic); -1 if the "
+                            "run never diverged"),
+}
+
+
 def attributes(name: str) -> dict[str, str]:
-    """The NetCDF attributes of one catalogued variable."""
-    var = CATALOG[name]
+    """The NetCDF attributes of one catalogued variable (per checkpoint or per run)."""
+    var = CATALOG[name] if name in CATALOG else PER_RUN[name]
     return {"long_name": var.long_name, "units": var.units, "definition": var.definition}

@@ -1,16 +1,17 @@
 # Shared helpers: validate params.yaml, expand studies into runs, derive every path from params.
 import json
 import re
-
-from snakemake.utils import validate
+import sys
 
 from flatrep import config as study_config
 from flatrep import data as datasets
 from flatrep import sources, validation
 
 
-validate(config, "../schemas/params.schema.yaml")
-validation.check_studies(config["studies"])
+try:
+    validation.check_workflow(config, workflow.configfiles)
+except (study_config.ConfigError, OSError) as err:
+    sys.exit(f"flatrep: error: {err}")  # one line; a raised error would print a traceback
 SELECTED = study_config.selected_studies(config)
 
 wildcard_constraints:
@@ -20,8 +21,10 @@ wildcard_constraints:
 
 def code_of(*modules):
     """Source files of the flatrep modules a job runs and of all they import, declared as
-    inputs so that a code edit reruns exactly the jobs whose code changed."""
-    return sources.closure(*modules)
+    inputs so that a code edit reruns exactly the jobs whose code changed. `local`: with a
+    remote default storage (the Kubernetes profile) they are read where Snakemake runs, not
+    looked up in the bucket (the pods get the git-tracked sources from Snakemake)."""
+    return [local(path) for path in sources.closure(*modules)]
 
 
 def study(name):

@@ -105,7 +105,10 @@ class Estimate:
 
 
 def mean_and_se(samples: torch.Tensor) -> Estimate:
-    """Sample mean and its standard error std/sqrt(m)."""
+    """Sample mean and its standard error std/sqrt(m) (unbiased std).
+
+    The standard error of a single sample (m = 1) is undefined and returned as NaN.
+    """
     m = samples.numel()
     se = samples.std(unbiased=True).item() / math.sqrt(m) if m > 1 else math.nan
     return Estimate(samples.mean().item(), se)
@@ -115,6 +118,11 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     """Tr H and ||H||_F with standard errors, and the effective rank, from ``probes`` HVPs.
 
     ``fro`` is sqrt of the mean of ||H v||^2, with SE by the delta method (SE / (2 ||H||_F)).
+    ``effective_rank`` is Tr(H)^2 / ||H||_F^2 from the same probes.
+    Degenerate case: when every product H v is 0 (e.g. H = 0), the samples ||H v||^2 are all
+    0, and ``fro`` = 0 with SE 0 (no spread among the probes; the delta method's 0/0 is not
+    used) and ``effective_rank`` = 0 (the rank of the zero matrix; the trace estimate is then
+    0 too).
     The probes and their products are returned too (``vectors``, ``products``) for reuse.
     """
     v = rademacher(probes, operator.dim, generator, operator.dtype)
@@ -122,8 +130,10 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     trace = mean_and_se((v * hv).sum(1))
     fro_sq = mean_and_se(hv.pow(2).sum(1))
     fro = math.sqrt(max(fro_sq.value, 0.0))
-    fro_se = fro_sq.standard_error / (2 * fro) if fro > 0 else math.nan
-    rank = trace.value ** 2 / fro_sq.value if fro_sq.value > 0 else math.nan
+    if fro > 0:
+        fro_se, rank = fro_sq.standard_error / (2 * fro), trace.value ** 2 / fro_sq.value
+    else:
+        fro_se, rank = 0.0, 0.0
     return {"trace": trace, "fro": Estimate(fro, fro_se), "effective_rank": rank,
             "vectors": v, "products": hv}
 
@@ -159,7 +169,8 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     """Hutch++ trace with ``matvecs`` HVPs (a third each for sketch, projection, residual).
 
     Tr H = Tr(Q^T H Q) + Tr((I - QQ^T) H (I - QQ^T)) with Q an orthonormal basis of H S; the
-    second term by Hutchinson on projected Rademacher vectors, whose SE is returned.
+    second term by Hutchinson on projected Rademacher vectors, whose SE is returned. With
+    ``matvecs`` < 6 that term has a single probe and its SE is NaN (``mean_and_se``).
     """
     k = max(matvecs // 3, 1)
     dtype = operator.dtype

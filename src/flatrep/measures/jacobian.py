@@ -179,12 +179,16 @@ def log_lvr(singular_values: torch.Tensor, top: int | None = None) -> torch.Tens
 def local_dim(singular_values: torch.Tensor) -> torch.Tensor:
     """Participation ratio LD(x) = (sum_k s_k^2)^2 / sum_k s_k^4 of C = J J^T (Chen et al. M3).
 
-    Defined as 0 where J = 0 (no direction is expanded).
+    LD is invariant to J -> c J, so it is computed from r_k = s_k / s_1 (descending s, r_1 = 1):
+    LD = (sum_k r_k^2)^2 / sum_k r_k^4, which neither underflows nor overflows for any finite
+    s_1 > 0 (s_k^4 alone does beyond s_1 ~ 1e-77 or 1e77), and 1 <= LD <= min(K, d).
+    Defined as 0 where J = 0 (s_1 = 0: no direction is expanded).
     """
-    power = singular_values.pow(2)
-    numerator, denominator = power.sum(-1).pow(2), power.pow(2).sum(-1)
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(torch.finfo(
-        power.dtype).tiny), torch.zeros_like(denominator))
+    top = singular_values[..., :1]
+    power = (singular_values / torch.where(top > 0, top, 1.0)).pow(2)
+    # sum_k r_k^4 >= r_1^4 = 1 where s_1 > 0; the clamp only keeps the J = 0 branch free of 0/0
+    quartic = power.pow(2).sum(-1).clamp_min(1.0)
+    return torch.where(top[..., 0] > 0, power.sum(-1).pow(2) / quartic, 0.0)
 
 
 def spectrum(jacobians: torch.Tensor) -> torch.Tensor:
@@ -217,7 +221,11 @@ def layer_sensitivities(spectra: list[torch.Tensor]) -> torch.Tensor:
 
 
 def layer_log_volumes(spectra: list[torch.Tensor]) -> torch.Tensor:
-    """log LVR_l(x) = sum_k log s_k(df/dh_l), all min(K, d_l) values, shape (n, L) (M5)."""
+    """log LVR_l(x) = sum_k log s_k(df/dh_l), all min(K, d_l) values, shape (n, L) (M5).
+
+    -inf where an eigenvalue s_k^2 is 0 (``layer_gram_spectra`` clamps round-off below 0 to 0),
+    e.g. behind a dead ReLU layer.
+    """
     return torch.stack([0.5 * torch.log(eig).sum(1) for eig in spectra], dim=1)
 
 

@@ -35,7 +35,8 @@ from flatrep.measures import curvature, layers
 class SLQResult:
     """Gauss quadrature nodes and weights of ``probes`` Lanczos runs, shape (probes, steps).
 
-    A run that stopped early (invariant subspace) is padded with NaN nodes and zero weights.
+    A run that stopped early (invariant subspace, or after P steps when steps > P) is padded
+    with NaN nodes and zero weights.
     ``dim`` is P, the dimension of the operator.
     """
 
@@ -84,14 +85,15 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQRes
     """Stochastic Lanczos quadrature: ``probes`` runs of ``curvature.lanczos`` of ``steps``.
 
     Each run draws its own Gaussian start vector from ``generator`` and normalises it (a
-    uniform direction). ``steps`` is capped at the dimension P.
+    uniform direction). A run takes at most min(steps, P) steps (the Krylov space is then
+    the whole space); the result always has ``steps`` columns (the cube's ``slq_node``
+    coordinate), those beyond a run's length padded with NaN nodes and zero weights.
     """
-    width = min(steps, operator.dim)
     dtype = operator.dtype
-    nodes = torch.full((probes, width), math.nan, dtype=dtype)
-    weights = torch.zeros((probes, width), dtype=dtype)
+    nodes = torch.full((probes, steps), math.nan, dtype=dtype)
+    weights = torch.zeros((probes, steps), dtype=dtype)
     for probe in range(probes):
-        result = curvature.lanczos(operator, width, generator)
+        result = curvature.lanczos(operator, steps, generator)
         count = len(result.ritz_values)
         nodes[probe, :count] = result.ritz_values
         weights[probe, :count] = result.weights

@@ -84,3 +84,26 @@ def test_the_command_line_reports_a_damaged_cube_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("flatrep bounds: error: ") and str(path) in err
     assert "Traceback" not in err and not (tmp_path / "bounds.nc").exists()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(measured_run, data_root,
+                                                                     tmp_path, capsys):
+    """A checkpoint holding another model's weights (here: its config says 7-unit layers)
+    fails to load with the file named, in the library and on the command line."""
+    from flatrep import checkpoint, cli
+
+    _, paths = measured_run
+    model, meta = checkpoint.load(paths[-1])
+    other = {**meta, "config": {**meta["config"],
+                                "model": {**meta["config"]["model"], "hidden": [7, 7]}}}
+    foreign = tmp_path / "step_300.pt"
+    checkpoint.save(foreign, model, other)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit the model"):
+        checkpoint.load(foreign)
+    measure_json = '{"points": 4, "point_seed": 0, "chunk_size": 4}'
+    assert cli.main(["measure", "--checkpoints", str(foreign), "--measure-json", measure_json,
+                     "--data-root", str(data_root), "--out", str(tmp_path / "measures.nc")]) == 2
+    err = capsys.readouterr().err
+    message = err.replace("\r", "\n").strip().splitlines()[-1]   # after tqdm's progress bar
+    assert message.startswith("flatrep measure: error: checkpoint ") and str(foreign) in message
+    assert "Traceback" not in err and not (tmp_path / "measures.nc").exists()

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (config.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
-        print(f"flatrep {args.command}: error: {err}", file=sys.stderr)
+        # one line: messages quoting torch or file lists may span several
+        print(f"flatrep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return 0
 

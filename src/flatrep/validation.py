@@ -17,8 +17,8 @@ from jsonschema.exceptions import best_match, relevance
 
 from flatrep import config, schedules
 
-#: The params schema, in the source tree that holds the package (an editable install).
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+#: The params schema, relative to the project folder.
+SCHEMA = Path("workflow") / "schemas" / "params.schema.yaml"
 #: Folders the workflow writes into, relative to its working directory.
 WRITTEN_FOLDERS = ("results", "data", "logs", "benchmarks")
 #: The shape of one input sample of each dataset, as ``flatrep.data.load`` returns it (its
@@ -126,10 +126,26 @@ def _is_strict_integer(checker, instance) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-@functools.cache
+def schema_path() -> Path:
+    """The params schema of the project in the working directory (where `snakemake` and
+    `flatrep validate` run, also in a cluster job), else of the source tree that holds the
+    package (an editable install used from elsewhere)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / SCHEMA).is_file():
+            return root / SCHEMA
+    raise FileNotFoundError(f"the params schema {SCHEMA} is neither in {Path.cwd()} nor beside "
+                            "the flatrep sources; run from the project folder")
+
+
 def _validator() -> jsonschema.protocols.Validator:
-    """A validator of the params schema."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    """A validator of the params schema (``schema_path``)."""
+    return _validator_of(schema_path())
+
+
+@functools.cache
+def _validator_of(path: Path) -> jsonschema.protocols.Validator:
+    """A validator of the schema in ``path``, integers strict (``_is_strict_integer``)."""
+    schema = yaml.safe_load(path.read_text())
     base = jsonschema.validators.validator_for(schema)
     strict = jsonschema.validators.extend(
         base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_strict_integer))

@@ -1,6 +1,7 @@
 """Reruns and versioning on the tiny study: a changed learning rate retrains only the runs (or
-the ensemble group) it changes, and results pushed to a DVC remote are pulled on a fresh clone
-where, after the re-stamp step, Snakemake plans nothing and still sees later parameter edits."""
+the ensemble group) it changes; `dvc repro` reruns only the stages whose params changed; and
+results pushed to a DVC remote are pulled on a fresh clone where, after the re-stamp step,
+Snakemake plans nothing and still sees later parameter edits."""
 
 import shutil
 from pathlib import Path
@@ -120,14 +121,25 @@ def result_bytes(project: Path) -> dict[str, bytes]:
             if path.is_file()}
 
 
-def test_dvc_push_and_pull_on_a_fresh_clone_then_restamp(snakemake_project, tmp_path):
-    """`dvc pull` restores data, checkpoints and cube byte for byte and DVC calls them current,
-    but the clone has no `.snakemake/` metadata and pull-time mtimes; after the re-stamp step
-    `snakemake` plans nothing, and a later training parameter edit still retrains every run
-    (plain `--touch` would leave the training jobs without provenance, blind to it)."""
+def test_dvc_repro_push_and_pull_on_a_fresh_clone_then_restamp(snakemake_project, tmp_path):
+    """`dvc repro` runs every stage once, then reports up to date, and after a stats edit
+    reruns the analysis only. `dvc pull` restores data, checkpoints and cube byte for byte and
+    DVC calls them current, but the clone has no `.snakemake/` metadata and pull-time mtimes;
+    after the re-stamp step `snakemake` plans nothing, and a later training parameter edit
+    still retrains every run (plain `--touch` would leave the training jobs without
+    provenance, blind to it)."""
     project = copy_project(snakemake_project, tmp_path / "origin")
     git_dvc_project(project, tmp_path / "remote")
-    run(["dvc", "repro"], project)
+    first = run(["dvc", "repro"], project).stdout
+    assert "Running stage 'analysis@tiny'" in first and (project / "dvc.lock").is_file()
+    assert "up to date" in run(["dvc", "repro"], project).stdout
+    edit_study(project, lambda study: study["stats"].update(bootstrap=300))
+    changed = run(["dvc", "repro"], project).stdout
+    assert "Running stage 'analysis@tiny'" in changed
+    assert "Running stage 'runs@tiny'" not in changed
+    assert ("Running stage 'data'" in changed or "Stage 'data' didn't change" in changed)
+    assert "results/tiny/summary.json" in run(["dvc", "metrics", "show", "--json"],
+                                              project).stdout
     run(["dvc", "push"], project)
     commit_all(project)
     clone = tmp_path / "clone"

@@ -106,27 +106,6 @@ def test_snakemake_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_dvc_repro_round_trip(tmp_path):
-    project = make_project(tmp_path / "dvcproject")
-    (project / ".dvcignore").write_text(".snakemake/\nlogs/\nbenchmarks/\n")
-    run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
-    first = run(["dvc", "repro"], project)
-    assert "Running stage 'analysis@tiny'" in first.stdout
-    assert (project / "dvc.lock").is_file()
-    again = run(["dvc", "repro"], project)
-    assert "up to date" in again.stdout
-    params = (project / "params.yaml").read_text().replace("bootstrap: 200", "bootstrap: 300")
-    (project / "params.yaml").write_text(params)
-    changed = run(["dvc", "repro"], project)
-    assert "Running stage 'analysis@tiny'" in changed.stdout
-    assert "Running stage 'runs@tiny'" not in changed.stdout
-    assert ("Running stage 'data'" in changed.stdout
-            or "Stage 'data' didn't change" in changed.stdout)
-    metrics = run(["dvc", "metrics", "show", "--json"], project)
-    assert "results/tiny/summary.json" in metrics.stdout
-
-
 def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_results(
         snakemake_project, tmp_path):
     """`train.ensemble: seeds`: one training job per configuration (3 for the tiny grid), the

@@ -61,11 +61,18 @@ def cmd_measure(args) -> None:
     cube.write(ds, args.out)
 
 
+#: The study sections a cube depends on, kept as its ``config`` attribute (the params of the
+#: DVC stage ``runs``): editing ``stats`` or ``figures`` leaves the cube untouched.
+CUBE_SECTIONS = ("data", "model", "train", "measure")
+
+
 def cmd_cube(args) -> None:
     from flatrep import cube
 
     combined = cube.combine(args.run_files)
-    combined.attrs["config"] = json.dumps(_study(args), sort_keys=True)
+    study = _study(args)
+    combined.attrs["config"] = json.dumps({key: study[key] for key in CUBE_SECTIONS},
+                                          sort_keys=True)
     cube.write(combined, args.out)
 
 

@@ -6,6 +6,7 @@ import sys
 from flatrep import config as study_config
 from flatrep import data as datasets
 from flatrep import sources, validation
+from flatrep.cli import CUBE_SECTIONS
 
 
 try:
@@ -81,8 +82,12 @@ def section_json(section):
     return get
 
 
-def study_json(wildcards):
-    return json.dumps(study(wildcards.study), sort_keys=True)
+def cube_sections_json(wildcards):
+    """The sections of the wildcard study that determine its cube (flatrep.cli.CUBE_SECTIONS)
+    as JSON: a stats or figures edit must not rewrite cube.nc, an output of the DVC stage
+    `runs`, whose params are these sections."""
+    cfg = study(wildcards.study)
+    return json.dumps({key: cfg[key] for key in CUBE_SECTIONS}, sort_keys=True)
 
 
 def study_targets(names):

@@ -8,7 +8,7 @@ rule cube:
     output:
         "results/{study}/cube.nc",
     params:
-        study=study_json,
+        study=cube_sections_json,
     conda:
         "../envs/flatrep.yaml"
     log:

@@ -56,13 +56,13 @@ def write_random_cifar(root: Path, per_class: int = 5000) -> None:
 
 
 def study_for(case: str, steps: int, device: str, mode: str, raw_root: str,
-              dtype: str = "float32") -> dict:
+              dtype: str = "float32", compile_ensemble: bool = False) -> dict:
     study = {key: dict(value) for key, value in CASES[case].items()}
     if case == "cifar2_vgg":
         study["data"]["root"] = raw_root
     study["train"] = {"optimizer": "sgd", "loss": "mse", "batch_size": 20, "iterations": steps,
                       "checkpoints": [0, steps], "determinism": mode, "device": device,
-                      "dtype": dtype, "grid": [], "seeds": []}
+                      "dtype": dtype, "compile": compile_ensemble, "grid": [], "seeds": []}
     return study
 
 
@@ -110,6 +110,8 @@ def main() -> None:
                              "rounding where float32 trajectories have drifted apart")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="MLP widths instead of the case's (mnist1d_mlp only)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train.compile for the ensemble (the single runs stay eager)")
     parser.add_argument("--raw-root", default=None,
                         help="torchvision data root holding CIFAR-10 (default: random images)")
     args = parser.parse_args()
@@ -120,7 +122,8 @@ def main() -> None:
         if args.case == "cifar2_vgg" and raw_root is None:
             raw_root = str(tmp / "raw")
             write_random_cifar(Path(raw_root))
-        study = study_for(args.case, args.steps, args.device, args.mode, raw_root, args.dtype)
+        study = study_for(args.case, args.steps, args.device, args.mode, raw_root, args.dtype,
+                          args.compile)
         if args.hidden:
             study["model"]["hidden"] = args.hidden
         options = {k: v for k, v in study["data"].items() if k != "name"}
@@ -138,7 +141,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     work = args.members * args.steps
     print(f"case {args.case}, model {study['model']}, {args.members} members x {args.steps} "
-          f"steps, device {name}, mode {args.mode}, {args.dtype}, {args.threads} thread(s), "
+          f"steps, device {name}, mode {args.mode}, {args.dtype}, compile {args.compile}, "
+          f"{args.threads} thread(s), "
           f"torch {torch.__version__}")
     print("| method | seconds | member-steps/s | speed-up |")
     print("|---|---|---|---|")

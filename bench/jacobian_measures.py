@@ -88,7 +88,7 @@ def main():
     worst = max(((fast[k] - loop[k]).abs() / loop[k].abs()).max().item() for k in fast)
     print(f"model 40-{'-'.join(map(str, args.hidden))}-10, {args.points} points, float64, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"| method | seconds | speed-up |\n|---|---|---|")
+    print("| method | seconds | speed-up |\n|---|---|---|")
     print(f"| per-sample loop, K backward passes | {loop_s:.3f} | 1.0 |")
     print(f"| flatrep (batched VJPs, Linear closed forms) | {fast_s:.3f} | {loop_s / fast_s:.1f} |")
     print(f"max relative difference of the values: {worst:.1e} (required <= 1e-6)")

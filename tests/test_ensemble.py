@@ -92,6 +92,22 @@ def test_every_member_follows_its_single_run(tiny_study, data_root, tmp_path, op
     _train_both(study, _runs(grid), data_root, tmp_path)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_members_follow_their_single_runs(tiny_study, data_root, tmp_path, dtype,
+                                                   monkeypatch):
+    """``train.compile``: TorchInductor's kernels for the batched gradient keep every member
+    on its eager single run."""
+    study = _study(tiny_study, optimizer="sgd", batch_size=20, dtype=dtype, compile=True)
+    grid = [{"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0},
+            {"lr": 0.2, "momentum": 0.0, "weight_decay": 0.0, "seed": 1},
+            {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.0, "seed": 2}]
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, real=torch.compile: compiled.append(fn)
+                        or real(fn))
+    _train_both(study, _runs(grid), data_root, tmp_path)
+    assert len(compiled) == 1
+
+
 def test_members_with_averaging_and_a_decaying_rate_follow_their_single_runs(
         tiny_study, data_root, tmp_path):
     study = _study(tiny_study, optimizer="adamw", batch_size=20, averaging_start=0.5,
@@ -155,20 +171,23 @@ def test_linear_decay_schedule_closed_form():
         schedules.resolve({"name": "linear_decay", "hold": 0.9, "end": 0.5})
 
 
-def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path):
-    """VGG-16-BN (width 1/16) on CIFAR-format images with crop-and-flip augmentation: the
-    BatchNorm running statistics update inside vmap per member, and each member's
-    augmentation stream is its single run's."""
+def _cifar_vgg_study(tmp_path) -> dict:
+    """VGG-16-BN (width 1/16) on CIFAR-format images in ``tmp_path``, crop-and-flip, float64."""
     fake_cifar(tmp_path / "raw", "cifar10")
-    study = {"data": {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
-                      "scale": "unit_interval"},
-             "model": {"name": "vgg16_bn", "width": 0.0625},
-             "train": {"optimizer": "sgd", "momentum": 0.9, "loss": "cross_entropy",
-                       "batch_size": 4, "iterations": 6, "checkpoints": [0, 3, 6],
-                       "augment": "crop_flip", "determinism": "strict", "device": "cpu",
-                       "dtype": "float64",
-                       "grid": [], "seeds": []}}
     data.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
+    return {"data": {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
+                     "scale": "unit_interval"},
+            "model": {"name": "vgg16_bn", "width": 0.0625},
+            "train": {"optimizer": "sgd", "momentum": 0.9, "loss": "cross_entropy",
+                      "batch_size": 4, "iterations": 6, "checkpoints": [0, 3, 6],
+                      "augment": "crop_flip", "determinism": "strict", "device": "cpu",
+                      "dtype": "float64", "grid": [], "seeds": []}}
+
+
+def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path):
+    """VGG-16-BN: the BatchNorm running statistics update inside vmap per member, and each
+    member's augmentation stream is its single run's."""
+    study = _cifar_vgg_study(tmp_path)
     runs = _runs([{"lr": 0.05, "seed": 0}, {"lr": 0.02, "seed": 1}])
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble",
                                       tmp_path / "data", 1)
@@ -179,3 +198,12 @@ def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path):
         final = checkpoint.read(single[-1])["model"]
         assert not torch.equal(final["1.running_mean"],
                                torch.zeros_like(final["1.running_mean"]))
+
+
+def test_members_with_dropout_are_refused_before_training(tmp_path):
+    study = _cifar_vgg_study(tmp_path)
+    study["model"]["dropout"] = 0.5
+    runs = _runs([{"lr": 0.05, "seed": 0}, {"lr": 0.05, "seed": 1}])
+    with pytest.raises(ensemble.EnsembleError, match="Dropout"):
+        ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble", tmp_path / "data", 1)
+    assert not (tmp_path / "ensemble").exists()

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_project
+from test_data_torchvision import fake_cifar
 
-from flatrep import checkpoint, config, ensemble, resume, train
+from flatrep import checkpoint, config, data, ensemble, resume, train
 
 #: Runs in a child process: patch one function to SIGKILL the process on its n-th call, then
 #: train. argv: kind (single|ensemble), target (optimizer|replace|keep), n, study json,
@@ -266,3 +267,26 @@ def test_snakemake_retries_a_killed_training_job_which_resumes(snakemake_project
     assert f"resumes from its checkpoint at step {steps[1]}" in log
     _assert_same_files(snakemake_project / "results/tiny/runs", project / "results/tiny/runs",
                        [config.Run(run_id, {})], steps)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_killed_dropout_run_on_cuda_resumes_bit_identical(data_root, tmp_path):
+    """Dropout on the GPU draws from the device's own generator: its state is checkpointed
+    (``torch_cuda``) and restored, so the resumed trajectory is the uninterrupted one."""
+    fake_cifar(tmp_path / "raw", "cifar10")
+    data.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
+    study = {"data": {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
+                      "scale": "unit_interval"},
+             "model": {"name": "vgg16_bn", "width": 0.0625, "dropout": 0.5},
+             "train": {"optimizer": "sgd", "momentum": 0.9, "loss": "cross_entropy",
+                       "batch_size": 8, "iterations": 12, "checkpoints": [0, 4, 8, 12],
+                       "determinism": "strict", "device": "cuda", "grid": [], "seeds": []}}
+    runs = _runs([{"lr": 0.05, "seed": 0}])
+    reference = tmp_path / "reference"
+    train.train_run("resume", study, runs[0], reference / runs[0].run_id, tmp_path / "data", 1)
+    assert "torch_cuda" in checkpoint.read(reference / runs[0].run_id / "step_4.pt")["rng"]
+    out = tmp_path / "runs"
+    _killed("single", "optimizer", 7, study, runs, out / runs[0].run_id, tmp_path / "data")
+    _delete_outputs(out)
+    train.train_run("resume", study, runs[0], out / runs[0].run_id, tmp_path / "data", 1)
+    _assert_same_files(reference, out, runs, [0, 4, 8, 12])

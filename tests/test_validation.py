@@ -144,6 +144,28 @@ def test_crop_augmentation_of_one_dimensional_data_is_rejected_up_front():
     validation.check_params(params)
 
 
+def test_an_ensemble_of_dropout_models_is_rejected_up_front():
+    params = tiny_params()
+    params["studies"]["tiny"]["data"] = {"name": "cifar10", "classes": [0, 1]}
+    params["studies"]["tiny"]["model"] = {"name": "vgg16_bn", "dropout": 0.5}
+    validation.check_params(params)                 # one run per process: fine
+    params["studies"]["tiny"]["train"]["ensemble"] = "seeds"
+    assert error_of(params) == (
+        "studies.tiny.train.ensemble = 'seeds' with model.dropout = 0.5: ensemble members "
+        "cannot draw their own single runs' dropout masks; set train.ensemble: none (or "
+        "model.dropout: 0)")
+
+
+def test_compiling_needs_an_ensemble():
+    params = tiny_params()
+    params["studies"]["tiny"]["train"].update(compile=True, ensemble="none")
+    assert error_of(params) == (
+        "studies.tiny.train.compile = true with train.ensemble = 'none': compiling applies to "
+        "ensembles; set train.ensemble: seeds or configs (or compile: false)")
+    params["studies"]["tiny"]["train"]["ensemble"] = "seeds"
+    validation.check_params(params)
+
+
 def test_sample_shapes_cover_every_dataset_and_match_the_data(data_root, tiny_study):
     assert set(validation.SAMPLE_SHAPES) == set(data.DATASETS)
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "classes")}

@@ -2,7 +2,9 @@
 
 The M members' parameters are stacked along a leading axis
 (``torch.func.stack_module_state``) and one forward/backward pass of
-``vmap(functional_call(model, member params, member batch))`` trains them all: each member
+``vmap(grad_and_value(functional_call(model, member params, member batch)))`` trains them all
+(vmapping the member's gradient, rather than differentiating the vmapped loss, gives gradients
+in the parameters' own memory layout: about 1.3x faster on CPU, see bench/RESULTS.md): each member
 draws its own minibatches (its ``data_order`` stream, the same permutation per epoch as a
 single run), augments with its own stream, and has its own learning rate, momentum, weight
 decay and seed; ``flatrep.stacked_optim`` applies torch.optim's update member by member.
@@ -14,8 +16,9 @@ rounding: batched matrix products may sum in another order than the single run's
 numbers agree to rounding error (tests compare them in float32 and float64), not bit for bit.
 Checkpoints are written per run, in the single run's format; a member whose loss turns NaN/inf
 is frozen at that step and recorded as diverged, while the others go on.
-Torch's global generator is seeded from the first member's seed: members share it, so models
-drawing from it during training (dropout) do not reproduce their single runs.
+Models that draw random numbers in their forward pass (Dropout) are refused: the members
+would share torch's global generator and could not draw their single runs' masks
+(``flatrep.validation`` says so before any job starts).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from flatrep import augment, averaging, checkpoint, config, resume, train
 from flatrep.stacked_optim import StackedOptimizer
@@ -52,6 +56,15 @@ def _member_vector(runs, setup: train.Setup, key: str) -> torch.Tensor:
                         dtype=torch.float64, device=setup.device)
 
 
+def compiled(study: dict) -> bool:
+    """``train.compile``: the members' batched gradient goes through ``torch.compile``
+    (TorchInductor fuses the elementwise work around the products and cuts per-op overhead;
+    it pays back its compile time, seconds to a minute, in long runs: see bench/RESULTS.md).
+    The compiled kernels may round differently from the eager ones, so the members still
+    follow their single runs to rounding, as without it."""
+    return bool(study["train"].get("compile", False))
+
+
 class Ensemble:
     """The stacked state of M members: parameters, buffers, optimizer, averages, RNGs."""
 
@@ -60,9 +73,17 @@ class Ensemble:
         self.study_name, self.study, self.runs, self.setup = study_name, study, runs, setup
         self.batch_size = int(_shared(runs, setup, "batch_size"))
         self.hparams = [setup.hyperparameters(run) for run in runs]
-        train.seed_global_generator(self.hparams[0]["seed"])   # shared: see the module notes
+        train.seed_global_generator(self.hparams[0]["seed"])
         self.members = [setup.initial_model(study, hp["seed"]) for hp in self.hparams]
-        self.params, self.buffers = stack_module_state(self.members)
+        if any(isinstance(module, nn.Dropout) and module.p > 0
+               for module in self.members[0].modules()):
+            raise EnsembleError(f"runs {[run.run_id for run in runs]} use Dropout, whose "
+                                "masks an ensemble cannot draw as the single runs do; train "
+                                "them one at a time (train.ensemble: none)")
+        # Plain tensors: grad_and_value differentiates them itself, and a compiled gradient
+        # is twice as fast on tensors that autograd does not track.
+        params, self.buffers = stack_module_state(self.members)
+        self.params = {name: tensor.detach() for name, tensor in params.items()}
         self.template = copy.deepcopy(self.members[0]).to("meta")
         self.optimizer = StackedOptimizer(
             _shared(runs, setup, "optimizer"), list(self.params.values()),
@@ -75,7 +96,8 @@ class Ensemble:
             _shared(runs, setup, "averaging_start"), setup.iterations), members=len(runs))
         self.active = torch.ones(len(runs), dtype=torch.bool, device=setup.device)
         self.diverged_at = torch.full((len(runs),), -1, dtype=torch.long, device=setup.device)
-        self.batched_loss = vmap(self._member_loss)
+        gradients = vmap(grad_and_value(self._member_loss))
+        self.batched_gradients = torch.compile(gradients) if compiled(study) else gradients
 
     def _member_loss(self, params, buffers, inputs, targets):
         outputs = functional_call(self.template, (params, buffers), (inputs,))
@@ -92,14 +114,13 @@ class Ensemble:
         """One update of every member still active; members whose loss is NaN/inf freeze
         and record ``step`` as the step of divergence."""
         idx = self.batches.next()
-        values = self.batched_loss(self.params, self.buffers, self._inputs(idx),
-                                   self.setup.targets[idx])
+        grads, values = self.batched_gradients(self.params, self.buffers, self._inputs(idx),
+                                               self.setup.targets[idx])
         finite = torch.isfinite(values)
         self.diverged_at = torch.where(self.active & ~finite, step, self.diverged_at)
         self.active = self.active & finite
-        grads = torch.autograd.grad(values.sum(), list(self.params.values()))
-        self.optimizer.step(list(grads), self.setup.learning_rate(self.base_lr, step),
-                            self.active)
+        self.optimizer.step([grads[name] for name in self.params],
+                            self.setup.learning_rate(self.base_lr, step), self.active)
 
     def save(self, step: int, out_root: Path) -> list[Path]:
         """Copy each member out of the stack into its module and write its checkpoint."""

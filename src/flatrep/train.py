@@ -130,7 +130,9 @@ class Setup:
                                    determinism.sub_seed(seed, "init")).to(self.device,
                                                                           self.dtype)
 
-    def learning_rate(self, base: float, step: int) -> float:
+    def learning_rate(self, base: float | torch.Tensor, step: int) -> float | torch.Tensor:
+        """eta_t = base * schedule factor at ``step``; ``base`` is one run's rate or the
+        ensemble members' vector of rates."""
         return base * schedules.factor(self.lr_schedule, step, self.iterations)
 
 
@@ -172,13 +174,22 @@ def save_checkpoint(path: Path, meta: dict, model: nn.Module, average: averaging
     them (minibatch order, running average); keep it for resuming (``flatrep.resume``)."""
     evaluated = average.model(model, setup.x, batches.batch_size, member)
     checkpoint.save(path, evaluated, meta, optimizer_state,
-                    rng={"torch": torch.get_rng_state(),
+                    rng={**global_rng_states(setup.device),
                          **{name: gen.get_state() for name, gen in rng.items()}},
                     training_model=model if evaluated is not model else None,
                     resume={"batch_order": batches.state_dict(member or 0),
                             "average": average.state_dict(member)})
     resume.keep(path)
     return path
+
+
+def global_rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """Torch's global generator states a resumed run needs: the CPU one, and the device's
+    own one (``torch_cuda``; dropout on a GPU draws from it) when training on CUDA."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def belongs_to(study_name: str, study: dict, run: config.Run) -> Callable[[dict], bool]:
@@ -195,6 +206,8 @@ def restore_streams(contents: list[dict], rngs: list[dict[str, torch.Generator]]
     """Set the RNG states, minibatch order and running average of one run (``stacked``
     False) or of every ensemble member from their checkpoints' ``contents``."""
     torch.set_rng_state(contents[0]["rng"]["torch"])
+    if "torch_cuda" in contents[0]["rng"]:
+        torch.cuda.set_rng_state(contents[0]["rng"]["torch_cuda"], device)
     for content, streams in zip(contents, rngs):
         for name, generator in streams.items():
             generator.set_state(content["rng"][name])

@@ -69,6 +69,25 @@ def check_studies(studies: dict) -> None:
         except (models.ModelError, schedules.ScheduleError) as err:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)
+        _check_ensemble_options(name, study)
+
+
+def _check_ensemble_options(name: str, study: dict) -> None:
+    """Dropout models train one run per process: ensemble members would share torch's
+    global generator, so their dropout masks, and trajectories, would not be their single
+    runs' (``flatrep.ensemble``). ``train.compile`` compiles the ensemble's batched gradient,
+    so it needs an ensemble."""
+    mode = study["train"].get("ensemble", "none")
+    dropout = study["model"].get("dropout", 0.0)
+    if mode != "none" and dropout > 0:
+        raise config.ConfigError(
+            f"studies.{name}.train.ensemble = {mode!r} with model.dropout = {dropout}: "
+            "ensemble members cannot draw their own single runs' dropout masks; set "
+            "train.ensemble: none (or model.dropout: 0)")
+    if mode == "none" and study["train"].get("compile", False):
+        raise config.ConfigError(
+            f"studies.{name}.train.compile = true with train.ensemble = 'none': compiling "
+            "applies to ensembles; set train.ensemble: seeds or configs (or compile: false)")
 
 
 def check_writable(folders) -> None:

@@ -1,0 +1,113 @@
+"""Benchmark: the wall time of a whole study on this machine, extrapolated from short runs.
+
+A study's cost is its training (one process per ``train.ensemble`` group, run one after the
+other on one device) plus measuring every run's checkpoints. Training every group for its full
+``train.iterations`` takes hours, so each group is trained twice for a few steps (``--steps``
+and a quarter of it) with the study's own config, and the wall time is fitted as
+``t(n) = fixed + n * per_step`` (the fixed part is start-up: data to the device, cuDNN
+autotuning, the two checkpoints); the group's full time is ``fixed + iterations * per_step``.
+Measuring is timed on ``--measure-runs`` runs' checkpoints of the short training and scaled by
+the study's runs x checkpoints (every checkpoint of a study is measured alike). One untimed
+step of the first group comes first, so one-off library start-up is not charged to it.
+
+Without the dataset's real files, CIFAR-10 studies train on random images written in the CIFAR
+on-disk format: the same shapes, hence the same cost, but no meaningful accuracy.
+
+    python bench/study_wall_time.py --study chen_cifar2_vgg_correlation --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+from ensemble_training import timed, write_random_cifar
+
+from flatrep import config, data, determinism, ensemble, measure, train
+
+
+def short_study(study: dict, steps: int, raw_root: str | None) -> dict:
+    """The study trained for ``steps`` iterations with checkpoints at 0 and ``steps``."""
+    short = copy.deepcopy(study)
+    short["train"].update(iterations=steps, checkpoints=[0, steps])
+    if raw_root is not None:
+        short["data"].update(root=raw_root, download=False)
+    return short
+
+
+def train_group(name: str, study: dict, runs: list[config.Run], out: Path, data_root: Path,
+                threads: int) -> float:
+    """Seconds to train one ensemble group (or one run, for ``train.ensemble: none``)."""
+    if study["train"].get("ensemble", "none") == "none":
+        return timed(lambda: train.train_run(name, study, runs[0], out / runs[0].run_id,
+                                             data_root, threads))
+    return timed(lambda: ensemble.train_ensemble(name, study, runs, out, data_root, threads))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--study", default="chen_cifar2_vgg_correlation")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="iterations of the longer short run (the other is a quarter)")
+    parser.add_argument("--measure-runs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--raw-root", default=None,
+                        help="torchvision root with the real files (default: random CIFAR)")
+    args = parser.parse_args()
+
+    study = config.study_config(config.load_params(args.params), args.study)
+    full_steps = config.checkpoint_steps(study["train"])
+    groups = config.ensemble_groups(study)
+    rows, train_hours = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw_root = args.raw_root
+        if study["data"]["name"] == "cifar10" and raw_root is None:
+            raw_root = str(tmp / "raw")
+            write_random_cifar(Path(raw_root))
+        options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
+                   if k != "name"}
+        data.prepare(study["data"]["name"], tmp / "data", **options)
+        lengths = (max(args.steps // 4, 1), args.steps)
+        first = next(iter(groups.values()))        # untimed: one-off library start-up
+        train_group(args.study, short_study(study, 1, raw_root), first, tmp / "warm-up",
+                    tmp / "data", args.threads)
+        for group, runs in groups.items():
+            seconds = [train_group(args.study, short_study(study, n, raw_root), runs,
+                                   tmp / f"runs_{n}", tmp / "data", args.threads)
+                       for n in lengths]
+            per_step = (seconds[1] - seconds[0]) / (lengths[1] - lengths[0])
+            fixed = max(seconds[0] - per_step * lengths[0], 0.0)
+            hours = (fixed + per_step * full_steps[-1]) / 3600
+            train_hours += hours
+            rows.append((group, len(runs), per_step, len(runs) / per_step, hours))
+        measured = [run for runs in groups.values() for run in runs][:args.measure_runs]
+        checkpoint_paths = [[tmp / f"runs_{lengths[1]}" / run.run_id / f"step_{k}.pt"
+                             for k in (0, lengths[1])] for run in measured]
+        measure_seconds = timed(lambda: [measure.measured_run(paths, study["measure"],
+                                                              tmp / "data", args.threads)
+                                         for paths in checkpoint_paths])
+    per_checkpoint = measure_seconds / (2 * len(measured))
+    n_runs = sum(len(runs) for runs in groups.values())
+    measure_hours = per_checkpoint * n_runs * len(full_steps) / 3600
+
+    device = determinism.pick_device(study["train"].get("device", "auto"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"study {args.study}: {n_runs} runs x {full_steps[-1]} iterations, "
+          f"{len(full_steps)} checkpoints each; device {name}, torch {torch.__version__}; "
+          f"fitted on {lengths[0]} and {lengths[1]} steps")
+    print("| group | members | seconds/step | member-steps/s | hours (full length) |")
+    print("|---|---|---|---|---|")
+    for group, members, per_step, throughput, hours in rows:
+        print(f"| {group} | {members} | {per_step:.4f} | {throughput:.0f} | {hours:.2f} |")
+    print(f"| measures | {n_runs} runs x {len(full_steps)} checkpoints | "
+          f"{per_checkpoint:.1f} s/checkpoint | | {measure_hours:.2f} |")
+    print(f"| **whole study** | | | | **{train_hours + measure_hours:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()

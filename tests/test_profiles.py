@@ -22,7 +22,8 @@ SUBMIT_TOOLS = ("sbatch", "srun", "scancel", "kubectl")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The workflow with three tiny studies: one job per run on `device: auto` (tiny), vmapped
-    seed ensembles on `device: cuda` (tiny_ens), one job per run on `device: cpu` (tiny_cpu)."""
+    seed ensembles on `device: cuda` (tiny_ens), one job per run on `device: cpu` (tiny_cpu);
+    the measures on the default `measure.device: auto` but `cpu` for tiny_cpu."""
     root = make_project(tmp_path_factory.mktemp("profiles") / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
     base = params["studies"]["tiny"]
@@ -30,6 +31,7 @@ def project(tmp_path_factory):
     studies["tiny"]["train"]["device"] = "auto"
     studies["tiny_ens"]["train"].update(device="cuda", ensemble="seeds")
     studies["tiny_cpu"]["train"]["device"] = "cpu"
+    studies["tiny_cpu"]["measure"]["device"] = "cpu"
     params.update(run_studies=list(studies), studies=studies)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # Stand-ins for the submission tools: each call is recorded (and fails).
@@ -87,16 +89,16 @@ def check_requests(jobs, attempt=1):
     for res in cpu:
         assert res.get("gpu", "0") == "0"
         assert (res["mem_mb"], res["runtime"]) == (f"{2000 * attempt}", f"{60 * attempt}")
+    assert sorted(res["gpu"] for res in measure) == ["0"] * 6 + ["1"] * 12
     for res in measure:
-        assert (res["gpu"], res["mem_mb"], res["runtime"]) == ("0", f"{4000 * attempt}",
-                                                               f"{60 * attempt}")
+        assert (res["mem_mb"], res["runtime"]) == (f"{4000 * attempt}", f"{60 * attempt}")
     for rule in ("prepare_data", "cube", "bounds", "stats", "figures"):
         for res in jobs[rule]:
             assert int(res["mem_mb"]) >= 4000 * attempt and int(res["runtime"]) >= 30 * attempt
             assert res.get("gpu", "0") == "0"
 
 
-def test_slurm_profile_requests_a_gpu_for_auto_and_cuda_training_only(project):
+def test_slurm_profile_requests_a_gpu_for_auto_and_cuda_jobs_only(project):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     jobs = dry_run(project, "slurm")
     check_requests(jobs)
@@ -124,7 +126,8 @@ def test_slurm_profile_requests_a_gpu_for_auto_and_cuda_training_only(project):
     cpu_call = get_submit_command(cpu_job, params) + set_gres_string(cpu_job)
     assert "--gpus=1" in gpu_call and "--mem 2000" in gpu_call and " -t 60" in gpu_call
     assert "--gpus" not in cpu_call and "--mem 2000" in cpu_call
-    assert "--gpus" not in set_gres_string(Job(measure[0], threads=1))
+    measure_gpus = {set_gres_string(Job(res, threads=1)) for res in measure}
+    assert len(measure_gpus) == 2 and "--gpus=1" in " ".join(measure_gpus)   # cpu: none
     assert "--gpus=1" in set_gres_string(Job(ens[0], threads=2))
 
 

@@ -24,6 +24,10 @@ from flatrep import atomic, config, losses
 
 #: Global attribute holding ``content_digest`` of the file's content.
 DIGEST_ATTR = "content_sha256"
+#: Global attributes that may differ between the runs of a study: the code revision, the
+#: training device (``provenance``) and the measure device (``flatrep.measure.measure_run``).
+#: ``combine`` keeps the one value, or the JSON list of the distinct values.
+RUN_ATTRS = ("git_revision", "device", "measure_device")
 
 
 class CubeError(RuntimeError):
@@ -126,14 +130,20 @@ def read(path: str | Path) -> xr.Dataset:
 
 
 def combine(run_files: list[str | Path]) -> xr.Dataset:
-    """Concatenate per-run measure files along ``run`` into the study cube."""
+    """Concatenate per-run measure files along ``run`` into the study cube.
+
+    Attributes that disagree between runs are dropped, except ``RUN_ATTRS``: each is the
+    runs' common value, or the sorted JSON list of their values (``unknown`` for a file
+    without it).
+    """
     runs = [read(path) for path in run_files]
     cube = xr.concat(runs, dim="run", data_vars="all", coords="different", compat="equals",
                      combine_attrs="drop_conflicts")
     # the first file's encoding (e.g. a <U3 width for optimizer='sgd') would truncate longer
     # strings of later runs ('adamw' -> 'ada') on write
     cube = cube.drop_encoding()
-    revisions = sorted({ds.attrs.get("git_revision", "unknown") for ds in runs})
-    cube.attrs["git_revision"] = revisions[0] if len(revisions) == 1 else json.dumps(revisions)
+    for name in RUN_ATTRS:
+        values = sorted({ds.attrs.get(name, "unknown") for ds in runs})
+        cube.attrs[name] = values[0] if len(values) == 1 else json.dumps(values)
     return cube
 

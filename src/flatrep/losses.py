@@ -53,7 +53,7 @@ def _one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torc
 
 def _identity(outputs: torch.Tensor) -> torch.Tensor:
     n, k = outputs.shape
-    return torch.eye(k, dtype=outputs.dtype).expand(n, k, k)
+    return torch.eye(k, dtype=outputs.dtype, device=outputs.device).expand(n, k, k)
 
 
 def _softmax_hessian(outputs: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,11 @@ moment).
 Measures are computed in float64 on a fixed, seeded set of training and test points that is
 the same for every run of a study (so ``sample_index`` has no run dimension). The subset
 ``test_misclassified`` holds the test points the checkpoint misclassifies; the others are NaN.
+
+They run on the device ``measure_run`` picks from ``measure.device`` (``auto``: CUDA when
+present, as ``train.device``), recorded in the ``measure_device`` attribute. Random probes are
+drawn on the CPU from seeded CPU generators and moved to that device, so a GPU gives the CPU
+values up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -72,25 +77,31 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
     result["input_norm"] = x.reshape(len(x), -1).norm(dim=1)
     result["iimls"] = invariant.iimls(jac["input"], x)
     result["normalized_mls"] = invariant.normalized_mls(result["mls"], x)
-    return {key: value.numpy() for key, value in result.items()}
+    return {key: value.cpu().numpy() for key, value in result.items()}
 
 
 def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs: int,
                        measure_cfg: dict, loss: losses.Loss) -> dict[str, np.ndarray]:
-    """Every measure of one checkpoint, as arrays shaped like the catalogue's dims."""
+    """Every measure of one checkpoint, as arrays shaped like the catalogue's dims.
+
+    Computed on the device of ``splits`` (float64 tensors; the model is moved there in
+    float64); ``points`` are numpy row indices of the splits.
+    """
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
-    model = model.double()
+    device = splits["train"][0].device
+    model = model.double().to(device)
+    rows = {key: torch.as_tensor(value, device=device) for key, value in points.items()}
     values: dict[str, np.ndarray] = {}
     for split, (x, y) in splits.items():
         values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs,
                                                                    loss)
-    per_subset = {subset: point_measures(model, splits[subset][0][points[subset]], chunk_size,
+    per_subset = {subset: point_measures(model, splits[subset][0][rows[subset]], chunk_size,
                                          moments)
                   for subset in ("train", "test")}
-    x_test, y_test = splits["test"][0][points["test"]], splits["test"][1][points["test"]]
+    x_test, y_test = splits["test"][0][rows["test"]], splits["test"][1][rows["test"]]
     with torch.no_grad():
-        wrong = (model(x_test).argmax(1) != y_test).numpy()
+        wrong = (model(x_test).argmax(1) != y_test).cpu().numpy()
     per_subset["test_misclassified"] = {
         key: np.where(wrong.reshape((-1,) + (1,) * (value.ndim - 1)), value, np.nan)
         for key, value in per_subset["test"].items()}
@@ -103,14 +114,14 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
                                       for p in model.parameters()]).norm().item()
     curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
-        x, y = splits["train"][0][points["curvature"]], splits["train"][1][points["curvature"]]
+        x, y = splits["train"][0][rows["curvature"]], splits["train"][1][rows["curvature"]]
         seed = determinism.sub_seed(measure_cfg["point_seed"], "curvature")
         values.update(suite.measure(model, x, loss.targets(y, num_outputs, x.dtype), loss,
                                     curvature_cfg, seed))
     norms = layers.weight_norms(model, splits["train"][0][:1])
-    values["weight_spectral_norm"] = norms["spectral"].numpy()
-    values["weight_fro_norm"] = norms["frobenius"].numpy()
-    values["weight_norm_reference"] = norms["reference"].numpy()
+    values["weight_spectral_norm"] = norms["spectral"].cpu().numpy()
+    values["weight_fro_norm"] = norms["frobenius"].cpu().numpy()
+    values["weight_norm_reference"] = norms["reference"].cpu().numpy()
     return values
 
 
@@ -124,9 +135,13 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     """Measure every checkpoint of one run; returns the run's Dataset (no ``run`` dim yet).
 
     ``measure_cfg`` is the study's ``measure`` section (``points``, ``point_seed``,
-    ``chunk_size``).
+    ``chunk_size``, ``device``). The device is chosen here (``determinism.pick_device`` of
+    ``measure.device``, default ``auto``), the splits are moved to it in float64 and each
+    checkpoint's model in ``measure_checkpoint``; the attribute ``measure_device`` records it
+    (``device_label``).
     """
     determinism.configure(strict=True, threads=threads)
+    device = determinism.pick_device(measure_cfg.get("device", "auto"))
     metas, rows = [], []
     first_meta = checkpoint.read(checkpoint_paths[0])["meta"]
     # The last checkpoint knows whether and when the run diverged; earlier files may not.
@@ -134,7 +149,7 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     study = first_meta["config"]
     num_outputs = first_meta["num_outputs"]
     loss = losses.get(study["train"].get("loss", "mse"))
-    splits = {split: tuple(t.double() if t.is_floating_point() else t
+    splits = {split: tuple((t.double() if t.is_floating_point() else t).to(device)
                            for t in data.load_study_split(study["data"], split, data_root))
               for split in ("train", "test")}
     seed = measure_cfg["point_seed"]
@@ -159,7 +174,17 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     dataset = run_dataset(metas, rows, points, layers.measured_layers(model),
                           tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
     dataset.attrs["train_size"] = len(splits["train"][1])
+    dataset.attrs["measure_device"] = device_label(device)
     return dataset
+
+
+def device_label(device: torch.device) -> str:
+    """``cpu``, or ``cuda:<index> (<GPU name>)`` for a CUDA device: the ``measure_device``
+    attribute (the GPU model matters, as rounding differs between GPUs)."""
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,

@@ -32,10 +32,11 @@ def study(name):
     return config["studies"][name]
 
 
-def gpus(name):
-    """GPUs a training job of study `name` requests from a cluster: 0 when its `train.device`
-    is `cpu`, else 1 (`auto` means CUDA when present, so a cluster job should get one)."""
-    return 0 if study(name)["train"].get("device", "auto") == "cpu" else 1
+def gpus(name, section="train"):
+    """GPUs a job of study `name` requests from a cluster: 0 when the `device` of its section
+    (`train` for training jobs, `measure` for measuring) is `cpu`, else 1 (`auto` means CUDA
+    when present, so a cluster job should get one)."""
+    return 0 if study(name)[section].get("device", "auto") == "cpu" else 1
 
 
 def by_attempt(base):

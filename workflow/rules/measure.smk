@@ -20,7 +20,7 @@ rule measure:
     resources:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(60),
-        gpu=0,  # the measures run on the CPU
+        gpu=lambda wildcards: gpus(wildcards.study, "measure"),
     shell:
         "flatrep measure --measure-json {params.measure:q} --checkpoints {input.checkpoints} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -60,13 +60,15 @@ class NormalOperator:
     """v -> A^T A v on flattened inputs of one shape: the operator ``curvature.lanczos`` takes.
 
     A is applied with ``conv1d``/``conv2d`` (the layer's stride, padding, dilation, groups, no
-    bias) and A^T with ``conv_transpose1d``/``conv_transpose2d``, its adjoint.
+    bias) and A^T with ``conv_transpose1d``/``conv_transpose2d``, its adjoint. Its vectors live
+    on the device of the layer's weight.
     """
 
     def __init__(self, conv: ConvLayer, input_shape: tuple[int, ...]):
         _check(conv)
         self.conv, self.input_shape = conv, tuple(input_shape)
         self.dim, self.dtype = math.prod(self.input_shape), conv.weight.dtype
+        self.device = conv.weight.device
 
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -81,11 +83,12 @@ def operator_norm(conv: ConvLayer, input_shape: tuple[int, ...], steps: int = 10
 
     ``input_shape`` is (C_in, L) or (C_in, H, W), without batch dim. Lanczos with full
     reorthogonalisation (``curvature.lanczos``, at most ``steps`` products with A^T A from a
-    Gaussian start drawn with ``generator``, seeded 0 when None so the global RNG is
-    untouched). Power iteration is not enough here: the singular values of a convolution
-    sample the kernel's frequency response and crowd near the top (s_2 / s_1 often > 0.999),
-    so its error (s_2 / s_1)^{4k} stays ~1e-3 after 100 steps, while Lanczos converges like a
-    Chebyshev polynomial in the gap and reaches round-off within ~80 products on such layers.
+    Gaussian start drawn on the CPU with ``generator``, seeded 0 when None so the global RNG
+    is untouched; the result is on the layer's device). Power iteration is not enough here:
+    the singular values of a convolution sample the kernel's frequency response and crowd
+    near the top (s_2 / s_1 often > 0.999), so its error (s_2 / s_1)^{4k} stays ~1e-3 after
+    100 steps, while Lanczos converges like a Chebyshev polynomial in the gap and reaches
+    round-off within ~80 products on such layers.
     The largest Ritz value never exceeds lambda_max, so the result is a lower bound.
 
     The norm is that of the unrolled operator, as in Sedghi, Gupta & Long (2019, "The singular
@@ -95,7 +98,8 @@ def operator_norm(conv: ConvLayer, input_shape: tuple[int, ...], steps: int = 10
     operator = NormalOperator(conv, input_shape)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     ritz = curvature.lanczos(operator, steps, generator)
-    return torch.tensor(max(ritz.lambda_max, 0.0), dtype=operator.dtype).sqrt()
+    return torch.tensor(max(ritz.lambda_max, 0.0), dtype=operator.dtype,
+                        device=operator.device).sqrt()
 
 
 def frobenius_surrogate(conv: ConvLayer, output_positions: int) -> torch.Tensor:

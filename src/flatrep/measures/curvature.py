@@ -5,8 +5,15 @@ The loss is L(theta) = (1/n) sum_i l(f(x_i), y_i) in the measure convention of
 K/2 times torch MSELoss's; or cross-entropy), over a fixed set of training points, with
 the model in eval mode. ``HessianOperator`` applies H to a batch of vectors by
 forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``) or by double
-backward; every estimator only sees ``operator(V)`` (rows of V are vectors), ``operator.dim``
-and ``operator.dtype``, so any symmetric linear operator with these three works.
+backward; every estimator only sees ``operator(V)`` (rows of V are vectors), ``operator.dim``,
+``operator.dtype`` and ``operator.device`` (``device_of``: the CPU for an operator without
+one), so any symmetric linear operator with these works.
+
+Devices: an operator lives where its model and points are (``flatrep.measure.measure_run``
+picks the device, ``measure.device``). Random probes and start vectors are always drawn on the
+CPU from the caller's seeded ``torch.Generator`` and then moved to ``device_of(operator)``,
+so the same seed gives the same probes on every device, and the results on a GPU are the CPU
+results up to floating-point rounding.
 
 * Hutchinson: Tr H = E[v^T H v] for Rademacher v (Hutchinson 1989); SE = std/sqrt(m).
 * Frobenius norm: ||H||_F^2 = E[||H v||^2] from the same probes.
@@ -43,6 +50,7 @@ class HessianOperator:
     ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
     ``probe_chunk`` vectors are pushed through at once (memory grows with it).
     ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
+    ``device``: that of the parameters (model, ``x`` and ``targets`` must share it).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -61,7 +69,7 @@ class HessianOperator:
         self.theta = torch.cat([params[name].reshape(-1) for name in self.names])
         self.fixed = {name: p for name, p in params.items() if name not in self.names}
         self.fixed.update({name: b.detach() for name, b in model.named_buffers()})
-        self.dim, self.dtype = self.theta.numel(), self.theta.dtype
+        self.dim, self.dtype, self.device = self.theta.numel(), self.theta.dtype, self.theta.device
         self.loss_fn = loss
         with torch.no_grad():
             self.output_values = self.outputs(self.theta)
@@ -92,10 +100,20 @@ class HessianOperator:
         return torch.stack(rows).detach()
 
 
-def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
-    """m Rademacher vectors (entries +-1 with probability 1/2), shape (m, dim)."""
+def device_of(operator) -> torch.device:
+    """The device of ``operator``'s vectors: its ``device``, the CPU for an operator without one."""
+    return getattr(operator, "device", torch.device("cpu"))
+
+
+def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64,
+               device: torch.device | None = None) -> torch.Tensor:
+    """m Rademacher vectors (entries +-1 with probability 1/2), shape (m, dim), on ``device``.
+
+    The bits are drawn on the CPU from the CPU ``generator`` (the same vectors on every
+    device), then moved.
+    """
     bits = torch.randint(0, 2, (m, dim), generator=generator)
-    return (2 * bits - 1).to(dtype)
+    return (2 * bits - 1).to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,7 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     0 too).
     The probes and their products are returned too (``vectors``, ``products``) for reuse.
     """
-    v = rademacher(probes, operator.dim, generator, operator.dtype)
+    v = rademacher(probes, operator.dim, generator, operator.dtype, device_of(operator))
     hv = operator(v)
     trace = mean_and_se((v * hv).sum(1))
     fro_sq = mean_and_se(hv.pow(2).sum(1))
@@ -173,11 +191,11 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     ``matvecs`` < 6 that term has a single probe and its SE is NaN (``mean_and_se``).
     """
     k = max(matvecs // 3, 1)
-    dtype = operator.dtype
-    sketch = rademacher(k, operator.dim, generator, dtype)
+    dtype, device = operator.dtype, device_of(operator)
+    sketch = rademacher(k, operator.dim, generator, dtype, device)
     q, _ = torch.linalg.qr(operator(sketch).T)           # (P, k)
     exact = (q * operator(q.T).T).sum()
-    g = rademacher(k, operator.dim, generator, dtype)
+    g = rademacher(k, operator.dim, generator, dtype, device)
     g = g - (g @ q) @ q.T                                 # project out range(Q)
     residual = (g * operator(g)).sum(1)
     rest = mean_and_se(residual)
@@ -208,10 +226,12 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
     The weights gamma_j = y_j[1]^2 make (theta_j, gamma_j) the Gauss quadrature of the start
     vector's spectral measure: sum_j gamma_j p(theta_j) = q^T p(H) q for every polynomial p
     of degree < 2k (Golub & Meurant), the basis of stochastic Lanczos quadrature.
+    The Gaussian start vector is drawn on the CPU from ``generator``, then moved to the
+    operator's device (``device_of``); the result lives there too.
     """
-    dtype = operator.dtype
     steps = min(steps, operator.dim)
-    q = torch.randn(operator.dim, generator=generator, dtype=dtype)
+    q = torch.randn(operator.dim, generator=generator, dtype=operator.dtype).to(
+        device_of(operator))
     basis = [q / q.norm()]
     alphas, betas = [], []
     for j in range(steps):

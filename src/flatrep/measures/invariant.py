@@ -44,7 +44,7 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
     operator = curvature.HessianOperator(model, x, targets, method, wrt=[f"{layer}.weight"],
                                          loss=loss)
     matrix = weight.reshape(len(weight), -1)
-    v = curvature.rademacher(probes, operator.dim, generator, weight.dtype)
+    v = curvature.rademacher(probes, operator.dim, generator, weight.dtype, operator.device)
     hv = operator(v).reshape(probes, *matrix.shape)
     samples = (v.reshape(probes, *matrix.shape) * (matrix @ matrix.T @ hv)).sum((1, 2))
     return curvature.mean_and_se(samples)
@@ -78,9 +78,10 @@ def adaptive_sharpness_monte_carlo(operator: curvature.HessianOperator, rho: flo
     d = rho |theta| * z with z ~ N(0, I): an estimate of Tr(D H D) with bias O(rho^2).
 
     Costs 2 * ``pairs`` loss evaluations (forward passes over the curvature points), batched.
+    z is drawn on the CPU from ``generator`` (the same on every device), then moved to theta's.
     """
     theta = operator.theta
-    z = torch.randn(pairs, operator.dim, generator=generator, dtype=theta.dtype)
+    z = torch.randn(pairs, operator.dim, generator=generator, dtype=theta.dtype).to(theta.device)
     deltas = rho * theta.abs() * z
     batched_loss = vmap(operator.loss)
     with torch.no_grad():

@@ -90,7 +90,8 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     measured = [module for _, module in layers.measured_layers(model)]
     n = len(x)
     zero_in = tuple(torch.zeros_like(h) for h in inputs)
-    zero_out = tuple(torch.zeros(n, module.out_features, dtype=x.dtype) for module in measured)
+    zero_out = tuple(torch.zeros(n, module.out_features, dtype=x.dtype, device=x.device)
+                     for module in measured)
 
     def output(x_batch, deltas_in, deltas_out):
         into["deltas"], out_of["deltas"] = deltas_in, deltas_out
@@ -99,12 +100,13 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     with layers.perturbed_inputs(model, into), layers.perturbed_outputs(model, out_of):
         out, pullback = vjp(output, x, zero_in, zero_out)
         k = out.shape[1]
-        basis = torch.eye(k, dtype=out.dtype)[:, None, :].expand(k, n, k)
+        basis = torch.eye(k, dtype=out.dtype, device=out.device)[:, None, :].expand(k, n, k)
         d_input, d_layers, d_outputs = vmap(pullback)(basis)  # leading dim: output c
     d_outputs = [dz.transpose(0, 1) for dz in d_outputs]      # (n, K, m_l)
     h_sq = torch.stack([h.reshape(n, -1).pow(2).sum(1) for h in inputs], 1)
     dz_sq = torch.stack([dz.pow(2).sum((1, 2)) for dz in d_outputs], 1)
-    has_bias = torch.tensor([float(module.bias is not None) for module in measured], dtype=x.dtype)
+    has_bias = torch.tensor([float(module.bias is not None) for module in measured],
+                            dtype=x.dtype, device=x.device)
     gram = sum(torch.einsum("nkj,nlj->nkl", dz, dz) * (h_sq[:, l] + has_bias[l])[:, None, None]
                for l, dz in enumerate(d_outputs))
     adaptive = sum(torch.einsum("nkj,nlj,nj->nkl", dz, dz, _adaptive_weights(module, h))

@@ -90,8 +90,9 @@ def weight_norms(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     conv layer; otherwise ||K_l||_F sqrt(P_l) for a conv layer with P_l output positions
     (``conv.frobenius_surrogate``) and ||W_l||_F for a Linear layer.
 
-    Each conv layer's Lanczos run starts from a generator seeded 0, so the result is
-    reproducible and the global RNG stream is untouched.
+    Each conv layer's Lanczos run starts from a CPU generator seeded 0 (its start vector is
+    drawn on the CPU, then moved to the model's device), so the result is reproducible on
+    every device and the global RNG stream is untouched. The norms are on the model's device.
     """
     modules = [module for _, module in measured_layers(model)]
     inputs = layer_inputs(model, x[:1])

@@ -94,14 +94,15 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
     Lanczos with min(steps, P) Hessian-vector products jvp(grad(f_c(x_i; .)), theta, v) per
     (i, c), all point_chunk * K of a chunk batched by ``vmap``; one standard-normal start
     vector per (i, c), drawn point by point from ``generator`` (K x P each), so the result
-    does not depend on ``point_chunk``. Memory: the Lanczos bases, about
+    does not depend on ``point_chunk``, nor on the device: they are drawn on the CPU and moved
+    to the operator's. Memory: the Lanczos bases, about
     point_chunk * K * steps * P floats, plus point_chunk * K single-point forward-over-reverse
     passes.
     """
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape
     hvp = _output_hvp(operator)
-    eye = torch.eye(k, dtype=operator.dtype, device=operator.theta.device)
+    eye = torch.eye(k, dtype=operator.dtype, device=operator.device)
     norms, residuals = [], []
     for x in operator.x.split(point_chunk):
         starts = torch.stack([torch.randn(k, operator.dim, generator=generator,
@@ -109,7 +110,7 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
         rows_x, rows_e = x.repeat_interleave(k, 0), eye.repeat(len(x), 1)
         norm, residual = _batched_lanczos(
             lambda active, q: hvp(rows_x[active], rows_e[active], q),
-            starts.reshape(-1, operator.dim).to(operator.theta.device), steps)
+            starts.reshape(-1, operator.dim).to(operator.device), steps)
         norms.append(norm.reshape(len(x), k))
         residuals.append(residual.reshape(len(x), k))
     return OutputCurvature(torch.cat(norms), torch.cat(residuals))

@@ -37,7 +37,8 @@ class SLQResult:
 
     A run that stopped early (invariant subspace, or after P steps when steps > P) is padded
     with NaN nodes and zero weights.
-    ``dim`` is P, the dimension of the operator.
+    ``dim`` is P, the dimension of the operator. ``slq`` keeps nodes and weights on the CPU
+    whatever the operator's device (they are few).
     """
 
     nodes: torch.Tensor
@@ -88,6 +89,8 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQRes
     uniform direction). A run takes at most min(steps, P) steps (the Krylov space is then
     the whole space); the result always has ``steps`` columns (the cube's ``slq_node``
     coordinate), those beyond a run's length padded with NaN nodes and zero weights.
+    The start vectors are drawn on the CPU (``curvature.lanczos``); nodes and weights are
+    collected on the CPU.
     """
     dtype = operator.dtype
     nodes = torch.full((probes, steps), math.nan, dtype=dtype)
@@ -95,8 +98,8 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQRes
     for probe in range(probes):
         result = curvature.lanczos(operator, steps, generator)
         count = len(result.ritz_values)
-        nodes[probe, :count] = result.ritz_values
-        weights[probe, :count] = result.weights
+        nodes[probe, :count] = result.ritz_values.cpu()
+        weights[probe, :count] = result.weights.cpu()
     return SLQResult(nodes, weights, operator.dim)
 
 
@@ -116,7 +119,8 @@ def density_grid(result: SLQResult, bins: int, smoothing: float) -> tuple[torch.
     size = max(abs(low), abs(high))
     spread = high - low if high - low > 1e-10 * size else max(size, 1.0)
     sigma = smoothing * spread
-    grid = torch.linspace(low - 3 * sigma, high + 3 * sigma, bins, dtype=nodes.dtype)
+    grid = torch.linspace(low - 3 * sigma, high + 3 * sigma, bins, dtype=nodes.dtype,
+                          device=nodes.device)
     return grid, sigma
 
 
@@ -125,16 +129,17 @@ def dense_hessian(operator, chunk: int = 64) -> torch.Tensor:
 
     Returns (H + H^T) / 2, which removes the round-off asymmetry of the products.
     """
-    dtype, dim = operator.dtype, operator.dim
-    h = torch.cat([operator(_unit_rows(start, min(start + chunk, dim), dim, dtype))
+    dtype, dim, device = operator.dtype, operator.dim, curvature.device_of(operator)
+    h = torch.cat([operator(_unit_rows(start, min(start + chunk, dim), dim, dtype, device))
                    for start in range(0, dim, chunk)])
     return (h + h.T) / 2
 
 
-def _unit_rows(start: int, stop: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+def _unit_rows(start: int, stop: int, size: int, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
     """Rows start..stop-1 of the size x size identity, shape (stop - start, size)."""
-    rows = torch.zeros(stop - start, size, dtype=dtype)
-    rows[:, start:stop] = torch.eye(stop - start, dtype=dtype)
+    rows = torch.zeros(stop - start, size, dtype=dtype, device=device)
+    rows[:, start:stop] = torch.eye(stop - start, dtype=dtype, device=device)
     return rows
 
 
@@ -168,7 +173,8 @@ def gauss_newton_gram(operator, output_hessian: torch.Tensor | None = None,
     jac = operator.theta.new_empty(n * k, operator.dim)
     for start in range(0, n * k, chunk):
         stop = min(start + chunk, n * k)
-        cotangents = _unit_rows(start, stop, n * k, outputs.dtype).reshape(-1, n, k)
+        cotangents = _unit_rows(start, stop, n * k, outputs.dtype, outputs.device)
+        cotangents = cotangents.reshape(-1, n, k)
         jac[start:stop] = vmap(pullback)(cotangents)[0]
     if output_hessian is not None:
         if output_hessian.shape != (n, k, k):

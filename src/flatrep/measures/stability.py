@@ -35,6 +35,7 @@ class NonUniformityOperator:
     def __init__(self, operator: curvature.HessianOperator, grams: torch.Tensor):
         self.operator = operator
         self.dim, self.dtype, self.probe_chunk = operator.dim, operator.dtype, operator.probe_chunk
+        self.device = operator.device
         self.output_hessian = operator.loss_fn.output_hessian(operator.output_values)
         self.squared = self.output_hessian @ grams @ self.output_hessian
         _, self._pullback = vjp(operator.outputs, operator.theta)

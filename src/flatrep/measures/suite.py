@@ -73,7 +73,8 @@ class Context:
     lanczos_runs: dict = field(default_factory=dict)
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        """A fresh generator, the same at every checkpoint and run (no probe noise between)."""
+        """A fresh CPU generator, the same at every checkpoint and run (no probe noise
+        between); probes are drawn from it on the CPU whatever the operator's device."""
         return torch.Generator().manual_seed(self.seed + offset)
 
     def lanczos(self, steps: int) -> curvature.LanczosResult:
@@ -148,10 +149,10 @@ def spectral_density(ctx: Context, options: dict) -> dict:
     result = spectrum.slq(ctx.operator, options["probes"], options["steps"], ctx.generator(2))
     grid, sigma = spectrum.density_grid(result, options["bins"], options["smoothing"])
     trace = result.trace()
-    return {"spectral_density": result.density(grid, sigma).numpy(),
-            "spectral_density_eigenvalue": grid.numpy(),
+    return {"spectral_density": result.density(grid, sigma).cpu().numpy(),
+            "spectral_density_eigenvalue": grid.cpu().numpy(),
             "spectral_density_sigma": sigma,
-            "slq_nodes": result.nodes.numpy(), "slq_weights": result.weights.numpy(),
+            "slq_nodes": result.nodes.cpu().numpy(), "slq_weights": result.weights.cpu().numpy(),
             "hessian_trace_slq": trace.value, "hessian_trace_slq_se": trace.standard_error}
 
 
@@ -208,7 +209,9 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     """Every enabled curvature family on the training points ``x`` (float64 model).
 
     The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
-    between checkpoints are not probe noise.
+    between checkpoints are not probe noise. Everything runs on the device of ``model``,
+    ``x`` and ``targets`` (chosen by ``flatrep.measure.measure_run``); the probes are drawn on
+    the CPU from seeded CPU generators and moved there, so they are the same on every device.
     """
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
                                          cfg.get("probe_chunk", 16), loss=loss)

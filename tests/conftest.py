@@ -28,6 +28,18 @@ def float64_default():
     torch.set_default_dtype(previous)
 
 
+
+class MatrixOperator:
+    """v -> A v for an explicit symmetric matrix A: the operator interface the curvature and
+    spectrum estimators use (rows of V are vectors; ``dim``, ``dtype`` and ``device``)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.dim = matrix, len(matrix)
+        self.dtype, self.device = matrix.dtype, matrix.device
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors @ self.matrix
+
 @pytest.fixture(scope="session")
 def tiny_study():
     """The tiny study of tests/params_tiny.yaml."""

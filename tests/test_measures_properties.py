@@ -20,6 +20,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import MatrixOperator
+
 from flatrep import losses, measure, models, variables
 from flatrep.measures import curvature, jacobian, layers, suite
 
@@ -371,16 +373,6 @@ def test_zero_hessian_gives_zero_norms_standard_errors_and_effective_rank(activa
     np.testing.assert_array_equal(values["hessian_rank"], 0.0)
     np.testing.assert_array_equal(values["gauss_newton_rank"], 0.0)
     assert values["spectral_density_sigma"] == FAMILIES["spectral_density"]["smoothing"]
-
-
-class MatrixOperator:
-    """v -> A v for an explicit symmetric A (what the estimators need of an operator)."""
-
-    def __init__(self, matrix: torch.Tensor):
-        self.matrix, self.dim, self.dtype, self.probe_chunk = matrix, len(matrix), matrix.dtype, 8
-
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        return vectors @ self.matrix
 
 
 def test_hutchinson_of_the_zero_operator():

@@ -190,6 +190,26 @@ def test_resuming_continues_from_the_last_checkpoint(uninterrupted, data_root, t
     assert len(steps) == 60 - 25
 
 
+
+def test_finding_the_resume_point_unpickles_one_checkpoint(uninterrupted, data_root, tmp_path,
+                                                           monkeypatch):
+    """Of the four scratch checkpoints (steps 0, 10, 25, 40), every one is digest-checked and
+    only the last is unpickled."""
+    study, runs, _ = uninterrupted["single"]
+    run_dir = tmp_path / "runs" / runs[0].run_id
+    _killed("single", "optimizer", 45, study, runs, run_dir, data_root)
+    verified, unpacked = [], []
+    monkeypatch.setattr(checkpoint, "verified_payload",
+                        lambda path, original=checkpoint.verified_payload:
+                        verified.append(Path(path).name) or original(path))
+    monkeypatch.setattr(checkpoint, "unpack", lambda payload, original=checkpoint.unpack:
+                        unpacked.append(len(payload)) or original(payload))
+    step, content = resume.latest(run_dir, config.checkpoint_steps(study["train"]),
+                                  train.belongs_to("resume", study, runs[0]))
+    assert (step, content["meta"]["step"]) == (40, 40)
+    assert verified == [f"step_{k}.pt" for k in (0, 10, 25, 40)]
+    assert len(unpacked) == 1
+
 def test_stale_or_damaged_scratch_is_not_resumed(uninterrupted, data_root, tmp_path):
     """Scratch checkpoints of another configuration are discarded; a damaged last one makes
     the run resume from the one before; either way the result is the uninterrupted run's."""

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.func import hessian
 
+from conftest import MatrixOperator
+
 from flatrep import models
 from flatrep.measures import curvature, spectrum
 
@@ -14,17 +16,6 @@ from flatrep.measures import curvature, spectrum
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 TOLERANCES = (1e-4, 1e-6, 1e-8)
-
-
-class MatrixOperator:
-    """An explicit symmetric matrix behind the operator interface ``lanczos`` uses."""
-
-    def __init__(self, matrix):
-        self.matrix, self.dim = matrix, len(matrix)
-        self.dtype = torch.float64
-
-    def __call__(self, vectors):
-        return vectors @ self.matrix
 
 
 def with_eigenvalues(values, seed=0):

@@ -54,9 +54,9 @@ def save(path: str | Path, model: torch.nn.Module, meta: dict,
                     "payload": payload}, tmp)
 
 
-def read(path: str | Path) -> dict:
-    """The checkpoint's content, after checking its format and digest; one clear error for a
-    missing, truncated, altered or foreign file."""
+def verified_payload(path: str | Path) -> bytes:
+    """The checkpoint's serialised content, after checking its format and digest, without
+    unpickling it; one clear error for a missing, truncated, altered or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; rerun the training rule "
@@ -71,7 +71,18 @@ def read(path: str | Path) -> dict:
     if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
         raise CheckpointError(f"checkpoint {path} fails its sha256 check (altered or damaged "
                               f"after writing); {_regenerate_hint(path)}")
-    return torch.load(io.BytesIO(outer["payload"]), map_location="cpu", weights_only=False)
+    return outer["payload"]
+
+
+def unpack(payload: bytes) -> dict:
+    """The content ``{model, training_model, optimizer, rng, resume, meta}`` of a verified
+    payload (``verified_payload``), tensors on the CPU."""
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def read(path: str | Path) -> dict:
+    """The checkpoint's content, after checking its format and digest."""
+    return unpack(verified_payload(path))
 
 
 def load(path: str | Path) -> tuple[torch.nn.Module, dict]:

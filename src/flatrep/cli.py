@@ -61,18 +61,22 @@ def cmd_measure(args) -> None:
     cube.write(ds, args.out)
 
 
-#: The study sections a cube depends on, kept as its ``config`` attribute (the params of the
-#: DVC stage ``runs``): editing ``stats`` or ``figures`` leaves the cube untouched.
+#: The study sections a cube depends on (the params of the DVC stage ``runs``): editing
+#: ``stats`` or ``figures`` leaves the cube untouched.
 CUBE_SECTIONS = ("data", "model", "train", "measure")
+
+
+def cube_config(study: dict) -> str:
+    """The cube's ``config`` attribute: the ``CUBE_SECTIONS`` of ``study`` as sorted JSON.
+    Also the Snakemake cube rule's param, so that only these sections rerun it."""
+    return json.dumps({key: study[key] for key in CUBE_SECTIONS}, sort_keys=True)
 
 
 def cmd_cube(args) -> None:
     from flatrep import cube
 
     combined = cube.combine(args.run_files)
-    study = _study(args)
-    combined.attrs["config"] = json.dumps({key: study[key] for key in CUBE_SECTIONS},
-                                          sort_keys=True)
+    combined.attrs["config"] = cube_config(_study(args))
     cube.write(combined, args.out)
 
 

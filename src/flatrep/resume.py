@@ -56,10 +56,11 @@ def discard(run_dir: str | Path) -> None:
 def latest(run_dir: str | Path, steps: list[int],
            belongs: Callable[[dict], bool]) -> tuple[int, dict] | None:
     """``(k, content)`` of the last checkpoint to resume from: the largest scheduled step k
-    such that the scratch checkpoints of k and of every earlier scheduled step exist and read
-    cleanly (``checkpoint.read`` checks the digest); ``None`` to start afresh. Checkpoints
-    whose metadata ``belongs`` rejects (another config or run) make the folder stale: it is
-    removed with a warning."""
+    such that the scratch checkpoints of k and of every earlier scheduled step exist and pass
+    their digest check (``checkpoint.verified_payload``); ``None`` to start afresh. Only the
+    checkpoint at k is unpickled. When its metadata ``belongs`` rejects it (written for
+    another config or run), the folder is stale and removed with a warning: a job writes its
+    checkpoints in step order, so its last one tells whose the folder is."""
     folder = scratch_dir(run_dir)
     found = None
     for step in steps:
@@ -67,16 +68,18 @@ def latest(run_dir: str | Path, steps: list[int],
         if not path.is_file():
             break
         try:
-            content = checkpoint.read(path)
+            found = (step, checkpoint.verified_payload(path))
         except checkpoint.CheckpointError as err:
             log.warning("not resuming past %s: %s", path, err)
             break
-        if not belongs(content["meta"]):
-            log.warning("ignoring %s: its checkpoints belong to another configuration", folder)
-            discard(run_dir)
-            return None
-        found = (step, content)
-    return found
+    if found is None:
+        return None
+    step, content = found[0], checkpoint.unpack(found[1])
+    if not belongs(content["meta"]):
+        log.warning("ignoring %s: its checkpoints belong to another configuration", folder)
+        discard(run_dir)
+        return None
+    return step, content
 
 
 def restore(run_dir: str | Path, steps: list[int]) -> list[Path]:

@@ -6,7 +6,7 @@ import sys
 from flatrep import config as study_config
 from flatrep import data as datasets
 from flatrep import sources, validation
-from flatrep.cli import CUBE_SECTIONS
+from flatrep.cli import cube_config
 
 
 try:
@@ -84,11 +84,10 @@ def section_json(section):
 
 
 def cube_sections_json(wildcards):
-    """The sections of the wildcard study that determine its cube (flatrep.cli.CUBE_SECTIONS)
-    as JSON: a stats or figures edit must not rewrite cube.nc, an output of the DVC stage
-    `runs`, whose params are these sections."""
-    cfg = study(wildcards.study)
-    return json.dumps({key: cfg[key] for key in CUBE_SECTIONS}, sort_keys=True)
+    """The sections of the wildcard study that determine its cube (flatrep.cli.cube_config):
+    a stats or figures edit must not rewrite cube.nc, an output of the DVC stage `runs`,
+    whose params are these sections."""
+    return cube_config(study(wildcards.study))
 
 
 def study_targets(names):

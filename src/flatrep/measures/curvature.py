@@ -6,14 +6,13 @@ K/2 times torch MSELoss's; or cross-entropy), over a fixed set of training point
 the model in eval mode. ``HessianOperator`` applies H to a batch of vectors by
 forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``) or by double
 backward; every estimator only sees ``operator(V)`` (rows of V are vectors), ``operator.dim``,
-``operator.dtype`` and ``operator.device`` (``device_of``: the CPU for an operator without
-one), so any symmetric linear operator with these works.
+``operator.dtype`` and ``operator.device``, so any symmetric linear operator with these works.
 
 Devices: an operator lives where its model and points are (``flatrep.measure.measure_run``
 picks the device, ``measure.device``). Random probes and start vectors are always drawn on the
-CPU from the caller's seeded ``torch.Generator`` and then moved to ``device_of(operator)``,
-so the same seed gives the same probes on every device, and the results on a GPU are the CPU
-results up to floating-point rounding.
+CPU from the caller's seeded ``torch.Generator`` and then moved to ``operator.device``, so the
+same seed gives the same probes on every device, and the results on a GPU are the CPU results
+up to floating-point rounding.
 
 * Hutchinson: Tr H = E[v^T H v] for Rademacher v (Hutchinson 1989); SE = std/sqrt(m).
 * Frobenius norm: ||H||_F^2 = E[||H v||^2] from the same probes.
@@ -100,11 +99,6 @@ class HessianOperator:
         return torch.stack(rows).detach()
 
 
-def device_of(operator) -> torch.device:
-    """The device of ``operator``'s vectors: its ``device``, the CPU for an operator without one."""
-    return getattr(operator, "device", torch.device("cpu"))
-
-
 def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64,
                device: torch.device | None = None) -> torch.Tensor:
     """m Rademacher vectors (entries +-1 with probability 1/2), shape (m, dim), on ``device``.
@@ -143,7 +137,7 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     0 too).
     The probes and their products are returned too (``vectors``, ``products``) for reuse.
     """
-    v = rademacher(probes, operator.dim, generator, operator.dtype, device_of(operator))
+    v = rademacher(probes, operator.dim, generator, operator.dtype, operator.device)
     hv = operator(v)
     trace = mean_and_se((v * hv).sum(1))
     fro_sq = mean_and_se(hv.pow(2).sum(1))
@@ -191,7 +185,7 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     ``matvecs`` < 6 that term has a single probe and its SE is NaN (``mean_and_se``).
     """
     k = max(matvecs // 3, 1)
-    dtype, device = operator.dtype, device_of(operator)
+    dtype, device = operator.dtype, operator.device
     sketch = rademacher(k, operator.dim, generator, dtype, device)
     q, _ = torch.linalg.qr(operator(sketch).T)           # (P, k)
     exact = (q * operator(q.T).T).sum()
@@ -227,11 +221,10 @@ def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
     vector's spectral measure: sum_j gamma_j p(theta_j) = q^T p(H) q for every polynomial p
     of degree < 2k (Golub & Meurant), the basis of stochastic Lanczos quadrature.
     The Gaussian start vector is drawn on the CPU from ``generator``, then moved to the
-    operator's device (``device_of``); the result lives there too.
+    operator's device; the result lives there too.
     """
     steps = min(steps, operator.dim)
-    q = torch.randn(operator.dim, generator=generator, dtype=operator.dtype).to(
-        device_of(operator))
+    q = torch.randn(operator.dim, generator=generator, dtype=operator.dtype).to(operator.device)
     basis = [q / q.norm()]
     alphas, betas = [], []
     for j in range(steps):

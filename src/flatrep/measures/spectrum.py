@@ -129,7 +129,7 @@ def dense_hessian(operator, chunk: int = 64) -> torch.Tensor:
 
     Returns (H + H^T) / 2, which removes the round-off asymmetry of the products.
     """
-    dtype, dim, device = operator.dtype, operator.dim, curvature.device_of(operator)
+    dtype, dim, device = operator.dtype, operator.dim, operator.device
     h = torch.cat([operator(_unit_rows(start, min(start + chunk, dim), dim, dtype, device))
                    for start in range(0, dim, chunk)])
     return (h + h.T) / 2

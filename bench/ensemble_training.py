@@ -4,8 +4,12 @@ Both sides train the same M runs (seeds x learning rates of one batch size) for 
 of steps with flatrep's own code: the baseline calls ``flatrep.train.train_run`` once per run
 (what ``train.ensemble: none`` does, minus process start-up), the ensemble calls
 ``flatrep.ensemble.train_ensemble`` once. Checkpoints are written at step 0 and the last step
-only, so the timing is the training loop. Throughput = M * steps / seconds. The final weights of
-every member are compared with its single run (they agree to rounding; see tests/test_ensemble).
+only. Throughput = M * steps / seconds. Each side is timed at ``--steps`` and at a quarter of
+it and fitted as ``t(n) = fixed + n * per_step``: the per-step speed-up is what a long study
+(hundreds of thousands of iterations) gains, where start-up and compilation no longer count.
+A first call of each side at the shorter length (device start-up, cuDNN autotuning,
+``torch.compile``, first-use costs of later steps) is timed and reported apart. The final weights of every member are compared with its single run (they
+agree to rounding; see tests/test_ensemble).
 
 Cases (``--case``):
   mnist1d_mlp   MNIST-1D, MLP 40-256-256-10 (the quick study), batch 20, CPU target >= 5x
@@ -97,11 +101,24 @@ def max_relative_difference(runs, steps, single_root: Path, ensemble_root: Path)
     return worst
 
 
+def fit_line(lengths: tuple[int, int], seconds: tuple[float, float]) -> tuple[float, float]:
+    """(fixed, per_step) of t(n) = fixed + n * per_step through two timings; the fixed part
+    (start-up, compilation, checkpoints) is clipped at 0 against timing noise. Timings too
+    short for the per-step time to stand out of the noise are refused."""
+    if seconds[1] <= seconds[0]:
+        raise ValueError(f"{lengths[1]} steps took {seconds[1]:.3f} s, no longer than "
+                         f"{lengths[0]} steps ({seconds[0]:.3f} s): too short to tell the "
+                         "per-step time from start-up; increase --steps")
+    per_step = (seconds[1] - seconds[0]) / (lengths[1] - lengths[0])
+    return max(seconds[0] - per_step * lengths[0], 0.0), per_step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), default="mnist1d_mlp")
     parser.add_argument("--members", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="steps of the longer timing (the other is a quarter of it)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mode", choices=("strict", "fast"), default="strict")
     parser.add_argument("--threads", type=int, default=1)
@@ -110,11 +127,14 @@ def main() -> None:
                              "rounding where float32 trajectories have drifted apart")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="MLP widths instead of the case's (mnist1d_mlp only)")
-    parser.add_argument("--compile", action="store_true",
-                        help="train.compile for the ensemble (the single runs stay eager)")
+    parser.add_argument("--compile", choices=("no", "yes", "both"), default="no",
+                        help="train.compile for the ensemble: without, with, or both side by "
+                             "side against one baseline (the single runs stay eager)")
     parser.add_argument("--raw-root", default=None,
                         help="torchvision data root holding CIFAR-10 (default: random images)")
     args = parser.parse_args()
+    lengths = (max(args.steps // 4, 1), args.steps)
+    variants = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -122,36 +142,59 @@ def main() -> None:
         if args.case == "cifar2_vgg" and raw_root is None:
             raw_root = str(tmp / "raw")
             write_random_cifar(Path(raw_root))
-        study = study_for(args.case, args.steps, args.device, args.mode, raw_root, args.dtype,
-                          args.compile)
-        if args.hidden:
-            study["model"]["hidden"] = args.hidden
-        options = {k: v for k, v in study["data"].items() if k != "name"}
-        data.prepare(study["data"]["name"], tmp / "data", **options)
+
+        def study(steps: int, compiled: bool = False) -> dict:
+            built = study_for(args.case, steps, args.device, args.mode, raw_root, args.dtype,
+                              compiled)
+            if args.hidden:
+                built["model"]["hidden"] = args.hidden
+            return built
+
+        options = {k: v for k, v in study(1)["data"].items() if k != "name"}
+        data.prepare(study(1)["data"]["name"], tmp / "data", **options)
         runs = member_runs(args.members)
-        sequential = timed(lambda: [
-            train.train_run("bench", study, run, tmp / "single" / run.run_id, tmp / "data",
-                            args.threads) for run in runs])
-        together = timed(lambda: ensemble.train_ensemble(
-            "bench", study, runs, tmp / "ensemble", tmp / "data", args.threads))
-        difference = max_relative_difference(runs, args.steps, tmp / "single", tmp / "ensemble")
+
+        def one_at_a_time(steps: int, members: list[config.Run]) -> float:
+            root = tmp / f"single_{steps}"
+            return timed(lambda: [train.train_run("bench", study(steps), run, root / run.run_id,
+                                                  tmp / "data", args.threads)
+                                  for run in members])
+
+        def together(steps: int, compiled: bool) -> float:
+            return timed(lambda: ensemble.train_ensemble(
+                "bench", study(steps, compiled), runs, tmp / f"ensemble_{compiled}_{steps}",
+                tmp / "data", args.threads))
+
+        # First calls (of the shorter length, so every code path has run once), timed apart:
+        # library and device start-up, cuDNN autotuning, compilation.
+        rows = [("one run at a time (train.train_run)", one_at_a_time(lengths[0], runs[:1]),
+                 tuple(one_at_a_time(steps, runs) for steps in lengths), 0.0)]
+        for compiled in variants:
+            first = together(lengths[0], compiled)
+            label = "vmapped ensemble (ensemble.train_ensemble" + \
+                (", train.compile)" if compiled else ")")
+            rows.append((label, first, tuple(together(steps, compiled) for steps in lengths),
+                         max_relative_difference(runs, args.steps, tmp / f"single_{args.steps}",
+                                                 tmp / f"ensemble_{compiled}_{args.steps}")))
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"case {args.case}, model {study(1)['model']}, {args.members} members x "
+          f"{args.steps} steps (fit on {lengths[0]} and {lengths[1]}), device {name}, mode "
+          f"{args.mode}, {args.dtype}, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"| method | first call ({lengths[0]} steps), s | seconds | member-steps/s | speed-up | fixed, s | "
+          "ms per step of all members | speed-up per step | max rel. difference of the final "
+          "weights |")
+    print("|---|---|---|---|---|---|---|---|---|")
     work = args.members * args.steps
-    print(f"case {args.case}, model {study['model']}, {args.members} members x {args.steps} "
-          f"steps, device {name}, mode {args.mode}, {args.dtype}, compile {args.compile}, "
-          f"{args.threads} thread(s), "
-          f"torch {torch.__version__}")
-    print("| method | seconds | member-steps/s | speed-up |")
-    print("|---|---|---|---|")
-    print(f"| one run at a time (train.train_run) | {sequential:.2f} | {work / sequential:.0f} "
-          "| 1.0 |")
-    print(f"| vmapped ensemble (ensemble.train_ensemble) | {together:.2f} | "
-          f"{work / together:.0f} | {sequential / together:.1f} |")
-    print(f"max relative difference of the final weights: {difference:.1e}")
-
+    base_seconds = rows[0][2]
+    base = fit_line(lengths, base_seconds)
+    for label, first_call, seconds, difference in rows:
+        fixed, per_step = fit_line(lengths, seconds)
+        print(f"| {label} | {first_call:.2f} | {seconds[1]:.2f} | {work / seconds[1]:.0f} | "
+              f"{base_seconds[1] / seconds[1]:.1f} | {fixed:.2f} | {per_step * 1e3:.2f} | "
+              f"{base[1] / per_step:.1f} | {difference:.1e} |")
 
 if __name__ == "__main__":
     main()

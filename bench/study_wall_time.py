@@ -2,13 +2,14 @@
 
 A study's cost is its training (one process per ``train.ensemble`` group, run one after the
 other on one device) plus measuring every run's checkpoints. Training every group for its full
-``train.iterations`` takes hours, so each group is trained twice for a few steps (``--steps``
-and a quarter of it) with the study's own config, and the wall time is fitted as
-``t(n) = fixed + n * per_step`` (the fixed part is start-up: data to the device, cuDNN
-autotuning, the two checkpoints); the group's full time is ``fixed + iterations * per_step``.
+``train.iterations`` takes hours, so each group is trained for a few steps with the study's own
+config: once at a quarter of ``--steps`` (the job's first call: library start-up, data to the
+device, cuDNN autotuning for the group's batch shape, compilation, first-use costs), then at a
+quarter of ``--steps`` and at ``--steps`` again, fitted as ``t(n) = fixed + n * per_step``. A
+job's start-up is the first call less its steps at ``per_step``, and the group's full time is
+``start-up + iterations * per_step`` (writing the study's other checkpoints is not counted).
 Measuring is timed on ``--measure-runs`` runs' checkpoints of the short training and scaled by
-the study's runs x checkpoints (every checkpoint of a study is measured alike). One untimed
-step of the first group comes first, so one-off library start-up is not charged to it.
+the study's runs x checkpoints (every checkpoint of a study is measured alike).
 
 Without the dataset's real files, CIFAR-10 studies train on random images written in the CIFAR
 on-disk format: the same shapes, hence the same cost, but no meaningful accuracy.
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from ensemble_training import timed, write_random_cifar
+from ensemble_training import fit_line, timed, write_random_cifar
 
 from flatrep import config, data, determinism, ensemble, measure, train
 
@@ -55,14 +56,30 @@ def main() -> None:
                         help="iterations of the longer short run (the other is a quarter)")
     parser.add_argument("--measure-runs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=None,
+                        help="train.device and measure.device for the timing (default: the "
+                             "study's own, auto = CUDA when present)")
     parser.add_argument("--raw-root", default=None,
                         help="torchvision root with the real files (default: random CIFAR)")
     args = parser.parse_args()
 
     study = config.study_config(config.load_params(args.params), args.study)
+    if args.device is not None:
+        study["train"]["device"] = study["measure"]["device"] = args.device
     full_steps = config.checkpoint_steps(study["train"])
     groups = config.ensemble_groups(study)
-    rows, train_hours = [], 0.0
+    n_runs = sum(len(runs) for runs in groups.values())
+    lengths = (max(args.steps // 4, 1), args.steps)
+    device = determinism.pick_device(study["train"].get("device", "auto"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    # Rows are printed as they are timed, so a run stopped by a time limit keeps them.
+    print(f"study {args.study}: {n_runs} runs x {full_steps[-1]} iterations, "
+          f"{len(full_steps)} checkpoints each; device {name}, torch {torch.__version__}; "
+          f"fitted on {lengths[0]} and {lengths[1]} steps", flush=True)
+    print("| group | members | start-up, s | seconds/step | member-steps/s | "
+          "hours (full length) |")
+    print("|---|---|---|---|---|---|", flush=True)
+    train_hours = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw_root = args.raw_root
@@ -72,42 +89,29 @@ def main() -> None:
         options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
                    if k != "name"}
         data.prepare(study["data"]["name"], tmp / "data", **options)
-        lengths = (max(args.steps // 4, 1), args.steps)
-        first = next(iter(groups.values()))        # untimed: one-off library start-up
-        train_group(args.study, short_study(study, 1, raw_root), first, tmp / "warm-up",
-                    tmp / "data", args.threads)
         for group, runs in groups.items():
+            # The first call of the shorter length runs every code path once (library start-up,
+            # cuDNN autotuning for this group's batch shape, compilation) and is timed apart.
             seconds = [train_group(args.study, short_study(study, n, raw_root), runs,
-                                   tmp / f"runs_{n}", tmp / "data", args.threads)
-                       for n in lengths]
-            per_step = (seconds[1] - seconds[0]) / (lengths[1] - lengths[0])
-            fixed = max(seconds[0] - per_step * lengths[0], 0.0)
-            hours = (fixed + per_step * full_steps[-1]) / 3600
+                                   tmp / f"runs_{i}_{n}", tmp / "data", args.threads)
+                       for i, n in enumerate((lengths[0],) + lengths)]
+            per_step = fit_line(lengths, seconds[1:])[1]
+            start_up = max(seconds[0] - lengths[0] * per_step, 0.0)   # a job's one-off cost
+            hours = (start_up + per_step * full_steps[-1]) / 3600
             train_hours += hours
-            rows.append((group, len(runs), per_step, len(runs) / per_step, hours))
+            print(f"| {group} | {len(runs)} | {start_up:.1f} | {per_step:.4f} | "
+                  f"{len(runs) / per_step:.0f} | {hours:.2f} |", flush=True)
         measured = [run for runs in groups.values() for run in runs][:args.measure_runs]
-        checkpoint_paths = [[tmp / f"runs_{lengths[1]}" / run.run_id / f"step_{k}.pt"
+        checkpoint_paths = [[tmp / f"runs_2_{lengths[1]}" / run.run_id / f"step_{k}.pt"
                              for k in (0, lengths[1])] for run in measured]
         measure_seconds = timed(lambda: [measure.measured_run(paths, study["measure"],
                                                               tmp / "data", args.threads)
                                          for paths in checkpoint_paths])
     per_checkpoint = measure_seconds / (2 * len(measured))
-    n_runs = sum(len(runs) for runs in groups.values())
     measure_hours = per_checkpoint * n_runs * len(full_steps) / 3600
-
-    device = determinism.pick_device(study["train"].get("device", "auto"))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"study {args.study}: {n_runs} runs x {full_steps[-1]} iterations, "
-          f"{len(full_steps)} checkpoints each; device {name}, torch {torch.__version__}; "
-          f"fitted on {lengths[0]} and {lengths[1]} steps")
-    print("| group | members | seconds/step | member-steps/s | hours (full length) |")
-    print("|---|---|---|---|---|")
-    for group, members, per_step, throughput, hours in rows:
-        print(f"| {group} | {members} | {per_step:.4f} | {throughput:.0f} | {hours:.2f} |")
-    print(f"| measures | {n_runs} runs x {len(full_steps)} checkpoints | "
+    print(f"| measures | {n_runs} runs x {len(full_steps)} checkpoints | | "
           f"{per_checkpoint:.1f} s/checkpoint | | {measure_hours:.2f} |")
-    print(f"| **whole study** | | | | **{train_hours + measure_hours:.2f}** |")
-
+    print(f"| **whole study** | | | | | **{train_hours + measure_hours:.2f}** |")
 
 if __name__ == "__main__":
     main()

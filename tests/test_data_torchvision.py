@@ -255,6 +255,7 @@ def test_no_augmentation_is_the_identity_and_draws_nothing():
     assert torch.equal(generator.get_state(), state)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_augmentation_on_the_gpu_matches_the_cpu():
     x = torch.rand(32, 3, 32, 32)

@@ -101,6 +101,7 @@ def assert_agree(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-8, atol=floor, err_msg=name)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_values_up_to_rounding(short_run, data_root, measured_on_cpu):
     """Every variable (curvature on, every family of params_tiny.yaml) agrees between

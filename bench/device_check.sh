@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU checks of issue "The papers' studies at full scale", as one command for a lent GPU
+# machine (the device tool): CUDA-only tests, the ensemble throughput of the CIFAR-2 small VGG
+# (20 members, eager and train.compile side by side) and the fitted wall time of the CIFAR-2
+# correlation study. Each check has its own time limit, so one that hangs costs its limit and the others
+# still run; the whole script stays under the tool's 10-minute limit with room to spare.
+#
+# On this machine, once:   bash bench/device_wheels.sh      (the missing wheels, into .whl/)
+# Device tool, run with carry [".whl"]:
+#     bash bench/device_check.sh
+# Every log and the summary (summary.md) land in $OUT, which comes back; paste the tables
+# into bench/RESULTS.md. Without a GPU the same script runs the same checks on the CPU with
+# smaller sizes, which is how it is itself tested here:
+#     SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/check bash bench/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+# A fresh TorchInductor cache: the compile time reported is a cold compile's, and a compile
+# killed by its time limit cannot leave a truncated kernel behind for the next run.
+TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/flatrep-inductor.XXXXXX)
+export TORCHINDUCTOR_CACHE_DIR
+
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then   # wheels for the device's Python 3.12
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/flatrep-site .whl/*.whl || { echo "installing .whl/ failed"; exit 2; }
+    export PYTHONPATH="/tmp/flatrep-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}"
+
+DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+if [ "$DEVICE" = cuda ]; then
+    MEMBERS=20; STEPS=300; STUDY=chen_cifar2_vgg_correlation; WALL_STEPS=400
+    ENSEMBLE_LIMIT=300
+else                            # a smoke test of this script on a CPU machine, small sizes
+    MEMBERS=3; STEPS=12; STUDY=quick; WALL_STEPS=40
+    ENSEMBLE_LIMIT=450          # a cold compile of the VGG takes two minutes on 2 cores
+fi
+SUMMARY="$OUT/summary.md"
+{
+    echo "# Device check, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null \
+        || echo "no nvidia-smi"
+    "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch',
+        torch.__version__, '| cuda', torch.version.cuda, '| device', '$DEVICE')"
+    "$PY" -c "import flatrep, netCDF4, mnist1d, jsonschema; print('flatrep imports')"
+    echo '```'
+} > "$SUMMARY" 2>&1
+
+status=0
+# check NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record the outcome
+check() {
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local outcome="passed"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then outcome="TIMED OUT after ${limit} s";
+    elif [ $rc -ne 0 ]; then outcome="FAILED (exit $rc)"; fi
+    [ $rc -eq 0 ] || status=1
+    {
+        echo
+        echo "## $name: $outcome in $((SECONDS - start)) s"
+        echo
+        echo '```'
+        echo "$*"
+        echo '```'
+        echo
+        # the tables the bench scripts print, or the end of the log
+        # (progress bars end in carriage returns: split there first)
+        local lines
+        lines=$(tr '\r' '\n' < "$OUT/$name.log")
+        if grep -q '^|' <<< "$lines"; then grep -e '^|' -e '^case' -e '^study' -e '^max' \
+            -e '^first' <<< "$lines"; else tail -n 15 <<< "$lines"; fi
+    } >> "$SUMMARY"
+}
+
+check pytest_cuda 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
+check ensemble_training "$ENSEMBLE_LIMIT" "$PY" bench/ensemble_training.py --case cifar2_vgg \
+    --members "$MEMBERS" --steps "$STEPS" --device "$DEVICE" --mode fast --threads 1 \
+    --compile both
+check study_wall_time 150 "$PY" bench/study_wall_time.py \
+    --study "$STUDY" --steps "$WALL_STEPS" --measure-runs 1 --device "$DEVICE"
+
+cat "$SUMMARY"
+exit $status

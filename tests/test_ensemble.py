@@ -1,4 +1,5 @@
-"""The vmapped ensemble trainer against single runs (``flatrep.train.train_run``), on CPU.
+"""The vmapped ensemble trainer against single runs (``flatrep.train.train_run``), on the CPU
+and, where one is present, on a CUDA device (the ``gpu`` cases).
 
 Each ensemble member must follow the trajectory of the same run trained alone: the same
 minibatches (identical generator states), the same optimizer arithmetic, the same checkpoints.
@@ -17,6 +18,10 @@ from flatrep import checkpoint, config, data, ensemble, schedules, train
 
 #: (rtol, atol) by dtype
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-10, 1e-12)}
+#: train.device values: the CPU always, CUDA where present (both sides of a comparison run there)
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
 
 def _assert_close(actual, expected, **kwargs):
@@ -85,10 +90,11 @@ def _train_both(study, runs, data_root, tmp_path):
                {"lr": 2e-3, "weight_decay": 1e-2, "seed": 3}]),
 ])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_every_member_follows_its_single_run(tiny_study, data_root, tmp_path, optimizer, grid,
-                                             dtype):
+                                             dtype, device):
     """Members with their own seed, lr, momentum and weight decay match their single runs."""
-    study = _study(tiny_study, optimizer=optimizer, batch_size=20, dtype=dtype)
+    study = _study(tiny_study, optimizer=optimizer, batch_size=20, dtype=dtype, device=device)
     _train_both(study, _runs(grid), data_root, tmp_path)
 
 
@@ -184,10 +190,12 @@ def _cifar_vgg_study(tmp_path) -> dict:
                       "dtype": "float64", "grid": [], "seeds": []}}
 
 
-def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path, device):
     """VGG-16-BN: the BatchNorm running statistics update inside vmap per member, and each
     member's augmentation stream is its single run's."""
     study = _cifar_vgg_study(tmp_path)
+    study["train"]["device"] = device
     runs = _runs([{"lr": 0.05, "seed": 0}, {"lr": 0.02, "seed": 1}])
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble",
                                       tmp_path / "data", 1)

@@ -8,8 +8,9 @@ only. Throughput = M * steps / seconds. Each side is timed at ``--steps`` and at
 it and fitted as ``t(n) = fixed + n * per_step``: the per-step speed-up is what a long study
 (hundreds of thousands of iterations) gains, where start-up and compilation no longer count.
 A first call of each side at the shorter length (device start-up, cuDNN autotuning,
-``torch.compile``, first-use costs of later steps) is timed and reported apart. The final weights of every member are compared with its single run (they
-agree to rounding; see tests/test_ensemble).
+``torch.compile``, first-use costs of later steps) is timed and reported apart. The final
+weights of every member are compared with its single run (they agree to rounding; see
+tests/test_ensemble).
 
 Cases (``--case``):
   mnist1d_mlp   MNIST-1D, MLP 40-256-256-10 (the quick study), batch 20, CPU target >= 5x
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flatrep import checkpoint, config, data, ensemble, train
+from flatrep import checkpoint, config, data, determinism, ensemble, train
 
 CASES = {
     "mnist1d_mlp": {
@@ -168,7 +169,7 @@ def main() -> None:
         # First calls (of the shorter length, so every code path has run once), timed apart:
         # library and device start-up, cuDNN autotuning, compilation.
         rows = [("one run at a time (train.train_run)", one_at_a_time(lengths[0], runs[:1]),
-                 tuple(one_at_a_time(steps, runs) for steps in lengths), 0.0)]
+                 tuple(one_at_a_time(steps, runs) for steps in lengths), None)]
         for compiled in variants:
             first = together(lengths[0], compiled)
             label = "vmapped ensemble (ensemble.train_ensemble" + \
@@ -177,15 +178,14 @@ def main() -> None:
                          max_relative_difference(runs, args.steps, tmp / f"single_{args.steps}",
                                                  tmp / f"ensemble_{compiled}_{args.steps}")))
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = determinism.pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"case {args.case}, model {study(1)['model']}, {args.members} members x "
           f"{args.steps} steps (fit on {lengths[0]} and {lengths[1]}), device {name}, mode "
           f"{args.mode}, {args.dtype}, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"| method | first call ({lengths[0]} steps), s | seconds | member-steps/s | speed-up | fixed, s | "
-          "ms per step of all members | speed-up per step | max rel. difference of the final "
-          "weights |")
+    print(f"| method | first call ({lengths[0]} steps), s | seconds | member-steps/s | "
+          "speed-up | fixed, s | ms per step of all members | speed-up per step | max rel. "
+          "difference of the final weights |")
     print("|---|---|---|---|---|---|---|---|---|")
     work = args.members * args.steps
     base_seconds = rows[0][2]
@@ -194,7 +194,9 @@ def main() -> None:
         fixed, per_step = fit_line(lengths, seconds)
         print(f"| {label} | {first_call:.2f} | {seconds[1]:.2f} | {work / seconds[1]:.0f} | "
               f"{base_seconds[1] / seconds[1]:.1f} | {fixed:.2f} | {per_step * 1e3:.2f} | "
-              f"{base[1] / per_step:.1f} | {difference:.1e} |")
+              f"{base[1] / per_step:.1f} | "
+              f"{'–' if difference is None else f'{difference:.1e}'} |")
+
 
 if __name__ == "__main__":
     main()

@@ -113,5 +113,6 @@ def main() -> None:
           f"{per_checkpoint:.1f} s/checkpoint | | {measure_hours:.2f} |")
     print(f"| **whole study** | | | | | **{train_hours + measure_hours:.2f}** |")
 
+
 if __name__ == "__main__":
     main()

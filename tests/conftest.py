@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped, with one reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def float64_default():
     """Build tensors and modules in float64 during a test, restoring the default after."""

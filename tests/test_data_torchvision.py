@@ -256,7 +256,6 @@ def test_no_augmentation_is_the_identity_and_draws_nothing():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_augmentation_on_the_gpu_matches_the_cpu():
     x = torch.rand(32, 3, 32, 32)
     on_gpu = augment.augment(x.cuda(), "crop_flip", torch.Generator().manual_seed(1))

@@ -19,9 +19,7 @@ from flatrep import checkpoint, config, data, ensemble, schedules, train
 #: (rtol, atol) by dtype
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-10, 1e-12)}
 #: train.device values: the CPU always, CUDA where present (both sides of a comparison run there)
-DEVICES = ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _assert_close(actual, expected, **kwargs):

@@ -102,7 +102,6 @@ def assert_agree(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_values_up_to_rounding(short_run, data_root, measured_on_cpu):
     """Every variable (curvature on, every family of params_tiny.yaml) agrees between
     ``cuda`` and ``cpu`` in float64: the same points, the same probes (drawn on the CPU)."""

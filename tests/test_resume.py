@@ -290,7 +290,6 @@ def test_snakemake_retries_a_killed_training_job_which_resumes(snakemake_project
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_killed_dropout_run_on_cuda_resumes_bit_identical(data_root, tmp_path):
     """Dropout on the GPU draws from the device's own generator: its state is checkpointed
     (``torch_cuda``) and restored, so the resumed trajectory is the uninterrupted one."""

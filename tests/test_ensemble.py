@@ -38,7 +38,7 @@ def _runs(grid: list[dict]) -> list[config.Run]:
     return [config.Run(config.run_id(hp), hp) for hp in grid]
 
 
-def _assert_same_checkpoints(single: list, member: list):
+def assert_same_checkpoints(single: list, member: list):
     """Same files, metadata, generator states, weights and optimizer state. A diverged run's
     numbers are not compared: a learning rate large enough to diverge amplifies rounding
     differences without bound (its freezing is tested on its own)."""
@@ -74,7 +74,7 @@ def _train_both(study, runs, data_root, tmp_path):
     for run in runs:
         single = train.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
                                  data_root, 1)
-        _assert_same_checkpoints(single, by_run[run.run_id])
+        assert_same_checkpoints(single, by_run[run.run_id])
     return by_run
 
 
@@ -200,7 +200,7 @@ def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path, 
     for run in runs:
         single = train.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
                                  tmp_path / "data", 1)
-        _assert_same_checkpoints(single, [p for p in members if p.parent.name == run.run_id])
+        assert_same_checkpoints(single, [p for p in members if p.parent.name == run.run_id])
         final = checkpoint.read(single[-1])["model"]
         assert not torch.equal(final["1.running_mean"],
                                torch.zeros_like(final["1.running_mean"]))

@@ -1,13 +1,14 @@
 """End-to-end: the Snakemake DAG and DVC stages on the tiny study, in temporary projects."""
 
 import json
+import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 import yaml
 from conftest import REPO, make_project, run
+from test_ensemble import assert_same_checkpoints
 
 from flatrep import variables
 
@@ -78,13 +79,20 @@ def planned_jobs(project: Path, *targets: str) -> dict[str, int]:
 
 
 def test_rerun_is_a_no_op_and_code_edit_remeasures_without_retraining(snakemake_project):
+    """The plan after an edit of a measure module: every run re-measured, none retrained, the
+    analysis redone. The edit is then undone, content and mtime, leaving the shared project as
+    it was (that executed plans settle is shown by test_reruns)."""
     assert planned_jobs(snakemake_project) == {}
     module = snakemake_project / "src/flatrep/measures/jacobian.py"
-    module.write_text(module.read_text() + "\n# an edit\n")
-    planned = planned_jobs(snakemake_project)
+    source, stat = module.read_text(), module.stat()
+    module.write_text(source + "\n# an edit\n")
+    try:
+        planned = planned_jobs(snakemake_project)
+    finally:
+        module.write_text(source)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert planned.get("measure") == 6 and "train_tiny" not in planned
     assert {"cube", "bounds", "stats", "figures"} <= set(planned)
-    run(["snakemake", "--cores", "2", "--quiet"], snakemake_project)
     assert planned_jobs(snakemake_project) == {}
 
 
@@ -112,11 +120,13 @@ def test_snakemake_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_results(
+def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_checkpoints(
         snakemake_project, tmp_path):
-    """`train.ensemble: seeds`: one training job per configuration (3 for the tiny grid), the
-    same per-run checkpoint files, and a cube whose measures match the per-run project's to
-    float32 training rounding."""
+    """`train.ensemble: seeds`: one training job per configuration (3 for the tiny grid)
+    writes the per-run project's checkpoint files: the same steps, metadata, generator
+    states, weights and optimizer states, to float32 training rounding
+    (tests/test_ensemble.py). The measures are a function of the checkpoints
+    (test_a_fresh_project_measures_runs_identically), so they are not computed again."""
     project = make_project(tmp_path / "ensemble")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["studies"]["tiny"]["train"]["ensemble"] = "seeds"
@@ -124,10 +134,13 @@ def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_result
     planned = planned_jobs(project, "results/tiny/cube.nc")
     assert {job: count for job, count in planned.items() if job.startswith("train")} == {
         "train_tiny_lr0_1_bs20": 1, "train_tiny_lr0_2_bs20": 1, "train_tiny_lr0_1_bs8": 1}
-    run(["snakemake", "results/tiny/cube.nc", "--cores", "2", "--quiet"], project)
-    with xr.open_dataset(snakemake_project / "results/tiny/cube.nc") as single, \
-            xr.open_dataset(project / "results/tiny/cube.nc") as together:
-        assert list(single.run.values) == list(together.run.values)
-        for name in ("train_loss", "test_acc", "sharpness", "mls"):
-            np.testing.assert_allclose(together[name].values, single[name].values,
-                                       rtol=1e-3, atol=1e-6, err_msg=name)
+    runs = sorted(path.name for path in (snakemake_project / "results/tiny/runs").iterdir())
+    assert len(runs) == 6
+    checkpoints = {name: sorted((snakemake_project / "results/tiny/runs" / name).glob("*.pt"))
+                   for name in runs}
+    targets = [str(path.relative_to(snakemake_project)) for paths in checkpoints.values()
+               for path in paths]
+    run(["snakemake", *targets, "--cores", "2", "--quiet"], project)
+    for name, single in checkpoints.items():
+        together = [project / path.relative_to(snakemake_project) for path in single]
+        assert_same_checkpoints(single, together)

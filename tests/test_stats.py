@@ -51,6 +51,34 @@ def test_correlate_matches_scipy_and_brackets_the_estimate():
     np.testing.assert_array_equal(table["p_perm"], 1 / 301)
 
 
+@pytest.mark.parametrize("method, scipy_coefficient", [
+    ("pearson", scipy.stats.pearsonr), ("spearman", scipy.stats.spearmanr),
+    ("kendall", lambda x, y: scipy.stats.kendalltau(x, y, variant="b"))])
+def test_batched_coefficients_equal_scipy_sample_by_sample(method, scipy_coefficient):
+    """Rows of many samples at once, with ties in x and y (values on a coarse grid), against
+    scipy's one-sample functions; constant rows give NaN, as scipy's undefined coefficient."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, size=(2, 300, 9)).astype(float)
+    y = x + rng.integers(-2, 3, size=x.shape)
+    x[0, 7] = 4.0                      # a constant x
+    y[1, 11] = -1.0                    # a constant y
+    batched = stats.coefficients(x, y, method)
+    assert batched.shape == (2, 300)
+    expected = np.array([[scipy_coefficient(a, b).statistic if np.ptp(a) and np.ptp(b)
+                          else np.nan for a, b in zip(xs, ys)] for xs, ys in zip(x, y)])
+    assert np.isnan(batched[0, 7]) and np.isnan(batched[1, 11])
+    np.testing.assert_allclose(batched, expected, rtol=1e-12, atol=1e-15)
+    assert np.isnan(stats.coefficients([1.0], [2.0], method))
+
+
+def test_kendall_chunks_give_the_unchunked_coefficients(monkeypatch):
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(2, 50, 12))
+    whole = stats.coefficients(x, y, "kendall")
+    monkeypatch.setattr(stats, "_KENDALL_CHUNK", 12 * 12 * 7)    # 7 samples per chunk
+    np.testing.assert_array_equal(stats.coefficients(x, y, "kendall"), whole)
+
+
 def test_monotone_data_have_rank_correlation_one():
     x = np.arange(10.0)
     table = stats.correlate(x, np.exp(x), n_boot=200, level=0.95, rng=np.random.default_rng(0),
@@ -111,11 +139,23 @@ def test_permutation_within_groups_only_swaps_group_members():
     assert abs(p - 0.5) < 4 * np.sqrt(0.25 / n_perm)
 
 
-def test_stratified_resampling_keeps_every_group_size():
+def test_stratified_resampling_keeps_every_group_size_in_sorted_order():
     groups = np.array([2, 0, 1, 0, 2, 2, 1, 0, 0])
     for seed in range(20):
         idx = stats._resample(groups, np.random.default_rng(seed))
-        np.testing.assert_array_equal(np.bincount(groups[idx]), np.bincount(groups))
+        np.testing.assert_array_equal(groups[idx], np.sort(groups))
+
+
+def test_within_group_residuals_of_rows_are_those_of_each_row():
+    """_centered of a (rows, n) array against the residuals computed row by row by hand."""
+    rng = np.random.default_rng(5)
+    groups = np.array([1, 0, 1, 2, 0, 1])
+    values = rng.normal(size=(4, 6))
+    expected = np.array([[v[i] - v[groups == groups[i]].mean() for i in range(6)]
+                         for v in values])
+    np.testing.assert_allclose(stats._centered(values, groups), expected, atol=1e-14)
+    constant = np.array([3.3, 1.0, 3.3, 0.2, 1.0, 3.3])       # constant within every group
+    assert (stats._centered(constant, groups) == 0).all()
 
 
 def test_holm_matches_statsmodels():

@@ -53,11 +53,55 @@ def correlation(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float
     return float(result.statistic), float(result.pvalue)
 
 
-def _estimate_or_nan(x: np.ndarray, y: np.ndarray, method: str) -> float:
-    """The correlation estimate; NaN when there are < 2 pairs or x or y is constant."""
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return correlation(x, y, method)[0]
+#: Elements of the sign-difference arrays Kendall's tau is computed over at a time.
+_KENDALL_CHUNK = 1 << 22
+
+
+def coefficients(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """Correlation coefficients of many samples at once, along the last axis: x and y of
+    shape (..., n) give shape (...); NaN where n < 2 or a sample's x or y is constant.
+
+    * pearson:  r = sum_i dx_i dy_i / sqrt(sum_i dx_i^2 sum_i dy_i^2), d = deviation from the
+      sample mean (clipped to [-1, 1] against round-off, as scipy does);
+    * spearman: rho = r of the mid-ranks (tied values share their mean rank);
+    * kendall:  tau_b = sum_{i<j} sgn(x_i - x_j) sgn(y_i - y_j) / sqrt(n_x n_y), n_x (n_y) the
+      pairs not tied in x (y) (Kendall 1945; scipy's ``kendalltau(variant="b")``).
+
+    The same numbers as scipy's one-sample functions to rounding; the bootstrap and
+    permutation loops call this once for all their resamples.
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    if x.shape[-1] < 2:
+        return np.full(x.shape[:-1], np.nan)[()]
+    undefined = (np.ptp(x, axis=-1) == 0) | (np.ptp(y, axis=-1) == 0)
+    if method == "kendall":
+        values = _kendall_tau_b(x, y)
+    else:
+        if method == "spearman":
+            x, y = scipy.stats.rankdata(x, axis=-1), scipy.stats.rankdata(y, axis=-1)
+        dx, dy = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.clip((dx * dy).sum(-1) / np.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1)),
+                             -1.0, 1.0)
+    return np.where(undefined, np.nan, values)[()]
+
+
+def _kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """tau_b of ``coefficients`` from the n x n sign matrices of every sample (each pair
+    counted twice in numerator and denominator alike), a chunk of samples at a time."""
+    n = x.shape[-1]
+    flat_x, flat_y = x.reshape(-1, n), y.reshape(-1, n)
+    out = np.empty(len(flat_x))
+    rows = max(1, _KENDALL_CHUNK // (n * n))
+    for start in range(0, len(flat_x), rows):
+        chunk = slice(start, start + rows)
+        sx = np.sign(flat_x[chunk, :, None] - flat_x[chunk, None, :]).astype(np.int8)
+        sy = np.sign(flat_y[chunk, :, None] - flat_y[chunk, None, :]).astype(np.int8)
+        concordance = (sx * sy).sum((1, 2), dtype=np.int64)
+        untied = np.abs(sx).sum((1, 2), dtype=np.int64) * np.abs(sy).sum((1, 2), dtype=np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[chunk] = concordance / np.sqrt(untied.astype(float))
+    return out.reshape(x.shape[:-1])
 
 
 def _groups(groups: np.ndarray | None, n: int) -> np.ndarray:
@@ -66,22 +110,25 @@ def _groups(groups: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _centered(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Within-group residuals v_i - mean_{j in g(i)} v_j.
+    """Within-group residuals v_i - mean_{j in g(i)} v_j along the last axis of ``values``
+    (shape (..., n); ``groups`` (n,) labels the units of every row alike).
 
     Computed as d_i - mean_g d with d_i = v_i - min_g v, so that a constant group gives
     exactly 0 (not round-off). With one group this is a shift, which leaves Pearson, Spearman
     and Kendall coefficients unchanged.
     """
-    _, inverse = np.unique(groups, return_inverse=True)
-    low = np.full(inverse.max(initial=-1) + 1, np.inf)
-    np.minimum.at(low, inverse, values)
-    offset = values - low[inverse]
-    means = np.bincount(inverse, offset) / np.bincount(inverse)
-    return offset - means[inverse]
+    values = np.asarray(values, dtype=float)
+    out = np.empty_like(values)
+    for label in np.unique(groups):
+        member = groups == label
+        offset = values[..., member] - values[..., member].min(-1, keepdims=True)
+        out[..., member] = offset - offset.mean(-1, keepdims=True)
+    return out
 
 
 def _resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap indices drawn with replacement within each group (group sizes kept)."""
+    """Bootstrap indices drawn with replacement within each group (group sizes kept), group
+    by group in sorted label order: ``groups[idx]`` is ``np.sort(groups)`` for every draw."""
     order = np.argsort(groups, kind="stable")
     ordered = groups[order]
     start = np.searchsorted(ordered, ordered, side="left")
@@ -125,11 +172,10 @@ def bootstrap_ci(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: 
     Resamples in which x or y is constant (correlation undefined) are dropped.
     """
     groups = _groups(groups, len(x))
-    estimates = []
-    for _ in range(n_boot):
-        idx = _resample(groups, rng)
-        estimates.append(_estimate_or_nan(_centered(x[idx], groups[idx]),
-                                          _centered(y[idx], groups[idx]), method))
+    draws = np.stack([_resample(groups, rng) for _ in range(n_boot)])
+    drawn_groups = np.sort(groups, kind="stable")
+    estimates = coefficients(_centered(x[draws], drawn_groups),
+                             _centered(y[draws], drawn_groups), method)
     return _percentile_ci(estimates, n_boot, level)
 
 
@@ -145,11 +191,11 @@ def permutation_p_value(x: np.ndarray, y: np.ndarray, method: str, n_perm: int,
     """
     groups = _groups(groups, len(x))
     xs, ys = _centered(x, groups), _centered(y, groups)
-    observed = abs(_estimate_or_nan(xs, ys, method))
+    observed = abs(coefficients(xs, ys, method))
     if not np.isfinite(observed):
         return float("nan")
-    hits = sum(abs(correlation(xs, ys[_shuffle(groups, rng)], method)[0])
-               >= observed * (1 - _TIE_RTOL) for _ in range(n_perm))
+    shuffled = ys[np.stack([_shuffle(groups, rng) for _ in range(n_perm)])]
+    hits = int((np.abs(coefficients(xs, shuffled, method)) >= observed * (1 - _TIE_RTOL)).sum())
     return (1 + hits) / (1 + n_perm)
 
 
@@ -368,7 +414,7 @@ def granulated_kendall(x: np.ndarray, y: np.ndarray,
 
 def _mean_tau(x: np.ndarray, y: np.ndarray, cells: np.ndarray) -> float:
     """Mean over cells of Kendall's tau of the cell's pairs (undefined taus left out)."""
-    taus = [_estimate_or_nan(x[cells == c], y[cells == c], "kendall") for c in np.unique(cells)]
+    taus = [coefficients(x[cells == c], y[cells == c], "kendall") for c in np.unique(cells)]
     defined = [tau for tau in taus if np.isfinite(tau)]
     return float(np.mean(defined)) if defined else float("nan")
 
@@ -551,17 +597,19 @@ def bound_statistics(bounds: xr.Dataset, cube: xr.Dataset, threshold: float,
                        for key in rows[0]}, coords={"bound": names})
 
 
-def _median_log_tightness(lhs: np.ndarray, rhs: np.ndarray) -> float:
-    """median over runs of log(LHS/RHS): 0 for an equality, higher is tighter."""
-    return float(np.median(np.log(lhs / rhs)))
+def _median_log_tightness(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """median over runs (the last axis) of log(LHS/RHS): 0 for an equality, higher is
+    tighter."""
+    return np.median(np.log(lhs / rhs), axis=-1)
 
 
-def _lhs_rhs_kendall(lhs: np.ndarray, rhs: np.ndarray) -> float:
-    """Kendall tau-b of LHS and RHS across runs."""
-    return _estimate_or_nan(rhs, lhs, "kendall")
+def _lhs_rhs_kendall(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Kendall tau-b of LHS and RHS across runs (the last axis)."""
+    return coefficients(rhs, lhs, "kendall")
 
 
-#: Statistics of a bound's (LHS, RHS) across runs compared between bounds.
+#: Statistics of a bound's (LHS, RHS) across runs compared between bounds, each along the
+#: last axis (one value per bootstrap resample of runs).
 _COMPARISONS = {"log_tightness": _median_log_tightness, "kendall": _lhs_rhs_kendall}
 
 
@@ -607,15 +655,16 @@ def _paired_difference(b: xr.Dataset, ref: xr.Dataset, n_boot: int, level: float
         return row
     draws = rng.integers(0, row["n"], size=(n_boot, row["n"]))
     for name, statistic in _COMPARISONS.items():
-        boots = np.array([_difference(statistic, sides, idx) for idx in draws])
-        row[f"{name}_diff"] = _difference(statistic, sides, np.arange(row["n"]))
+        boots = _difference(statistic, sides, draws)
+        row[f"{name}_diff"] = float(_difference(statistic, sides, np.arange(row["n"])))
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _percentile_ci(boots, n_boot, level)
         row[f"{name}_p"] = _bootstrap_p(boots, n_boot)
     return row
 
 
-def _difference(statistic, sides: list[np.ndarray], idx: np.ndarray) -> float:
-    """statistic(LHS_b, RHS_b) - statistic(LHS_ref, RHS_ref) over the runs ``idx``."""
+def _difference(statistic, sides: list[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """statistic(LHS_b, RHS_b) - statistic(LHS_ref, RHS_ref) over the runs ``idx`` (one set
+    of runs, or a row of them per resample)."""
     b_lhs, b_rhs, ref_lhs, ref_rhs = (side[idx] for side in sides)
     return statistic(b_lhs, b_rhs) - statistic(ref_lhs, ref_rhs)
 

@@ -10,7 +10,9 @@ it and fitted as ``t(n) = fixed + n * per_step``: the per-step speed-up is what 
 A first call of each side at the shorter length (device start-up, cuDNN autotuning,
 ``torch.compile``, first-use costs of later steps) is timed and reported apart. The final
 weights of every member are compared with its single run (they agree to rounding; see
-tests/test_ensemble).
+tests/test_ensemble). With ``--processes N`` a second baseline runs the M single runs N at a
+time in processes of their own (one torch thread each, a fresh process per run): what
+``snakemake --cores N`` does with ``train.ensemble: none``, process start-up included.
 
 Cases (``--case``):
   mnist1d_mlp   MNIST-1D, MLP 40-256-256-10 (the quick study), batch 20, CPU target >= 5x
@@ -25,9 +27,11 @@ Cases (``--case``):
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import pickle
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +135,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="no",
                         help="train.compile for the ensemble: without, with, or both side by "
                              "side against one baseline (the single runs stay eager)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also time the single runs N at a time in parallel processes of "
+                             "one thread each (snakemake --cores N without ensembles)")
     parser.add_argument("--raw-root", default=None,
                         help="torchvision data root holding CIFAR-10 (default: random images)")
     args = parser.parse_args()
@@ -161,6 +168,14 @@ def main() -> None:
                                                   tmp / "data", args.threads)
                                   for run in members])
 
+        def in_processes(steps: int, members: list[config.Run]) -> float:
+            root = tmp / f"processes_{steps}"
+            with ProcessPoolExecutor(args.processes, multiprocessing.get_context("spawn"),
+                                     max_tasks_per_child=1) as pool:
+                return timed(lambda: [job.result() for job in [
+                    pool.submit(train.train_run, "bench", study(steps), run,
+                                root / run.run_id, tmp / "data", 1) for run in members]])
+
         def together(steps: int, compiled: bool) -> float:
             return timed(lambda: ensemble.train_ensemble(
                 "bench", study(steps, compiled), runs, tmp / f"ensemble_{compiled}_{steps}",
@@ -170,6 +185,12 @@ def main() -> None:
         # library and device start-up, cuDNN autotuning, compilation.
         rows = [("one run at a time (train.train_run)", one_at_a_time(lengths[0], runs[:1]),
                  tuple(one_at_a_time(steps, runs) for steps in lengths), None)]
+        if args.processes:
+            rows.append((f"{args.processes} runs at a time, a process of 1 thread each",
+                         in_processes(lengths[0], runs[:args.processes]),
+                         tuple(in_processes(steps, runs) for steps in lengths),
+                         max_relative_difference(runs, args.steps, tmp / f"single_{args.steps}",
+                                                 tmp / f"processes_{args.steps}")))
         for compiled in variants:
             first = together(lengths[0], compiled)
             label = "vmapped ensemble (ensemble.train_ensemble" + \

@@ -33,7 +33,7 @@ def test_hvp_of_linear_regression_is_xtx_over_n():
     assert torch.allclose(operator(v), v @ (x.T @ x / len(x)))
 
 
-@pytest.mark.parametrize("method", ["forward_over_reverse", "double_backward"])
+@pytest.mark.parametrize("method", curvature.HVP_METHODS)
 def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method):
     torch.manual_seed(1)
     model = models.mlp(4, 3, [5], activation="tanh").double()

@@ -1,7 +1,8 @@
 """``measure.device`` (issue "Measures on GPU batch over points and probes"): the device the
 per-checkpoint measures run on. ``flatrep.measure.measure_run`` picks it (``auto``: CUDA when
 present) and records it as the ``measure_device`` attribute, which the study cube keeps; the
-random probes are drawn on the CPU, so a GPU gives the CPU values up to rounding."""
+random probes are drawn on the CPU, so a GPU gives the CPU values up to rounding. Also: the
+compiled HVP method gives the eager values up to rounding."""
 
 import copy
 import json
@@ -112,3 +113,17 @@ def test_cuda_gives_the_cpu_values_up_to_rounding(short_run, data_root, measured
     assert set(on_cuda.data_vars) == set(measured_on_cpu.data_vars)
     for name, var in measured_on_cpu.data_vars.items():
         assert_agree(on_cuda[name].values, var.values, name)
+
+
+def test_compiled_hvps_give_the_eager_values_up_to_rounding(short_run, data_root,
+                                                            measured_on_cpu):
+    """``measure.curvature.hvp: forward_over_reverse_compiled`` (TorchInductor kernels for
+    every HVP chunk, of the whole parameter vector and of the layer and rank subsets) gives
+    every variable of the eager forward-over-reverse measure, to rounding."""
+    paths, measure_cfg = short_run
+    cfg = copy.deepcopy({**measure_cfg, "device": "cpu"})
+    cfg["curvature"]["hvp"] = "forward_over_reverse_compiled"
+    compiled = measure.measured_run(paths, cfg, data_root, threads=1)
+    assert set(compiled.data_vars) == set(measured_on_cpu.data_vars)
+    for name, var in measured_on_cpu.data_vars.items():
+        assert_agree(compiled[name].values, var.values, name)

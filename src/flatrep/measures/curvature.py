@@ -4,8 +4,9 @@ The loss is L(theta) = (1/n) sum_i l(f(x_i), y_i) in the measure convention of
 ``flatrep.losses`` (1/2-MSE by default, L = (1/2n) sum_i ||f(x_i) - y_i||^2, whose Hessian is
 K/2 times torch MSELoss's; or cross-entropy), over a fixed set of training points, with
 the model in eval mode. ``HessianOperator`` applies H to a batch of vectors by
-forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``) or by double
-backward; every estimator only sees ``operator(V)`` (rows of V are vectors), ``operator.dim``,
+forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``; optionally through
+``torch.compile``) or by double backward; every estimator only sees ``operator(V)`` (rows of V
+are vectors), ``operator.dim``,
 ``operator.dtype`` and ``operator.device``, so any symmetric linear operator with these works.
 
 Devices: an operator lives where its model and points are (``flatrep.measure.measure_run``
@@ -29,6 +30,7 @@ up to floating-point rounding.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -39,14 +41,21 @@ from torch.func import functional_call, grad, jvp, vmap
 from flatrep import losses
 
 
+#: How ``HessianOperator`` computes H V (``measure.curvature.hvp``).
+HVP_METHODS = ("forward_over_reverse", "forward_over_reverse_compiled", "double_backward")
+
+
 class HessianOperator:
     """v -> H v for the loss of ``model`` on ``(x, targets)``, parameters flattened.
 
     ``loss``: a ``flatrep.losses.Loss`` (default 1/2-MSE; ``targets`` as its ``targets`` makes
     them: float (n, K) for MSE, int labels (n,) for cross-entropy).
 
-    ``method``: ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by ``vmap``) or
-    ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
+    ``method`` (``HVP_METHODS``): ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by
+    ``vmap``); ``"forward_over_reverse_compiled"``, the same through ``torch.compile``
+    (TorchInductor's kernels: the same H V to rounding, faster per chunk once compiled, a
+    compilation per distinct chunk shape in each process; bench/hvp_compile.py says when it
+    pays); or ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
     ``probe_chunk`` vectors are pushed through at once (memory grows with it).
     ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
     ``device``: that of the parameters (model, ``x`` and ``targets`` must share it).
@@ -55,8 +64,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                  method: str = "forward_over_reverse", probe_chunk: int = 16,
                  wrt: list[str] | None = None, loss: losses.Loss = losses.LOSSES["mse"]):
-        if method not in ("forward_over_reverse", "double_backward"):
-            raise ValueError(f"unknown HVP method {method!r}")
+        if method not in HVP_METHODS:
+            raise ValueError(f"unknown HVP method {method!r}; allowed: {list(HVP_METHODS)}")
         self.model, self.x, self.targets = model, x, targets
         self.method, self.probe_chunk = method, probe_chunk
         params = {name: p.detach() for name, p in model.named_parameters()}
@@ -91,12 +100,25 @@ class HessianOperator:
 
     def _apply(self, vectors: torch.Tensor) -> torch.Tensor:
         if self.method == "forward_over_reverse":
-            gradient = grad(self.loss)
-            return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+            return self._forward_over_reverse(vectors)
+        if self.method == "forward_over_reverse_compiled":
+            return _compiled_forward_over_reverse()(self, vectors)
         theta = self.theta.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(self.loss(theta), theta, create_graph=True)
         rows = [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in vectors]
         return torch.stack(rows).detach()
+
+    def _forward_over_reverse(self, vectors: torch.Tensor) -> torch.Tensor:
+        gradient = grad(self.loss)
+        return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+
+
+@functools.cache
+def _compiled_forward_over_reverse():
+    """``HessianOperator._forward_over_reverse`` through ``torch.compile``, one for every
+    operator of the process (made on first use): TorchDynamo keys its graphs on the code and
+    guards on the shapes, so the operators of later checkpoints reuse the first one's graphs."""
+    return torch.compile(HessianOperator._forward_over_reverse)
 
 
 def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64,

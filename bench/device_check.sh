@@ -12,6 +12,9 @@
 # into bench/RESULTS.md. Without a GPU the same script runs the same checks on the CPU with
 # smaller sizes, which is how it is itself tested here:
 #     SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/check bash bench/device_check.sh
+# CHECKS picks the checks (default: pytest_cuda ensemble_training study_wall_time); a second
+# device call with CHECKS=hvp_compile (about 3 min) measures whether compiled HVPs pay for the
+# measure jobs on the GPU (bench/hvp_compile.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
@@ -52,6 +55,8 @@ SUMMARY="$OUT/summary.md"
 } > "$SUMMARY" 2>&1
 
 status=0
+CHECKS=${CHECKS:-"pytest_cuda ensemble_training study_wall_time"}
+wants() { [[ " $CHECKS " == *" $1 "* ]]; }
 # check NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record the outcome
 check() {
     local name=$1 limit=$2
@@ -75,17 +80,21 @@ check() {
         # (progress bars end in carriage returns: split there first)
         local lines
         lines=$(tr '\r' '\n' < "$OUT/$name.log")
-        if grep -q '^|' <<< "$lines"; then grep -e '^|' -e '^case' -e '^study' <<< "$lines"
+        if grep -q '^|' <<< "$lines"; then
+            grep -e '^|' -e '^case' -e '^study' -e '^MLP' -e '^one checkpoint' \
+                -e '^measure jobs' -e '^compil' <<< "$lines"
         else tail -n 15 <<< "$lines"; fi
     } >> "$SUMMARY"
 }
 
-check pytest_cuda 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
-check ensemble_training "$ENSEMBLE_LIMIT" "$PY" bench/ensemble_training.py --case cifar2_vgg \
-    --members "$MEMBERS" --steps "$STEPS" --device "$DEVICE" --mode fast --threads 1 \
-    --compile both
-check study_wall_time 180 "$PY" bench/study_wall_time.py \
+wants pytest_cuda && check pytest_cuda 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
+wants ensemble_training && check ensemble_training "$ENSEMBLE_LIMIT" "$PY" \
+    bench/ensemble_training.py --case cifar2_vgg --members "$MEMBERS" --steps "$STEPS" \
+    --device "$DEVICE" --mode fast --threads 1 --compile both
+wants study_wall_time && check study_wall_time 180 "$PY" bench/study_wall_time.py \
     --study "$STUDY" --steps "$WALL_STEPS" --measure-runs 1 --device "$DEVICE"
+wants hvp_compile && check hvp_compile 400 "$PY" bench/hvp_compile.py --device "$DEVICE" \
+    --threads 1
 
 cat "$SUMMARY"
 exit $status

@@ -12,9 +12,9 @@ then:
 2. runs whole measure jobs as Snakemake does (``flatrep measure``, a fresh process each) with
    ``measure.curvature.hvp`` eager and compiled, on 1 and 4 checkpoints, and fits
    ``t(k) = fixed + k * per_checkpoint`` for each: the compiled job's fixed part holds its
-   compilation. TorchInductor keeps compiled kernels in an on-disk cache (a fresh one for this
-   bench): the first compiled job of a study compiles cold (timed apart), later ones find the
-   kernels there and only trace. Compiling pays for a job of k checkpoints when
+   compilation. TorchInductor keeps compiled kernels in an on-disk cache (a fresh one for the
+   jobs, apart from the one of the in-process timings of 1.): the first compiled job of a study
+   compiles cold (timed apart), later ones find the kernels there and only trace. Compiling pays for a job of k checkpoints when
    ``fixed_c + k per_c < fixed_e + k per_e``.
 
     python bench/hvp_compile.py [--threads 2] [--device cpu]
@@ -75,7 +75,8 @@ def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
         start = time.perf_counter()
         out = synchronized(apply)(operator, vectors)
         calls.append((tuple(vectors.shape), time.perf_counter() - start))
-        operators.append(operator)
+        if not operators:
+            operators.append(operator)
         return out
 
     curvature.HessianOperator._apply = counted
@@ -131,8 +132,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = env["TORCHINDUCTOR_CACHE_DIR"]
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor_in_process")
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor_jobs")}
         root = tmp / "data"
         data.prepare(study["data"]["name"], root,
                      **{k: v for k, v in study["data"].items() if k != "name"})

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import pickle
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from flatrep import checkpoint, config, data, determinism, ensemble, train
+from flatrep import checkpoint, config, data, determinism, ensemble, synthetic, train
 
 CASES = {
     "mnist1d_mlp": {
@@ -50,18 +48,6 @@ CASES = {
         "model": {"name": "vgg_small"},
     },
 }
-
-
-def write_random_cifar(root: Path, per_class: int = 5000) -> None:
-    """Random CIFAR-10 images and labels in torchvision's on-disk format (pickled batches)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name, count in [(f"data_batch_{i}", per_class * 10 // 5) for i in range(1, 6)] + [
-            ("test_batch", 2000)]:
-        batch = {b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, count).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
 
 
 def study_for(case: str, steps: int, device: str, mode: str, raw_root: str,
@@ -149,7 +135,7 @@ def main() -> None:
         raw_root = args.raw_root
         if args.case == "cifar2_vgg" and raw_root is None:
             raw_root = str(tmp / "raw")
-            write_random_cifar(Path(raw_root))
+            synthetic.write_raw_files("cifar10", raw_root, num_train=50000, num_test=2000)
 
         def study(steps: int, compiled: bool = False) -> dict:
             built = study_for(args.case, steps, args.device, args.mode, raw_root, args.dtype,

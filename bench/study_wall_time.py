@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from ensemble_training import fit_line, timed, write_random_cifar
+from ensemble_training import fit_line, timed
 
-from flatrep import config, data, determinism, ensemble, measure, train
+from flatrep import config, data, determinism, ensemble, measure, synthetic, train
 
 
 def short_study(study: dict, steps: int, raw_root: str | None) -> dict:
@@ -85,7 +85,7 @@ def main() -> None:
         raw_root = args.raw_root
         if study["data"]["name"] == "cifar10" and raw_root is None:
             raw_root = str(tmp / "raw")
-            write_random_cifar(Path(raw_root))
+            synthetic.write_raw_files("cifar10", raw_root, num_train=50000, num_test=2000)
         options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
                    if k != "name"}
         data.prepare(study["data"]["name"], tmp / "data", **options)

@@ -160,6 +160,38 @@ def test_linear_closed_forms_match_generic_parameter_jacobians(activation, bias)
         assert torch.allclose(fast_layer, generic_layer, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("spec,shape,rows", [
+    ({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8), 3),
+    ({"name": "vgg16_bn", "width": 1 / 32}, (3, 32, 32), 1),
+])
+def test_a_parameter_jacobian_over_budget_is_built_in_row_blocks_with_the_same_results(
+        spec, shape, rows, monkeypatch):
+    """Over ``max_bytes`` the generic method never forms J_i: rows by VJPs, Gram columns by
+    JVPs (``rows`` rows at a time, blocks not dividing K = 10), against the dense jacrev."""
+    torch.manual_seed(10)
+    model = models.build(spec, shape, 10).double().eval()
+    x = torch.randn(5, *shape)
+    row_bytes = sum(p.numel() for p in model.parameters()) * 8
+    dense = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic")
+    calls = []
+    blocked_way = jacobian._blocked_generic_jacobians
+    monkeypatch.setattr(jacobian, "_blocked_generic_jacobians",
+                        lambda *args, **kw: calls.append(kw["rows"]) or blocked_way(*args, **kw))
+    blocked = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic",
+                                            max_bytes=rows * row_bytes)
+    assert calls == [rows] * 3   # chunks of 2, 2 and 1 samples
+    for key in ("input", "param_sq", "param_gram", "param_gram_adaptive", "weight_grad_norm",
+                "layer_input_norm", "param_moments"):
+        assert torch.allclose(dense[key], blocked[key], rtol=1e-10, atol=1e-13), key
+    assert all(torch.allclose(d, b, rtol=1e-10, atol=1e-13)
+               for d, b in zip(dense["layer"], blocked["layer"]))
+    assert torch.equal(blocked["param_gram"], blocked["param_gram"].transpose(1, 2))
+    assert dense["param_moments"].shape == (5, 2) and dense["param_sq"].min() > 0
+    none = jacobian.per_sample_jacobians(model, x[:2], method="generic", moments=(),
+                                         max_bytes=rows * row_bytes)
+    assert none["param_moments"].shape == (2, 0)
+
+
 def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
     assert not jacobian._only_linear_parameters(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -120,6 +121,21 @@ def cmd_validate(args) -> None:
     print(f"{args.params}: {len(params['studies'])} studies valid")
 
 
+def cmd_rehearse(args) -> int:
+    from flatrep import rehearsal, validation
+
+    params = config.load_params(args.params)
+    validation.check_params(params)
+    studies = args.studies or list(params["studies"])
+    directory = rehearsal.write_project(params, Path(args.params).resolve().parent, studies,
+                                        args.dir, args.iterations, args.seeds)
+    validation.check_params(config.load_params(directory / "params.yaml"))
+    rehearsal.run_snakemake(directory, args.cores)
+    results = rehearsal.outcomes(directory, studies)
+    print(rehearsal.report(results))
+    return 0 if all(outcome.passed for outcome in results) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flatrep", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -179,6 +195,15 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(option, required=True)
     p = command("validate", cmd_validate, "check a params file")
     p.add_argument("params", nargs="?", default="params.yaml")
+    p = command("rehearse", cmd_rehearse,
+                "run studies end to end at toy scale on random images (flatrep.rehearsal)")
+    p.add_argument("studies", nargs="*", help="studies to rehearse (default: every study)")
+    p.add_argument("--params", default="params.yaml",
+                   help="params file of the project whose workflow is rehearsed")
+    p.add_argument("--dir", default="rehearsal", help="folder of the rehearsal project")
+    p.add_argument("--iterations", type=int, default=30, help="training steps of each run")
+    p.add_argument("--seeds", type=int, default=2, help="seeds kept of each study")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     return top
 
 
@@ -186,7 +211,8 @@ def _library_errors() -> tuple[type[Exception], ...]:
     """Errors with a message meant for the user (the modules are imported lazily)."""
     errors = []
     for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError"),
-                         ("flatrep.ensemble", "EnsembleError"), ("flatrep.cube", "CubeError")):
+                         ("flatrep.ensemble", "EnsembleError"), ("flatrep.cube", "CubeError"),
+                         ("flatrep.rehearsal", "RehearsalError")):
         loaded = sys.modules.get(module)
         if loaded is not None:
             errors.append(getattr(loaded, name))
@@ -199,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (config.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
         # one line: messages quoting torch or file lists may span several
         print(f"flatrep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from flatrep import config, data, measure, train
+from flatrep import config, data, measure, rehearsal, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
@@ -77,10 +77,8 @@ def measured_run(tmp_path_factory, tiny_study, data_root):
 def make_project(root: Path) -> Path:
     """A copy of the workflow with tests/params_tiny.yaml as its params.yaml."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("workflow", "src"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    rehearsal.copy_workflow(REPO, root)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(TINY_PARAMS, root / "params.yaml")
     return root
 

@@ -92,7 +92,7 @@ def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: i
     return small
 
 
-def _copy_workflow(source: Path, directory: Path) -> None:
+def copy_workflow(source: Path, directory: Path) -> None:
     """The Snakefile, ``workflow/`` and ``src/`` (the code inputs of every job) of ``source``."""
     shutil.copy2(source / "Snakefile", directory / "Snakefile")
     for name in ("workflow", "src"):
@@ -122,7 +122,7 @@ def write_project(params: dict, source: str | Path, studies: list[str], director
         raise RehearsalError(f"unknown studies {unknown}; known: {sorted(params['studies'])}")
     directory = Path(directory).resolve()
     _clear(directory)
-    _copy_workflow(Path(source), directory)
+    copy_workflow(Path(source), directory)
     raw_root = directory / "raw"
     shrunk = {name: rehearsal_study(params["studies"][name], raw_root, iterations, seeds)
               for name in studies}

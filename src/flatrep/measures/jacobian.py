@@ -144,13 +144,15 @@ def _adaptive_weights(module: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     return weights if module.bias is None else weights + module.bias.detach().pow(2)
 
 
-def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                       moments: tuple[int, ...]) -> dict:
-    """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
+def _single_sample_output(model: nn.Module, inputs: list[torch.Tensor]):
+    """What the generic methods differentiate: the detached parameters, the names of the
+    measured layers' weights, zero perturbations of one sample's layer inputs, the holder that
+    ``layers.perturbed_inputs`` reads them from, and ``output(params, x_i, deltas)`` = f(x_i)
+    with delta_l added to the input of layer l (inside that context)."""
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach() for name, b in model.named_buffers()}
-    measured = layers.measured_layers(model)
-    weight_names = [f"{name}.weight" if name else "weight" for name, _ in measured]
+    weight_names = [f"{name}.weight" if name else "weight"
+                    for name, _ in layers.measured_layers(model)]
     zero = tuple(torch.zeros_like(h[0]) for h in inputs)
     holder: dict = {}
 
@@ -158,6 +160,13 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
         holder["deltas"] = tuple(d.unsqueeze(0) for d in deltas)
         return functional_call(model, (params_, buffers), (x_single.unsqueeze(0),)).squeeze(0)
 
+    return params, weight_names, zero, holder, output
+
+
+def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
+                       moments: tuple[int, ...]) -> dict:
+    """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
+    params, weight_names, zero, holder, output = _single_sample_output(model, inputs)
     with layers.perturbed_inputs(model, holder):
         d_params, d_input, d_layers = vmap(jacrev(output, argnums=(0, 1, 2)),
                                            in_dims=(None, 0, None))(params, x, zero)
@@ -185,17 +194,7 @@ def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[t
     with the rows as tangents. The Grams are symmetrised, (G + G^T) / 2, since the two products
     round differently. Cost: K VJPs and 2 K JVPs per sample, against K VJPs for the dense way.
     """
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = {name: b.detach() for name, b in model.named_buffers()}
-    weight_names = [f"{name}.weight" if name else "weight"
-                    for name, _ in layers.measured_layers(model)]
-    zero = tuple(torch.zeros_like(h[0]) for h in inputs)
-    holder: dict = {}
-
-    def output(params_, x_single, deltas):
-        holder["deltas"] = tuple(d.unsqueeze(0) for d in deltas)
-        return functional_call(model, (params_, buffers), (x_single.unsqueeze(0),)).squeeze(0)
-
+    params, weight_names, zero, holder, output = _single_sample_output(model, inputs)
     samples = []
     with layers.perturbed_inputs(model, holder):
         for x_single in x:

@@ -74,6 +74,40 @@ def test_point_chunks_do_not_change_the_result():
         torch.testing.assert_close(other.residuals, results[0].residuals, rtol=0.0, atol=1e-10)
 
 
+def test_a_byte_budget_splits_points_without_changing_the_result(monkeypatch):
+    """Budgets of 1 and 3 rows (K = 2, so batches split points' outputs) give the unbatched
+    norms, and no batch holds more rows than the budget allows."""
+    torch.manual_seed(6)
+    model = models.mlp(3, 2, [4, 3], activation="tanh").double()
+    operator = operator_for(model)
+    steps, row_bytes = 6, (6 + output_curvature.ROW_VECTORS) * operator.dim * 8
+    whole = output_curvature.output_hessian_norms(operator, steps,
+                                                  torch.Generator().manual_seed(2), point_chunk=5)
+    batch_rows = []
+    lanczos = output_curvature._batched_lanczos
+
+    def spy(apply, starts, steps):
+        batch_rows.append(len(starts))
+        return lanczos(apply, starts, steps)
+
+    monkeypatch.setattr(output_curvature, "_batched_lanczos", spy)
+    for rows in (1, 3):
+        batch_rows.clear()
+        split = output_curvature.output_hessian_norms(
+            operator, steps, torch.Generator().manual_seed(2), point_chunk=5,
+            max_bytes=rows * row_bytes + row_bytes // 2)
+        assert batch_rows == [rows] * (10 // rows) + ([10 % rows] if 10 % rows else [])
+        torch.testing.assert_close(split.norms, whole.norms, rtol=0.0, atol=1e-10)
+        torch.testing.assert_close(split.residuals, whole.residuals, rtol=0.0, atol=1e-10)
+
+
+def test_rows_per_batch_by_hand():
+    row_bytes = (20 + output_curvature.ROW_VECTORS) * 1000 * 8
+    assert output_curvature.rows_per_batch(1000, 20, 8, 16, 10, 10**12) == 160
+    assert output_curvature.rows_per_batch(1000, 20, 8, 16, 10, 7 * row_bytes) == 7
+    assert output_curvature.rows_per_batch(1000, 20, 8, 16, 10, row_bytes - 1) == 1
+
+
 def test_few_steps_give_inner_estimates_with_residuals():
     """Ritz values lie inside the spectrum: norms <= dense norms, within their residuals."""
     torch.manual_seed(7)

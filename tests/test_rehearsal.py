@@ -127,6 +127,25 @@ def test_outcomes_name_each_failed_jobs_last_log_line(tmp_path):
     assert "ValueError: no runs" in table and "no job log names an error" in table
 
 
+def test_outcomes_name_jobs_killed_without_a_traceback_by_their_exit_status(tmp_path):
+    """A real Snakemake run whose job is killed by SIGKILL (as by the out-of-memory killer)
+    and one whose job exits 3: the killed job's log has no traceback, yet it is reported."""
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: "results/s/summary.json", "results/s/other.txt"\n'
+        'rule killed:\n    output: "results/s/summary.json"\n    log: "logs/s/measure/r.log"\n'
+        '    shell: "python -c \'import os, signal; print(1); os.kill(os.getpid(), '
+        'signal.SIGKILL)\' > {log} 2>&1; touch {output}"\n'
+        'rule exits:\n    output: "results/s/other.txt"\n    log: "logs/s/other.log"\n'
+        '    shell: "python -c \'raise SystemExit(3)\' > {log} 2>&1"\n')
+    assert rehearsal.run_snakemake(tmp_path, 1) != 0
+    (outcome,) = rehearsal.outcomes(tmp_path, ["s"])
+    assert not outcome.passed
+    assert outcome.errors == (
+        f"{tmp_path / 'logs/s/measure/r.log'}: exit status 137 (SIGKILL: out of memory?), "
+        "no Python error",
+        f"{tmp_path / 'logs/s/other.log'}: exit status 3, no Python error")
+
+
 @pytest.mark.workflow
 def test_a_paper_study_rehearses_end_to_end_on_random_cifar_files(tmp_path):
     """`flatrep rehearse` runs the CIFAR-2 LeNet-5 correlation study (its 5 configurations,

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -154,13 +156,41 @@ class Outcome:
     errors: tuple[str, ...]
 
 
-def _failed_logs(folder: Path) -> list[str]:
-    """``<log>: <last line>`` for each log under ``folder`` that holds a traceback."""
+#: A failed shell command in Snakemake's log: "Command '... > <job log> 2>&1 ...' returned
+#: non-zero exit status <N>." (every rule sends its output to its log this way).
+_FAILED_COMMAND = re.compile(r"Command '.*?> (\S+) 2>&1.*' returned non-zero exit status (\d+)")
+
+
+def exit_statuses(directory: Path) -> dict[Path, int]:
+    """Job log -> exit status of its last failed attempt, from Snakemake's newest log in
+    ``directory/.snakemake/log`` (that of the rehearsal's one run); empty without one."""
+    runs = sorted((directory / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not runs:
+        return {}
+    return {directory / log: int(status)
+            for log, status in _FAILED_COMMAND.findall(runs[-1].read_text(errors="replace"))}
+
+
+def _exit_description(status: int) -> str:
+    """"exit status 137 (SIGKILL: out of memory?)" and the like."""
+    if status <= 128:
+        return f"exit status {status}"
+    name = signal.Signals(status - 128).name if status - 128 in signal.valid_signals() else "?"
+    hint = ": out of memory?" if name == "SIGKILL" else ""
+    return f"exit status {status} ({name}{hint})"
+
+
+def _failed_logs(folder: Path, statuses: dict[Path, int]) -> list[str]:
+    """``<log>: <last line>`` for each log under ``folder`` that holds a traceback, and
+    ``<log>: <exit status>, no Python error`` for each other log of a failed command (a job
+    killed by a signal, e.g. by the out-of-memory killer, leaves no traceback)."""
     failed = []
     for log in sorted(folder.rglob("*.log")) if folder.is_dir() else []:
         lines = log.read_text(errors="replace").strip().splitlines()
         if any(line.startswith("Traceback") for line in lines):
             failed.append(f"{log}: {lines[-1]}")
+        elif log in statuses:
+            failed.append(f"{log}: {_exit_description(statuses[log])}, no Python error")
     return failed
 
 
@@ -168,12 +198,14 @@ def outcomes(directory: str | Path, studies: list[str]) -> list[Outcome]:
     """Each study passed when its summary and its figures (the last jobs) exist; a failed one
     lists its failed jobs' logs and those of the data preparation."""
     directory = Path(directory)
-    preparation = _failed_logs(directory / "logs" / "prepare_data")
+    statuses = exit_statuses(directory)
+    preparation = _failed_logs(directory / "logs" / "prepare_data", statuses)
     result = []
     for name in studies:
         passed = all((directory / "results" / name / path).is_file()
                      for path in ("summary.json", "figures/claims.png"))
-        errors = () if passed else tuple(_failed_logs(directory / "logs" / name) + preparation)
+        errors = () if passed else tuple(_failed_logs(directory / "logs" / name, statuses)
+                                         + preparation)
         result.append(Outcome(name, passed, errors))
     return result
 

@@ -16,6 +16,7 @@ steps for these low-rank per-sample Hessians (``steps`` >= rank suffices).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,12 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from flatrep.measures import curvature
 
+
+#: Default bound on one batched Lanczos's working set (``output_hessian_norms``).
+LANCZOS_BYTES = 1 << 30
+#: P-vectors a row holds besides its ``steps`` basis vectors: the residual w, its start, and
+#: the gradient, tangent and product of the forward-over-reverse HVP (an estimate).
+ROW_VECTORS = 6
 
 @dataclass(frozen=True)
 class OutputCurvature:
@@ -87,33 +94,54 @@ def _batched_lanczos(apply, starts: torch.Tensor, steps: int):
     return torch.maximum(values[:, -1].abs(), values[:, 0].abs()), residual
 
 
+def rows_per_batch(dim: int, steps: int, itemsize: int, point_chunk: int, outputs: int,
+                   max_bytes: int = LANCZOS_BYTES) -> int:
+    """How many (i, c) rows one batched Lanczos takes: point_chunk * K, fewer where their
+    working set, about (steps + ROW_VECTORS) * P floats a row, would pass ``max_bytes``
+    (at least one row)."""
+    row_bytes = (steps + ROW_VECTORS) * dim * itemsize
+    return max(1, min(point_chunk * outputs, max_bytes // row_bytes))
+
+
+def _rows(operator: curvature.HessianOperator, generator: torch.Generator):
+    """(x_i, e_c, start_ic) for i = 1..n, c = 1..K in that order; the K x P standard-normal
+    starts of a point are drawn on the CPU when its first row is asked for."""
+    k = operator.output_values.shape[1]
+    eye = torch.eye(k, dtype=operator.dtype, device=operator.device)
+    for x in operator.x:
+        starts = torch.randn(k, operator.dim, generator=generator, dtype=operator.dtype)
+        for c in range(k):
+            yield x, eye[c], starts[c]
+
+
 def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
-                         generator: torch.Generator, point_chunk: int = 4) -> OutputCurvature:
+                         generator: torch.Generator, point_chunk: int = 4,
+                         max_bytes: int = LANCZOS_BYTES) -> OutputCurvature:
     """||grad^2_theta f_c(x_i; theta)||_2 for every point x_i of ``operator`` and output c.
 
     Lanczos with min(steps, P) Hessian-vector products jvp(grad(f_c(x_i; .)), theta, v) per
-    (i, c), all point_chunk * K of a chunk batched by ``vmap``; one standard-normal start
-    vector per (i, c), drawn point by point from ``generator`` (K x P each), so the result
-    does not depend on ``point_chunk``, nor on the device: they are drawn on the CPU and moved
-    to the operator's. Memory: the Lanczos bases, about
-    point_chunk * K * steps * P floats, plus point_chunk * K single-point forward-over-reverse
-    passes.
+    (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``rows_per_batch`` at a
+    time: point_chunk * K rows, fewer where the Lanczos bases and the forward-over-reverse
+    vectors, about (steps + ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a batch
+    may then split a point's outputs). One standard-normal start vector per (i, c), drawn
+    point by point from ``generator`` (K x P each) on the CPU and moved to the operator's
+    device, so the result depends neither on the batching nor on the device.
     """
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape
+    batch = rows_per_batch(operator.dim, steps, operator.theta.element_size(), point_chunk, k,
+                           max_bytes)
     hvp = _output_hvp(operator)
-    eye = torch.eye(k, dtype=operator.dtype, device=operator.device)
+    rows = _rows(operator, generator)
     norms, residuals = [], []
-    for x in operator.x.split(point_chunk):
-        starts = torch.stack([torch.randn(k, operator.dim, generator=generator,
-                                          dtype=operator.dtype) for _ in range(len(x))])
-        rows_x, rows_e = x.repeat_interleave(k, 0), eye.repeat(len(x), 1)
+    while chunk := list(itertools.islice(rows, batch)):
+        rows_x, rows_e, starts = (torch.stack(column) for column in zip(*chunk))
         norm, residual = _batched_lanczos(
             lambda active, q: hvp(rows_x[active], rows_e[active], q),
-            starts.reshape(-1, operator.dim).to(operator.device), steps)
-        norms.append(norm.reshape(len(x), k))
-        residuals.append(residual.reshape(len(x), k))
-    return OutputCurvature(torch.cat(norms), torch.cat(residuals))
+            starts.to(operator.device), steps)
+        norms.append(norm)
+        residuals.append(residual)
+    return OutputCurvature(torch.cat(norms).reshape(n, k), torch.cat(residuals).reshape(n, k))
 
 
 def loss_weighted_output_curvature(per_sample_losses: torch.Tensor, norms: torch.Tensor) -> float:

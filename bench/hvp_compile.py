@@ -14,8 +14,8 @@ then:
    ``t(k) = fixed + k * per_checkpoint`` for each: the compiled job's fixed part holds its
    compilation. TorchInductor keeps compiled kernels in an on-disk cache (a fresh one for the
    jobs, apart from the one of the in-process timings of 1.): the first compiled job of a study
-   compiles cold (timed apart), later ones find the kernels there and only trace. Compiling pays for a job of k checkpoints when
-   ``fixed_c + k per_c < fixed_e + k per_e``.
+   compiles cold (timed apart), later ones find the kernels there and only trace. Compiling
+   pays for a job of k checkpoints when ``fixed_c + k per_c < fixed_e + k per_e``.
 
     python bench/hvp_compile.py [--threads 2] [--device cpu]
 """
@@ -71,9 +71,9 @@ def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
     calls, operators = [], []
     apply = curvature.HessianOperator._apply
 
-    def counted(operator, vectors):
+    def counted(operator, vectors, x, targets):
         start = time.perf_counter()
-        out = synchronized(apply)(operator, vectors)
+        out = synchronized(apply)(operator, vectors, x, targets)
         calls.append((tuple(vectors.shape), time.perf_counter() - start))
         if not operators:
             operators.append(operator)
@@ -91,8 +91,10 @@ def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
 def chunk_table(operator, shape: tuple, calls: int, repeats: int) -> list[str]:
     vectors = torch.randn(shape, dtype=operator.dtype,
                           generator=torch.Generator().manual_seed(0)).to(operator.device)
-    eager = synchronized(operator._apply)
-    compiled = synchronized(torch.compile(operator._forward_over_reverse))
+    points = operator.x, operator.targets
+    forward_over_reverse = torch.compile(operator._forward_over_reverse)
+    eager = synchronized(lambda v: operator._apply(v, *points))
+    compiled = synchronized(lambda v: forward_over_reverse(v, *points))
     start = time.perf_counter()
     first = compiled(vectors)
     compile_seconds = time.perf_counter() - start

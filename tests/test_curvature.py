@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import hessian
 
-from flatrep import models
+from flatrep import losses, models
 from flatrep.measures import curvature, jacobian
 
 
@@ -135,6 +135,46 @@ def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(me
     assert eig[-1].item() - values["hessian_lambda_max"] <= \
         values["hessian_lambda_max_residual"] + 1e-9
     assert values["hessian_lambda_min"] >= eig[0].item() - 1e-9
+
+
+@pytest.mark.parametrize("method", curvature.HVP_METHODS)
+def test_point_chunked_hvp_matches_the_dense_hessian_of_a_cross_entropy_mlp(method):
+    """H V summed over chunks of 3, 3, 1 points (the last one shorter) is the dense H V."""
+    torch.manual_seed(2)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, labels = torch.randn(7, 4), torch.randint(0, 3, (7,))
+    operator = curvature.HessianOperator(model, x, labels, method=method, probe_chunk=3,
+                                         loss=losses.LOSSES["cross_entropy"], point_chunk=3)
+    assert [len(part_x) for part_x, _ in operator.parts()] == [3, 3, 1]
+    v = torch.randn(5, operator.dim)
+    assert torch.allclose(operator(v), v @ dense(operator).T, atol=1e-12)
+
+
+def test_point_chunks_leave_the_per_sample_quadratic_forms_unchanged():
+    torch.manual_seed(3)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, y = torch.randn(7, 4), torch.randn(7, 3)
+    v = torch.randn(4, 43)
+    whole, chunked = (curvature.per_sample_quadratic(
+        curvature.HessianOperator(model, x, y, probe_chunk=3, point_chunk=chunk), v)
+        for chunk in (None, 2))
+    assert chunked.shape == (4, 7)
+    torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=0.0)
+
+
+def test_points_per_hvp_from_the_activations_of_one_sample():
+    """mlp(4, 3, [5]) puts out Flatten 4 + Linear 5 + Tanh 5 + Linear 3 = 17 floats a sample;
+    a pass over 8 probes holds about 4 * 17 * 8 float64s (4352 bytes) a point."""
+    model = models.mlp(4, 3, [5], activation="tanh").double().train()
+    x = torch.randn(50, 4)
+    assert curvature.activation_floats(model, x) == 17 and model.training
+    point_bytes = curvature.ACTIVATION_COPIES * 17 * 8 * 8
+    assert curvature.points_per_hvp(model, x, 8, max_bytes=10**9) == 50
+    assert curvature.points_per_hvp(model, x, 8, max_bytes=12 * point_bytes + 1) == 12
+    assert curvature.points_per_hvp(model, x, 8, max_bytes=point_bytes // 2) == 1
+    operator = curvature.HessianOperator(model.eval(), x, torch.randn(50, 3), probe_chunk=8,
+                                         max_bytes=12 * point_bytes)
+    assert operator.point_chunk == 12
 
 
 def test_gauss_newton_quadratic_form_matches_the_jacobians():

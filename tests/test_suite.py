@@ -95,6 +95,20 @@ def test_loss_weighted_norms_against_dense_jacobians_and_output_hessians():
     assert values["output_curvature_residual_max"] < 1e-8
 
 
+def test_a_tiny_memory_budget_blocks_every_large_intermediate_with_the_same_values():
+    """max_bytes of 1 byte: one point per HVP pass, one (i, c) row per output-curvature
+    Lanczos batch, and the parameter Jacobian in one-row blocks; the values are those of the
+    default budget, under which nothing is split."""
+    model = batchnorm_model()
+    x, labels = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    loss = losses.get("cross_entropy")
+    default = suite.measure(model, x, labels, loss, ALL_FAMILIES, seed=0)
+    tiny = suite.measure(model, x, labels, loss, ALL_FAMILIES, seed=0, max_bytes=1)
+    assert set(tiny) == set(default)
+    for name, value in default.items():
+        np.testing.assert_allclose(tiny[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def batchnorm_model(seed=1):
     """An MLP with BatchNorm whose running statistics are non-trivial, in eval mode."""
     torch.manual_seed(seed)

@@ -225,6 +225,18 @@ def checkpoint_steps(train: dict) -> list[int]:
     return sorted(steps)
 
 
+#: Default ``measure.memory_mb``: the budget, in MiB, of each of a measure job's largest
+#: intermediates (per-sample parameter Jacobian blocks, the activations of one HVP pass over
+#: the curvature points, one batch of output-curvature Lanczos bases); over it, they are
+#: computed in smaller blocks with the same result.
+MEASURE_MEMORY_MB = 1024
+
+
+def measure_memory_bytes(measure: dict) -> int:
+    """``measure.memory_mb`` (default ``MEASURE_MEMORY_MB``) in bytes."""
+    return measure.get("memory_mb", MEASURE_MEMORY_MB) << 20
+
+
 #: The switchable families of ``measure.curvature`` and their default options (the measures
 #: and their costs: ``flatrep.measures.suite``).
 CURVATURE_FAMILIES: dict[str, dict] = {

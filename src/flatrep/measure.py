@@ -57,12 +57,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: in
 
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
-                   moments: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """All per-sample measures at points x (float64 model and inputs).
+                   moments: tuple[int, ...],
+                   max_bytes: int = config.MEASURE_MEMORY_MB << 20) -> dict[str, np.ndarray]:
+    """All per-sample measures at points x (float64 model and inputs); ``max_bytes`` bounds
+    the parameter Jacobian of a chunk (``jacobian.per_sample_jacobians``).
 
     log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf.
     """
-    jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments)
+    jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments,
+                                        max_bytes=max_bytes)
     result = jacobian.input_jacobian_measures(jac["input"])
     spectra = jacobian.layer_gram_spectra(jac["layer"])
     result["layer_mls"] = jacobian.layer_sensitivities(spectra)
@@ -89,6 +92,7 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     """
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
+    max_bytes = config.measure_memory_bytes(measure_cfg)
     device = splits["train"][0].device
     model = model.double().to(device)
     rows = {key: torch.as_tensor(value, device=device) for key, value in points.items()}
@@ -97,7 +101,7 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
         values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs,
                                                                    loss)
     per_subset = {subset: point_measures(model, splits[subset][0][rows[subset]], chunk_size,
-                                         moments)
+                                         moments, max_bytes)
                   for subset in ("train", "test")}
     x_test, y_test = splits["test"][0][rows["test"]], splits["test"][1][rows["test"]]
     with torch.no_grad():
@@ -117,7 +121,7 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
         x, y = splits["train"][0][rows["curvature"]], splits["train"][1][rows["curvature"]]
         seed = determinism.sub_seed(measure_cfg["point_seed"], "curvature")
         values.update(suite.measure(model, x, loss.targets(y, num_outputs, x.dtype), loss,
-                                    curvature_cfg, seed))
+                                    curvature_cfg, seed, max_bytes))
     norms = layers.weight_norms(model, splits["train"][0][:1])
     values["weight_spectral_norm"] = norms["spectral"].cpu().numpy()
     values["weight_fro_norm"] = norms["frobenius"].cpu().numpy()

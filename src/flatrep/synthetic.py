@@ -3,8 +3,9 @@ real datasets.
 
 ``write_raw_files(name, root, num_train, num_test)`` writes the files ``flatrep.data`` reads for
 ``name`` (its registry ``data._RAW_IMAGES``, read here so that the folder and file names have
-one source: the same names and formats that torchvision's download leaves), so a study pointed at ``root`` with ``data.download: false`` runs every stage
-unchanged: the same sample shapes and class count, hence the same cost, but no learnable signal.
+one source: the same names and formats that torchvision's download leaves), so a study
+pointed at ``root`` with ``data.download: false`` runs every stage unchanged: the same
+sample shapes and class count, hence the same cost, but no learnable signal.
 Labels cycle through the classes (``i mod K``), so every prefix of ``num_train`` rows and every
 class subset of at least one class per ``K`` rows is populated.
 """

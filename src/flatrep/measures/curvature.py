@@ -43,6 +43,11 @@ from flatrep import losses
 
 #: How ``HessianOperator`` computes H V (``measure.curvature.hvp``).
 HVP_METHODS = ("forward_over_reverse", "forward_over_reverse_compiled", "double_backward")
+#: Default bound on the activations of one HVP pass (``points_per_hvp``).
+HVP_BYTES = 1 << 30
+#: Copies of a point's activations a forward-over-reverse pass holds per probe: primal and
+#: tangent, each saved for the backward pass and met by its cotangent (an estimate).
+ACTIVATION_COPIES = 4
 
 
 class HessianOperator:
@@ -56,14 +61,19 @@ class HessianOperator:
     (TorchInductor's kernels: the same H V to rounding, faster per chunk once compiled, a
     compilation per distinct chunk shape in each process; bench/hvp_compile.py says when it
     pays); or ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
-    ``probe_chunk`` vectors are pushed through at once (memory grows with it).
+    ``probe_chunk`` vectors are pushed through at once (memory grows with it), over
+    ``point_chunk`` points at a time (default ``points_per_hvp``: all points unless their
+    activations would pass ``max_bytes``); H V = sum_c H_c V over the point chunks c, H_c the
+    Hessian of (1/n) sum_{i in c} l_i (a compiled operator compiles once more for a shorter
+    last chunk).
     ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
     ``device``: that of the parameters (model, ``x`` and ``targets`` must share it).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                  method: str = "forward_over_reverse", probe_chunk: int = 16,
-                 wrt: list[str] | None = None, loss: losses.Loss = losses.LOSSES["mse"]):
+                 wrt: list[str] | None = None, loss: losses.Loss = losses.LOSSES["mse"],
+                 point_chunk: int | None = None, max_bytes: int = HVP_BYTES):
         if method not in HVP_METHODS:
             raise ValueError(f"unknown HVP method {method!r}; allowed: {list(HVP_METHODS)}")
         self.model, self.x, self.targets = model, x, targets
@@ -81,36 +91,85 @@ class HessianOperator:
         self.loss_fn = loss
         with torch.no_grad():
             self.output_values = self.outputs(self.theta)
+        self.point_chunk = point_chunk or points_per_hvp(model, x, probe_chunk, max_bytes)
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
         return {name: c.reshape(s) for name, c, s in zip(self.names, chunks, self.shapes)}
 
-    def outputs(self, theta: torch.Tensor) -> torch.Tensor:
-        """f(x_i; theta) for all points, shape (n, K)."""
-        return functional_call(self.model, {**self.fixed, **self._unflatten(theta)}, (self.x,))
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x_i; theta) for all points (or for the rows of ``x``), shape (n, K)."""
+        return functional_call(self.model, {**self.fixed, **self._unflatten(theta)},
+                               (self.x if x is None else x,))
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """L(theta) = (1/n) sum_i l(f(x_i; theta), y_i)."""
         return self.loss_fn.per_sample(self.outputs(theta), self.targets).mean()
 
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        """H V for V of shape (m, P) -> (m, P)."""
-        return torch.cat([self._apply(chunk) for chunk in vectors.split(self.probe_chunk)])
+    def _part_loss(self, theta: torch.Tensor, x: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+        """(1/n) sum_{i in part} l(f(x_i; theta), y_i): the parts' losses add up to L."""
+        return self.loss_fn.per_sample(self.outputs(theta, x), targets).sum() / len(self.x)
 
-    def _apply(self, vectors: torch.Tensor) -> torch.Tensor:
+    def parts(self):
+        """(x, targets) of consecutive chunks of ``point_chunk`` points."""
+        return zip(self.x.split(self.point_chunk), self.targets.split(self.point_chunk))
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H V for V of shape (m, P) -> (m, P): sum over the point chunks c of H_c V, H_c the
+        Hessian of (1/n) sum_{i in c} l_i, ``probe_chunk`` rows of V at a time."""
+        return torch.cat([sum(self._apply(chunk, x, targets) for x, targets in self.parts())
+                          for chunk in vectors.split(self.probe_chunk)])
+
+    def _apply(self, vectors: torch.Tensor, x: torch.Tensor,
+               targets: torch.Tensor) -> torch.Tensor:
         if self.method == "forward_over_reverse":
-            return self._forward_over_reverse(vectors)
+            return self._forward_over_reverse(vectors, x, targets)
         if self.method == "forward_over_reverse_compiled":
-            return _compiled_forward_over_reverse()(self, vectors)
+            return _compiled_forward_over_reverse()(self, vectors, x, targets)
         theta = self.theta.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(self.loss(theta), theta, create_graph=True)
+        (g,) = torch.autograd.grad(self._part_loss(theta, x, targets), theta, create_graph=True)
         rows = [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in vectors]
         return torch.stack(rows).detach()
 
-    def _forward_over_reverse(self, vectors: torch.Tensor) -> torch.Tensor:
-        gradient = grad(self.loss)
-        return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+    def _forward_over_reverse(self, vectors: torch.Tensor, x: torch.Tensor,
+                              targets: torch.Tensor) -> torch.Tensor:
+        gradient = grad(self._part_loss)
+        return vmap(lambda v: jvp(lambda t: gradient(t, x, targets), (self.theta,), (v,))[1])(
+            vectors)
+
+
+def activation_floats(model: nn.Module, x: torch.Tensor) -> int:
+    """Floats the leaf modules of ``model`` put out for the single sample ``x[:1]`` (forward
+    hooks, in eval mode, so no BatchNorm statistics move; operations outside modules are not
+    counted): an estimate of one sample's activations."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        total += sum(t.numel() for t in outputs if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def points_per_hvp(model: nn.Module, x: torch.Tensor, probe_chunk: int,
+                   max_bytes: int = HVP_BYTES) -> int:
+    """How many points one HVP pass takes: all of ``x``, fewer where the activations of a
+    forward-over-reverse pass, about ACTIVATION_COPIES * A * probe_chunk floats a point
+    (A = ``activation_floats``), would pass ``max_bytes`` (at least one point)."""
+    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * probe_chunk * x.element_size()
+    return max(1, min(len(x), max_bytes // max(point_bytes, 1)))
 
 
 @functools.cache
@@ -175,11 +234,15 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
 def per_sample_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
     """v^T G_i v = (J_i v)^T M_i (J_i v) per probe row v and sample i, shape (m, n): one
     forward-mode JVP of the outputs per probe (M_i = I for 1/2-MSE)."""
-    def quadratic(v):
-        tangent = jvp(operator.outputs, (operator.theta,), (v,))[1]
-        return operator.loss_fn.output_quadratic(operator.output_values, tangent)
+    def quadratic(v, x, values):
+        tangent = jvp(lambda theta: operator.outputs(theta, x), (operator.theta,), (v,))[1]
+        return operator.loss_fn.output_quadratic(values, tangent)
 
-    return torch.cat([vmap(quadratic)(chunk) for chunk in vectors.split(operator.probe_chunk)])
+    parts = list(zip(operator.x.split(operator.point_chunk),
+                     operator.output_values.split(operator.point_chunk)))
+    return torch.cat([torch.cat([vmap(quadratic, in_dims=(0, None, None))(chunk, x, values)
+                                 for x, values in parts], dim=1)
+                      for chunk in vectors.split(operator.probe_chunk)])
 
 
 def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,7 @@ class Context:
     probes: dict
     cfg: dict
     seed: int
+    max_bytes: int
 
     lanczos_runs: dict = field(default_factory=dict)
 
@@ -165,7 +166,7 @@ def rank(ctx: Context, options: dict) -> dict:
     n_rank = min(options["points"], len(ctx.x))
     subset = curvature.HessianOperator(ctx.model, ctx.x[:n_rank], ctx.targets[:n_rank],
                                        ctx.operator.method, ctx.operator.probe_chunk,
-                                       loss=ctx.loss)
+                                       loss=ctx.loss, max_bytes=ctx.max_bytes)
     gram = spectrum.gauss_newton_gram(subset, ctx.loss.output_hessian(subset.output_values))
     ggn = spectrum.numerical_rank(torch.linalg.eigvalsh(gram), tolerances)
     fan_ins = [spectrum.fan_in(module) for _, module in layers.measured_layers(ctx.model)]
@@ -191,7 +192,8 @@ def stability(ctx: Context, options: dict) -> dict:
 
 def output_curvature_family(ctx: Context, options: dict) -> dict:
     result = output_curvature.output_hessian_norms(ctx.operator, options["steps"],
-                                                   ctx.generator(4), options["point_chunk"])
+                                                   ctx.generator(4), options["point_chunk"],
+                                                   ctx.max_bytes)
     per_sample = ctx.loss.per_sample(ctx.operator.output_values, ctx.targets)
     return {"loss_weighted_output_curvature": output_curvature.loss_weighted_output_curvature(
                 per_sample, result.norms),
@@ -205,21 +207,24 @@ FAMILIES = {"hutch_plus_plus": hutch_plus_plus,
 
 
 def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: losses.Loss,
-            cfg: dict, seed: int) -> dict:
+            cfg: dict, seed: int, max_bytes: int = config.MEASURE_MEMORY_MB << 20) -> dict:
     """Every enabled curvature family on the training points ``x`` (float64 model).
 
     The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
     between checkpoints are not probe noise. Everything runs on the device of ``model``,
     ``x`` and ``targets`` (chosen by ``flatrep.measure.measure_run``); the probes are drawn on
     the CPU from seeded CPU generators and moved there, so they are the same on every device.
+    ``max_bytes`` (``measure.memory_mb``) bounds the parameter Jacobian blocks, the
+    activations of one HVP pass and one batch of output-curvature Lanczos bases.
     """
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
-                                         cfg.get("probe_chunk", 16), loss=loss)
+                                         cfg.get("probe_chunk", 16), loss=loss,
+                                         max_bytes=max_bytes)
     ctx = Context(model, x, targets, loss, operator,
-                  jacobian.per_sample_jacobians(model, x, moments=()),
+                  jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes),
                   curvature.hutchinson(operator, cfg["probes"],
                                        torch.Generator().manual_seed(seed)),
-                  cfg, seed)
+                  cfg, seed, max_bytes)
     values = core(ctx)
     for name, options in config.curvature_families(cfg).items():
         values.update(FAMILIES[name](ctx, options))

@@ -57,7 +57,7 @@ def _batched_lanczos(apply, starts: torch.Tensor, steps: int):
     Returns (max |Ritz value|, its residual |beta_k y_j[k]|) per row.
     """
     m, dim = starts.shape
-    basis = starts.new_zeros(m, steps, dim)
+    basis = starts.new_empty(m, steps, dim)  # column j is written before it is read
     basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
     alphas, betas = starts.new_zeros(m, steps), starts.new_zeros(m, steps)
     scale, last_beta = starts.new_zeros(m), starts.new_zeros(m)
@@ -104,14 +104,14 @@ def rows_per_batch(dim: int, steps: int, itemsize: int, point_chunk: int, output
 
 
 def _rows(operator: curvature.HessianOperator, generator: torch.Generator):
-    """(x_i, e_c, start_ic) for i = 1..n, c = 1..K in that order; the K x P standard-normal
-    starts of a point are drawn on the CPU when its first row is asked for."""
+    """(x_i, e_c, start_i) for i = 1..n, c = 1..K in that order; the standard-normal start of
+    a point, shared by its K outputs, is drawn on the CPU when its first row is asked for."""
     k = operator.output_values.shape[1]
     eye = torch.eye(k, dtype=operator.dtype, device=operator.device)
     for x in operator.x:
-        starts = torch.randn(k, operator.dim, generator=generator, dtype=operator.dtype)
+        start = torch.randn(operator.dim, generator=generator, dtype=operator.dtype)
         for c in range(k):
-            yield x, eye[c], starts[c]
+            yield x, eye[c], start
 
 
 def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
@@ -123,9 +123,13 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
     (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``rows_per_batch`` at a
     time: point_chunk * K rows, fewer where the Lanczos bases and the forward-over-reverse
     vectors, about (steps + ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a batch
-    may then split a point's outputs). One standard-normal start vector per (i, c), drawn
-    point by point from ``generator`` (K x P each) on the CPU and moved to the operator's
-    device, so the result depends neither on the batching nor on the device.
+    may then split a point's outputs). One standard-normal start vector per point, drawn
+    point by point from ``generator`` on the CPU and moved to the operator's device, so the
+    result depends neither on the batching nor on the device. The K outputs of a point share
+    it: each (i, c) is a Lanczos run of its own, and a start drawn independently of the
+    operator has a nonzero component along its top eigenvector almost surely, whether or
+    not other runs start from it too (drawing K x P normals a point took longer than the
+    HVPs on CIFAR-100).
     """
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape

@@ -218,10 +218,11 @@ def test_control_variate_trace_is_exact_at_interpolation():
     assert est.standard_error < 1e-12
 
 
-def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices():
+@pytest.mark.parametrize("point_chunk", [None, 5])
+def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices(point_chunk):
     """Non-uniformity, mean ||G_i||_F^2 and the Rayleigh spread from G_i = J_i^T M_i J_i built
-    densely with autograd, for MSE and cross-entropy."""
-    from flatrep import losses
+    densely with autograd, for MSE and cross-entropy, over all 12 points at once and in
+    chunks of 5, 5, 2."""
     from flatrep.measures import stability
 
     torch.manual_seed(9)
@@ -229,7 +230,7 @@ def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices():
     x, labels = torch.randn(12, 4), torch.randint(0, 3, (12,))
     for loss in (losses.get("mse"), losses.get("cross_entropy")):
         operator = curvature.HessianOperator(model, x, loss.targets(labels, 3, x.dtype),
-                                             loss=loss)
+                                             loss=loss, point_chunk=point_chunk)
         jac = torch.func.jacrev(operator.outputs)(operator.theta)          # (n, K, P)
         m = loss.output_hessian(operator.output_values)
         per_sample = torch.einsum("nkp,nkl,nlq->npq", jac, m, jac)

@@ -128,6 +128,15 @@ def test_adaptive_sharpness_estimators_agree_with_the_dense_weighted_trace():
     assert abs(sampled.value - exact) < 4 * sampled.standard_error
 
 
+def test_monte_carlo_adaptive_sharpness_over_point_chunks_is_the_same_estimate():
+    model, x, y = problem("tanh", seed=5)
+    whole, chunked = (invariant.adaptive_sharpness_monte_carlo(
+        curvature.HessianOperator(model, x, y, point_chunk=chunk), 0.01, 50,
+        torch.Generator().manual_seed(1)) for chunk in (None, 3))
+    assert chunked.value == pytest.approx(whole.value, rel=1e-9)
+    assert chunked.standard_error == pytest.approx(whole.standard_error, rel=1e-9)
+
+
 def test_antithetic_monte_carlo_bias_vanishes_as_rho_shrinks():
     """Same draws z at every rho: the error is the O(rho^2) bias plus O(rho^2)-scaled noise of
     the fourth-order term, so it must fall with rho."""

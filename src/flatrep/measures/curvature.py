@@ -103,8 +103,8 @@ class HessianOperator:
                                (self.x if x is None else x,))
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        """L(theta) = (1/n) sum_i l(f(x_i; theta), y_i)."""
-        return self.loss_fn.per_sample(self.outputs(theta), self.targets).mean()
+        """L(theta) = (1/n) sum_i l(f(x_i; theta), y_i), summed over the point chunks."""
+        return sum(self._part_loss(theta, x, targets) for x, targets in self.parts())
 
     def _part_loss(self, theta: torch.Tensor, x: torch.Tensor,
                    targets: torch.Tensor) -> torch.Tensor:

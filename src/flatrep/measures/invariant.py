@@ -77,7 +77,8 @@ def adaptive_sharpness_monte_carlo(operator: curvature.HessianOperator, rho: flo
     """(2 / rho^2) * mean over antithetic pairs of (L(theta + d) + L(theta - d))/2 - L(theta),
     d = rho |theta| * z with z ~ N(0, I): an estimate of Tr(D H D) with bias O(rho^2).
 
-    Costs 2 * ``pairs`` loss evaluations (forward passes over the curvature points), batched.
+    Costs 2 * ``pairs`` loss evaluations (forward passes over the curvature points, in the
+    operator's point chunks), batched.
     z is drawn on the CPU from ``generator`` (the same on every device), then moved to theta's.
     """
     theta = operator.theta

@@ -29,7 +29,10 @@ from flatrep.measures import curvature
 class NonUniformityOperator:
     """v -> (1/n) sum_i G_i^2 v - G^2 v on the curvature points of a ``HessianOperator``.
 
-    ``grams``: the per-sample J_i J_i^T, shape (n, K, K) (``per_sample_jacobians``).
+    ``grams``: the per-sample J_i J_i^T, shape (n, K, K) (``per_sample_jacobians``). The
+    points are taken in the operator's chunks of ``point_chunk`` (``HessianOperator.parts``),
+    so a pass holds one chunk's activations per probe; (1/n) sum_i J_i^T u_i is summed over
+    the chunks' pullbacks.
     """
 
     def __init__(self, operator: curvature.HessianOperator, grams: torch.Tensor):
@@ -38,14 +41,19 @@ class NonUniformityOperator:
         self.device = operator.device
         self.output_hessian = operator.loss_fn.output_hessian(operator.output_values)
         self.squared = self.output_hessian @ grams @ self.output_hessian
-        _, self._pullback = vjp(operator.outputs, operator.theta)
+        self._chunks = [x for x, _ in operator.parts()]
+        self._pullbacks = [vjp(lambda theta, x=x: operator.outputs(theta, x), operator.theta)[1]
+                           for x in self._chunks]
 
     def _tangent(self, v: torch.Tensor) -> torch.Tensor:
-        return jvp(self.operator.outputs, (self.operator.theta,), (v,))[1]
+        """J v, shape (n, K), chunk by chunk."""
+        return torch.cat([jvp(lambda theta, x=x: self.operator.outputs(theta, x),
+                              (self.operator.theta,), (v,))[1] for x in self._chunks])
 
     def _mean_pullback(self, u: torch.Tensor) -> torch.Tensor:
         """(1/n) sum_i J_i^T u_i."""
-        return self._pullback(u)[0] / len(u)
+        parts = u.split(self.operator.point_chunk)
+        return sum(pullback(part)[0] for pullback, part in zip(self._pullbacks, parts)) / len(u)
 
     def _gauss_newton(self, v: torch.Tensor) -> torch.Tensor:
         return self._mean_pullback(torch.einsum("nkl,nl->nk", self.output_hessian,

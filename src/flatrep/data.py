@@ -127,7 +127,9 @@ def _read_cifar(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.nda
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-_RAW_IMAGES = {
+#: The datasets read from torchvision's raw files: their torchvision class, folder under
+#: ``data.root``, file names per split and reader (``flatrep.synthetic`` writes the same).
+RAW_IMAGES = {
     "mnist": RawImages("MNIST", "MNIST/raw", _IDX_FILES, _read_idx_split),
     "fashion_mnist": RawImages("FashionMNIST", "FashionMNIST/raw", _IDX_FILES, _read_idx_split),
     "cifar10": RawImages("CIFAR10", "cifar-10-batches-py",
@@ -179,7 +181,7 @@ def _download_lock(name: str, root: Path):
 
 def _find_raw_files(name: str, root: Path, download: bool) -> dict[str, list[Path]]:
     """``_raw_files`` without the lock."""
-    raw = _RAW_IMAGES[name]
+    raw = RAW_IMAGES[name]
     expected = {split: [root / raw.folder / file for file in files]
                 for split, files in raw.files.items()}
     missing = [path for paths in expected.values() for path in paths if not _existing(path)]
@@ -196,7 +198,7 @@ def _download(name: str, root: Path, missing: list[Path]) -> None:
     call fetches both splits); a failure, such as no internet, becomes one DataError."""
     import torchvision.datasets
 
-    dataset_class = getattr(torchvision.datasets, _RAW_IMAGES[name].torchvision_class)
+    dataset_class = getattr(torchvision.datasets, RAW_IMAGES[name].torchvision_class)
     try:
         dataset_class(str(root), train=True, download=True)
     except (OSError, RuntimeError) as error:   # URLError is an OSError
@@ -213,7 +215,7 @@ def _missing_files_error(name: str, root: Path, missing: list[Path], reason: str
     """The error for raw files that are not there: which, why, and where to get them."""
     import torchvision.datasets
 
-    raw = _RAW_IMAGES[name]
+    raw = RAW_IMAGES[name]
     dataset_class = getattr(torchvision.datasets, raw.torchvision_class)
     if hasattr(dataset_class, "url"):   # CIFAR: one archive holding the folder
         source = f"download {dataset_class.url} and extract it into {root}"
@@ -236,7 +238,7 @@ def _generate_images(name: str, options: dict) -> dict:
     if not isinstance(download, bool):
         raise DataError(f"data.download must be true or false, not {download!r}")
     files = _raw_files(name, Path(options.get("root", DEFAULT_RAW_ROOT)), download)
-    read = _RAW_IMAGES[name].read
+    read = RAW_IMAGES[name].read
     (x_train, y_train), (x_test, y_test) = read(files["train"]), read(files["test"])
     if num_train is not None and num_train > len(y_train):
         raise DataError(f"data.num_train = {num_train} but dataset {name!r} has only "
@@ -246,7 +248,7 @@ def _generate_images(name: str, options: dict) -> dict:
 
 
 def _torchvision_dataset(name: str, num_classes: int, description: str) -> DatasetSpec:
-    """The spec of a dataset read from torchvision's raw files ``_RAW_IMAGES[name]``."""
+    """The spec of a dataset read from torchvision's raw files ``RAW_IMAGES[name]``."""
     return DatasetSpec(partial(_generate_images, name), ("num_train",), num_classes, description)
 
 

@@ -2,8 +2,8 @@
 real datasets.
 
 ``write_raw_files(name, root, num_train, num_test)`` writes the files ``flatrep.data`` reads for
-``name`` (its registry ``data._RAW_IMAGES``, read here so that the folder and file names have
-one source: the same names and formats that torchvision's download leaves), so a study
+``name`` (its registry ``data.RAW_IMAGES``, so that the folder and file names have one
+source: the same names and formats that torchvision's download leaves), so a study
 pointed at ``root`` with ``data.download: false`` runs every stage unchanged: the same
 sample shapes and class count, hence the same cost, but no learnable signal.
 Labels cycle through the classes (``i mod K``), so every prefix of ``num_train`` rows and every
@@ -66,7 +66,7 @@ def write_raw_files(name: str, root: str | Path, num_train: int, num_test: int,
     if name not in _WRITERS:
         raise data.DataError(f"no raw-file writer for dataset {name!r}; "
                              f"known: {sorted(_WRITERS)}")
-    raw = data._RAW_IMAGES[name]
+    raw = data.RAW_IMAGES[name]
     num_classes = data.spec(name).num_classes
     rng = np.random.default_rng(seed)
     written = []

@@ -1,5 +1,6 @@
 """Rehearsals (flatrep.rehearsal) and the random raw files they read (flatrep.synthetic)."""
 
+import copy
 import subprocess
 import sys
 
@@ -57,7 +58,11 @@ def test_every_shipped_study_shrinks_to_a_valid_study_that_keeps_its_design(tmp_
     assert small["train"]["seeds"] == study["train"]["seeds"][:2]
     steps = config.checkpoint_steps(small["train"])
     assert steps[0] == 0 and steps[-1] == 12 and len(steps) <= rehearsal.MAX_CHECKPOINTS + 1
-    before, after = leaves(study), leaves(small)
+    spelled_out = copy.deepcopy(study)     # families switched on by `true`, with defaults
+    curvature = spelled_out["measure"].get("curvature", {})
+    curvature.update({family: options for family, options
+                      in config.curvature_families(curvature).items() if options})
+    before, after = leaves(spelled_out), leaves(small)
     changed = {keys for keys in before.keys() | after.keys() if before.get(keys, "absent")
                != after.get(keys, "absent")}
     allowed = set(rehearsal.CAPS) | {("train", "iterations"), ("train", "seeds"),
@@ -84,6 +89,17 @@ def test_sizes_at_or_below_their_caps_and_absent_families_are_kept():
     assert small["train"] == {"iterations": 20, "checkpoints": [20], "seeds": [5]}
     assert small["data"] == {"name": "mnist1d"}
     assert study["measure"]["curvature"]["points"] is None   # the input is left untouched
+
+
+def test_families_switched_on_by_true_are_capped_at_their_default_options():
+    study = {"data": {"name": "mnist1d"},
+             "train": {"iterations": 1000, "checkpoints": [1000], "seeds": [0]},
+             "measure": {"points": 3, "curvature": {"probes": 4, "lanczos": True,
+                                                    "output_curvature": True, "rank": False}}}
+    curvature = rehearsal.rehearsal_study(study, "raw", iterations=20, seeds=1)[
+        "measure"]["curvature"]
+    assert curvature == {"probes": 4, "lanczos": {"steps": 5}, "rank": False,
+                         "output_curvature": {"steps": 3, "point_chunk": 8, "points": 2}}
 
 
 def test_a_rehearsal_folder_is_cleared_but_no_other_folder_is_touched(tmp_path):

@@ -247,7 +247,7 @@ CURVATURE_FAMILIES: dict[str, dict] = {
     "spectral_density": {"probes": 4, "steps": 30, "bins": 200, "smoothing": 0.01},
     "rank": {"points": 32, "dense_max_params": 3000, "tolerances": [1e-4, 1e-6, 1e-8]},
     "stability": {"steps": 20},
-    "output_curvature": {"steps": 20, "point_chunk": 16},
+    "output_curvature": {"steps": 20, "point_chunk": 16, "points": None},
 }
 
 

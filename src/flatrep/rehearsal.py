@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from flatrep import synthetic
+from flatrep import config, synthetic
 
 #: Rehearsal sizes of the torchvision datasets (random images, labels cycling the classes).
 RAW_TRAIN_IMAGES = 500
@@ -49,6 +49,7 @@ CAPS: dict[tuple[str, ...], int] = {
     ("measure", "curvature", "stability", "steps"): 4,
     ("measure", "curvature", "output_curvature", "steps"): 3,
     ("measure", "curvature", "output_curvature", "point_chunk"): 8,
+    ("measure", "curvature", "output_curvature", "points"): 2,
     ("stats", "bootstrap"): 100,
     ("stats", "permutations"): 100,
 }
@@ -78,7 +79,9 @@ def _cap(section: dict, keys: tuple[str, ...], limit: int) -> None:
 def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: int) -> dict:
     """``study`` at toy scale: ``iterations`` training steps, its first ``seeds`` seeds, at
     most ``MAX_CHECKPOINTS`` count-spaced checkpoints (an explicit list becomes the last step),
-    the sizes of ``CAPS``, and torchvision data read from ``raw_root`` without downloading."""
+    the sizes of ``CAPS`` (curvature families with options switched on by ``true`` are
+    spelled out with their defaults first, so that their sizes are capped too), and torchvision data read
+    from ``raw_root`` without downloading."""
     small = copy.deepcopy(study)
     train = small["train"]
     train["iterations"] = iterations
@@ -89,6 +92,10 @@ def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: i
     train["seeds"] = train["seeds"][:seeds]
     if small["data"]["name"] in synthetic.IMAGE_SHAPES:
         small["data"].update(root=str(Path(raw_root).resolve()), download=False)
+    curvature = small["measure"].get("curvature")
+    if isinstance(curvature, dict):
+        curvature.update({family: options for family, options
+                          in config.curvature_families(curvature).items() if options})
     for keys, limit in CAPS.items():
         _cap(small, keys, limit)
     return small

@@ -232,7 +232,8 @@ CATALOG: dict[str, Variable] = {
                                           "it bounds Tr G for cross-entropy (Granziol A2)"),
     "loss_weighted_output_curvature": Variable(
         (), "loss-weighted output-Hessian norm", "1",
-        "(1/n) sum_i l_i max_c ||grad^2_theta f_c(x_i)||_2 over the curvature points, each norm "
+        "(1/n) sum_i l_i max_c ||grad^2_theta f_c(x_i)||_2 over the curvature points (the first "
+        "output_curvature.points of them when set), each norm "
         "the largest |Ritz value| of Lanczos (output_curvature.steps); with "
         "loss_weighted_jacobian_sq, half the False-Friend bound on ||H||_2 (Granziol A2)"),
     "output_curvature_residual_max": Variable(

@@ -103,12 +103,13 @@ def rows_per_batch(dim: int, steps: int, itemsize: int, point_chunk: int, output
     return max(1, min(point_chunk * outputs, max_bytes // row_bytes))
 
 
-def _rows(operator: curvature.HessianOperator, generator: torch.Generator):
-    """(x_i, e_c, start_i) for i = 1..n, c = 1..K in that order; the standard-normal start of
-    a point, shared by its K outputs, is drawn on the CPU when its first row is asked for."""
+def _rows(operator: curvature.HessianOperator, generator: torch.Generator, points: int):
+    """(x_i, e_c, start_i) for i = 1..points, c = 1..K in that order; the standard-normal
+    start of a point, shared by its K outputs, is drawn on the CPU when its first row is
+    asked for."""
     k = operator.output_values.shape[1]
     eye = torch.eye(k, dtype=operator.dtype, device=operator.device)
-    for x in operator.x:
+    for x in operator.x[:points]:
         start = torch.randn(operator.dim, generator=generator, dtype=operator.dtype)
         for c in range(k):
             yield x, eye[c], start
@@ -116,8 +117,10 @@ def _rows(operator: curvature.HessianOperator, generator: torch.Generator):
 
 def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
                          generator: torch.Generator, point_chunk: int = 4,
-                         max_bytes: int = LANCZOS_BYTES) -> OutputCurvature:
-    """||grad^2_theta f_c(x_i; theta)||_2 for every point x_i of ``operator`` and output c.
+                         max_bytes: int = LANCZOS_BYTES,
+                         points: int | None = None) -> OutputCurvature:
+    """||grad^2_theta f_c(x_i; theta)||_2 for the first ``points`` points x_i of ``operator``
+    (all when None) and every output c.
 
     Lanczos with min(steps, P) Hessian-vector products jvp(grad(f_c(x_i; .)), theta, v) per
     (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``rows_per_batch`` at a
@@ -133,10 +136,11 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
     """
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape
+    n = n if points is None else min(points, n)
     batch = rows_per_batch(operator.dim, steps, operator.theta.element_size(), point_chunk, k,
                            max_bytes)
     hvp = _output_hvp(operator)
-    rows = _rows(operator, generator)
+    rows = _rows(operator, generator, n)
     norms, residuals = [], []
     while chunk := list(itertools.islice(rows, batch)):
         rows_x, rows_e, starts = (torch.stack(column) for column in zip(*chunk))

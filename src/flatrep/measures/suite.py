@@ -24,8 +24,9 @@ stability — ``steps`` products (3 JVPs + 3 VJPs each) for the non-uniformity, 
     Ritz pair of H (shared with ``lanczos`` when on, else ``steps`` more HVPs): the
     linear-stability ingredients of ``stability``.
 output_curvature — ``steps`` single-point HVPs per point and output (about ``steps`` x K
-    full-batch HVPs), batched over ``point_chunk`` points: the spectral norms of the
-    per-sample output Hessians for the False-Friend spectral loss bound.
+    full-batch HVPs on ``points`` of the curvature points, default all), batched over
+    ``point_chunk`` points: the spectral norms of the per-sample output Hessians for the
+    False-Friend spectral loss bound.
 """
 
 from __future__ import annotations
@@ -191,10 +192,12 @@ def stability(ctx: Context, options: dict) -> dict:
 
 
 def output_curvature_family(ctx: Context, options: dict) -> dict:
+    """On the first ``points`` curvature points (all when null)."""
     result = output_curvature.output_hessian_norms(ctx.operator, options["steps"],
                                                    ctx.generator(4), options["point_chunk"],
-                                                   ctx.max_bytes)
-    per_sample = ctx.loss.per_sample(ctx.operator.output_values, ctx.targets)
+                                                   ctx.max_bytes, options["points"])
+    n = len(result.norms)
+    per_sample = ctx.loss.per_sample(ctx.operator.output_values[:n], ctx.targets[:n])
     return {"loss_weighted_output_curvature": output_curvature.loss_weighted_output_curvature(
                 per_sample, result.norms),
             "output_curvature_residual_max": result.residuals.max().item()}

@@ -80,8 +80,8 @@ def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: i
     """``study`` at toy scale: ``iterations`` training steps, its first ``seeds`` seeds, at
     most ``MAX_CHECKPOINTS`` count-spaced checkpoints (an explicit list becomes the last step),
     the sizes of ``CAPS`` (curvature families with options switched on by ``true`` are
-    spelled out with their defaults first, so that their sizes are capped too), and torchvision data read
-    from ``raw_root`` without downloading."""
+    spelled out with their defaults first, so that their sizes are capped too), and
+    torchvision data read from ``raw_root`` without downloading."""
     small = copy.deepcopy(study)
     train = small["train"]
     train["iterations"] = iterations

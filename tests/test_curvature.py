@@ -34,12 +34,19 @@ def test_hvp_of_linear_regression_is_xtx_over_n():
 
 
 @pytest.mark.parametrize("method", curvature.HVP_METHODS)
-def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method):
+@pytest.mark.parametrize("loss_name, point_chunk, chunk_sizes", [
+    ("mse", None, [7]),
+    ("cross_entropy", 3, [3, 3, 1]),     # H V summed over chunks, the last one shorter
+])
+def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method, loss_name, point_chunk, chunk_sizes):
     torch.manual_seed(1)
     model = models.mlp(4, 3, [5], activation="tanh").double()
-    x, y = torch.randn(20, 4), torch.randn(20, 3)
-    operator = curvature.HessianOperator(model, x, y, method=method, probe_chunk=3)
-    v = torch.randn(7, operator.dim)
+    x = torch.randn(7, 4)
+    y = torch.randn(7, 3) if loss_name == "mse" else torch.randint(0, 3, (7,))
+    operator = curvature.HessianOperator(model, x, y, method=method, probe_chunk=3,
+                                         loss=losses.LOSSES[loss_name], point_chunk=point_chunk)
+    assert [len(part_x) for part_x, _ in operator.parts()] == chunk_sizes
+    v = torch.randn(5, operator.dim)
     assert torch.allclose(operator(v), v @ dense(operator).T, atol=1e-12)
 
 
@@ -135,19 +142,6 @@ def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(me
     assert eig[-1].item() - values["hessian_lambda_max"] <= \
         values["hessian_lambda_max_residual"] + 1e-9
     assert values["hessian_lambda_min"] >= eig[0].item() - 1e-9
-
-
-@pytest.mark.parametrize("method", curvature.HVP_METHODS)
-def test_point_chunked_hvp_matches_the_dense_hessian_of_a_cross_entropy_mlp(method):
-    """H V summed over chunks of 3, 3, 1 points (the last one shorter) is the dense H V."""
-    torch.manual_seed(2)
-    model = models.mlp(4, 3, [5], activation="tanh").double()
-    x, labels = torch.randn(7, 4), torch.randint(0, 3, (7,))
-    operator = curvature.HessianOperator(model, x, labels, method=method, probe_chunk=3,
-                                         loss=losses.LOSSES["cross_entropy"], point_chunk=3)
-    assert [len(part_x) for part_x, _ in operator.parts()] == [3, 3, 1]
-    v = torch.randn(5, operator.dim)
-    assert torch.allclose(operator(v), v @ dense(operator).T, atol=1e-12)
 
 
 def test_point_chunks_leave_the_per_sample_quadratic_forms_unchanged():

@@ -102,9 +102,10 @@ def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: i
 
 
 def copy_workflow(source: Path, directory: Path) -> None:
-    """The Snakefile, ``workflow/`` and ``src/`` (the code inputs of every job) of ``source``."""
+    """The Snakefile, ``workflow/``, ``src/`` (the code inputs of every job) and ``profiles/``
+    (Snakemake's default workflow profile) of ``source``."""
     shutil.copy2(source / "Snakefile", directory / "Snakefile")
-    for name in ("workflow", "src"):
+    for name in ("workflow", "src", "profiles"):
         shutil.copytree(source / name, directory / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
 

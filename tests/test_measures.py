@@ -190,6 +190,45 @@ def test_a_parameter_jacobian_over_budget_is_built_in_row_blocks_with_the_same_r
     none = jacobian.per_sample_jacobians(model, x[:2], method="generic", moments=(),
                                          max_bytes=rows * row_bytes)
     assert none["param_moments"].shape == (2, 0)
+    jvps = []
+    real_jvp = jacobian.jvp
+    monkeypatch.setattr(jacobian, "jvp", lambda *a, **kw: jvps.append(1) or real_jvp(*a, **kw))
+    lean = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic",
+                                         max_bytes=rows * row_bytes, grams=())
+    assert not jvps and not set(jacobian.GRAMS) & set(lean)   # no Gram, no JVP
+    for key in ("param_sq", "weight_grad_norm", "param_moments", "input"):
+        assert torch.allclose(dense[key], lean[key], rtol=1e-10, atol=1e-13), key
+    plain = jacobian.per_sample_jacobians(model, x[:2], method="generic",
+                                          max_bytes=rows * row_bytes, grams=("param_gram",))
+    assert "param_gram_adaptive" not in plain
+    assert torch.allclose(dense["param_gram"][:2], plain["param_gram"], rtol=1e-10, atol=1e-13)
+
+
+def test_a_chunk_over_budget_takes_fewer_samples_when_one_sample_fits(monkeypatch):
+    """2.5 samples' parameter Jacobians of budget: the dense jacrev in chunks of 2, 2 and 1
+    samples instead of the row blocks, with the values of one unbudgeted chunk."""
+    torch.manual_seed(11)
+    model = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
+                         10).double().eval()
+    x = torch.randn(5, 2, 8, 8)
+    sample_bytes = 10 * sum(p.numel() for p in model.parameters()) * 8
+    whole = jacobian.per_sample_jacobians(model, x, chunk_size=5, method="generic")
+    chunks = []
+    dense_way = jacobian._generic_jacobians
+    monkeypatch.setattr(jacobian, "_generic_jacobians",
+                        lambda model, x, *rest: chunks.append(len(x)) or dense_way(model, x, *rest))
+    monkeypatch.setattr(jacobian, "_blocked_generic_jacobians", None)   # must not be called
+    budgeted = jacobian.per_sample_jacobians(model, x, chunk_size=5, method="generic",
+                                             max_bytes=int(2.5 * sample_bytes))
+    assert chunks == [2, 2, 1]
+    for key in ("param_sq", "param_gram", "param_gram_adaptive", "param_moments", "input"):
+        assert torch.allclose(whole[key], budgeted[key], rtol=1e-12, atol=1e-14), key
+
+
+def test_an_unknown_gram_is_refused_by_name():
+    with pytest.raises(ValueError, match="'hessian'.*param_gram"):
+        jacobian.per_sample_jacobians(models.mlp(3, 2, [4]).double(), torch.randn(2, 3),
+                                      grams=("hessian",))
 
 
 def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():

@@ -65,7 +65,7 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
     log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf.
     """
     jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments,
-                                        max_bytes=max_bytes)
+                                        max_bytes=max_bytes, grams=())
     result = jacobian.input_jacobian_measures(jac["input"])
     spectra = jacobian.layer_gram_spectra(jac["layer"])
     result["layer_mls"] = jacobian.layer_sensitivities(spectra)

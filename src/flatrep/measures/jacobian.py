@@ -22,11 +22,14 @@ from flatrep.measures import layers
 #: The most bytes the parameter Jacobian of one chunk, chunk x K x P values, may take in the
 #: ``generic`` method; a larger one is never formed (``_blocked_generic_jacobians``).
 PARAM_JACOBIAN_BYTES = 1 << 30
+#: The per-sample K x K Gram matrices ``per_sample_jacobians`` can return.
+GRAMS = ("param_gram", "param_gram_adaptive")
 
 
 def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32,
                          method: str = "auto", moments: tuple[int, ...] = (1, 2),
-                         max_bytes: int = PARAM_JACOBIAN_BYTES) -> dict:
+                         max_bytes: int = PARAM_JACOBIAN_BYTES,
+                         grams: tuple[str, ...] = GRAMS) -> dict:
     """Exact per-sample Jacobians of the model output, reduced to what the measures need.
 
     Returns a dict of tensors with leading dim n = len(x):
@@ -37,7 +40,8 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     ||grad_theta f(x_i)||_F^2 = Tr(J_i J_i^T); ``weight_grad_norm`` (n, L) =
     ||grad_{W_l} f(x_i)||_F; ``param_moments`` (n, len(moments)) =
     sum_c sum_p (df_c/dtheta_p)^{2k} for each k in ``moments`` (Ma & Ying's g_W(k)^{2k};
-    ``moments=()`` skips them).
+    ``moments=()`` skips them). Only the Grams named in ``grams`` are returned: the blocked
+    method below spends K JVPs per sample on each, and ``param_sq`` needs neither.
 
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
     ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l and
@@ -47,9 +51,13 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     and sum_{j,a} (g_cj h_a)^{2k} = (sum_j g_cj^{2k}) (sum_a h_a^{2k}).
     ``method="generic"`` differentiates with respect to every parameter and every layer input
     (any architecture). Where one chunk's parameter Jacobian would take more than ``max_bytes``
-    (K = 100 outputs of VGG-16-BN's 15M parameters: 12 GB per sample in float64), it switches
-    to ``_blocked_generic_jacobians``, which never holds more than ``max_bytes`` of it.
+    it takes fewer samples a chunk, down to one; where even one sample's would (K = 100
+    outputs of VGG-16-BN's 15M parameters: 12 GB in float64), it switches to
+    ``_blocked_generic_jacobians``, which never holds more than ``max_bytes`` of it.
     """
+    unknown = set(grams) - set(GRAMS)
+    if unknown:
+        raise ValueError(f"unknown Gram matrices {sorted(unknown)}; choose from {GRAMS}")
     if method == "auto":
         method = "linear" if _only_linear_parameters(model) else "generic"
     compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
@@ -57,20 +65,21 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         with torch.no_grad():
             num_outputs = model(x[:1]).shape[1]
         row_bytes = sum(p.numel() for p in model.parameters()) * x.element_size()
-        if min(chunk_size, len(x)) * num_outputs * row_bytes > max_bytes:
+        sample_bytes = num_outputs * row_bytes
+        if sample_bytes <= max_bytes:
+            chunk_size = min(chunk_size, max_bytes // sample_bytes)
+        else:
             rows = max(1, max_bytes // row_bytes)
-            compute = functools.partial(_blocked_generic_jacobians, rows=rows)
+            compute = functools.partial(_blocked_generic_jacobians, rows=rows, grams=grams)
     inputs = layers.layer_inputs(model, x)
     chunks = [compute(model, x[start:start + chunk_size],
                       [h[start:start + chunk_size] for h in inputs], moments)
               for start in range(0, len(x), chunk_size)]
-    gram = torch.cat([c["param_gram"] for c in chunks])
     return {
         "input": torch.cat([c["input"] for c in chunks]),
         "layer": [torch.cat([c["layer"][l] for c in chunks]) for l in range(len(inputs))],
-        "param_gram": gram,
-        "param_gram_adaptive": torch.cat([c["param_gram_adaptive"] for c in chunks]),
-        "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
+        **{key: torch.cat([c[key] for c in chunks]) for key in grams},
+        "param_sq": torch.cat([c["param_sq"] for c in chunks]),
         "weight_grad_norm": torch.cat([c["weight_grad_norm"] for c in chunks]),
         "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
@@ -135,6 +144,7 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
             "param_moments": param_moments,
             "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
             "param_gram": gram, "param_gram_adaptive": adaptive,
+            "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
 
 
@@ -171,9 +181,10 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
         d_params, d_input, d_layers = vmap(jacrev(output, argnums=(0, 1, 2)),
                                            in_dims=(None, 0, None))(params, x, zero)
     n = len(x)
+    gram = sum(_gram(j, n) for j in d_params.values())
     return {"input": d_input.reshape(n, d_input.shape[1], -1),
             "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
-            "param_gram": sum(_gram(j, n) for j in d_params.values()),
+            "param_gram": gram, "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
             "param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
                                        for name, j in d_params.items()),
             "param_moments": _columns([sum(j.reshape(n, -1).pow(2 * p).sum(1)
@@ -183,16 +194,18 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
 
 
 def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                               moments: tuple[int, ...], rows: int) -> dict:
+                               moments: tuple[int, ...], rows: int,
+                               grams: tuple[str, ...] = GRAMS) -> dict:
     """``_generic_jacobians`` without the parameter Jacobian J_i = df(x_i)/dtheta in memory:
     per sample, ``rows`` of its rows at a time.
 
     Rows: J_i^T e_c for a block of output basis vectors e_c, one vector-Jacobian product each
     (batched by vmap), which also give the rows of df/dx and df/dh_l; they add up to
-    ||grad_{W_l} f||_F^2 and the moments sum_c sum_p (J_i)_cp^{2k}. Gram columns:
-    J_i J_i^T e_c = J_i (J_i^T e_c) and J_i D^2 J_i^T e_c, one Jacobian-vector product each
-    with the rows as tangents. The Grams are symmetrised, (G + G^T) / 2, since the two products
-    round differently. Cost: K VJPs and 2 K JVPs per sample, against K VJPs for the dense way.
+    ||grad_{W_l} f||_F^2, ||J_i||_F^2 (``param_sq``) and the moments sum_c sum_p (J_i)_cp^{2k}.
+    Gram columns, only for the Grams named in ``grams``: J_i J_i^T e_c = J_i (J_i^T e_c) and
+    J_i D^2 J_i^T e_c, one Jacobian-vector product each with the rows as tangents. The Grams are
+    symmetrised, (G + G^T) / 2, since the two products round differently. Cost: K VJPs and
+    K JVPs per Gram per sample, against K VJPs for the dense way.
     """
     params, weight_names, zero, holder, output = _single_sample_output(model, inputs)
     samples = []
@@ -205,25 +218,28 @@ def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[t
                 return jvp(lambda p_: output(p_, x_single, zero), (params,), (tangent,))[1]
 
             k = out.shape[0]
-            parts: dict = {"input": [], "layer": [], "gram": [], "adaptive": []}
+            parts: dict = {"input": [], "layer": [], **{key: [] for key in grams}}
             weight_sq = torch.zeros(len(weight_names), dtype=x.dtype, device=x.device)
+            param_sq = x.new_zeros(())
             moment_sums = [x.new_zeros(()) for _ in moments]
             for basis in torch.eye(k, dtype=out.dtype, device=out.device).split(rows):
                 d_params, d_input, d_layers = vmap(pullback)(basis)
                 parts["input"].append(d_input.reshape(len(basis), -1))
                 parts["layer"].append([d.reshape(len(basis), -1) for d in d_layers])
                 weight_sq += torch.stack([d_params[w].pow(2).sum() for w in weight_names])
+                param_sq = param_sq + sum(d.pow(2).sum() for d in d_params.values())
                 moment_sums = [total + sum(d.pow(2 * p).sum() for d in d_params.values())
                                for total, p in zip(moment_sums, moments)]
-                parts["gram"].append(vmap(push)(d_params))
-                parts["adaptive"].append(vmap(push)(
-                    {name: d * params[name].pow(2) for name, d in d_params.items()}))
-            gram, adaptive = (torch.cat(parts[key]) for key in ("gram", "adaptive"))
+                for key in grams:
+                    tangents = d_params if key == "param_gram" else {
+                        name: d * params[name].pow(2) for name, d in d_params.items()}
+                    parts[key].append(vmap(push)(tangents))
+            columns = {key: torch.cat(parts[key]) for key in grams}
             samples.append({
                 "input": torch.cat(parts["input"]),
                 "layer": [torch.cat(block) for block in zip(*parts["layer"])],
-                "param_gram": (gram + gram.T) / 2,
-                "param_gram_adaptive": (adaptive + adaptive.T) / 2,
+                **{key: (gram + gram.T) / 2 for key, gram in columns.items()},
+                "param_sq": param_sq,
                 "param_moments": torch.stack(moment_sums) if moments else x.new_zeros(0),
                 "weight_grad_norm": weight_sq.sqrt()})
     return {key: ([torch.stack(block) for block in zip(*(s[key] for s in samples))]

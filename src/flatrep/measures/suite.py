@@ -223,12 +223,16 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
                                          cfg.get("probe_chunk", 16), loss=loss,
                                          max_bytes=max_bytes)
+    families = config.curvature_families(cfg)
+    grams = ("param_gram",) + (("param_gram_adaptive",) if "adaptive_sharpness" in families
+                               else ())
     ctx = Context(model, x, targets, loss, operator,
-                  jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes),
+                  jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes,
+                                                grams=grams),
                   curvature.hutchinson(operator, cfg["probes"],
                                        torch.Generator().manual_seed(seed)),
                   cfg, seed, max_bytes)
     values = core(ctx)
-    for name, options in config.curvature_families(cfg).items():
+    for name, options in families.items():
         values.update(FAMILIES[name](ctx, options))
     return values

@@ -7,12 +7,12 @@ never forms J_i: per sample it takes K VJPs for the rows J_i^T e_c in blocks, an
 each K x K Gram it is asked for (J_i J_i^T; J_i D^2 J_i^T for adaptive sharpness). The
 per-point measures need neither Gram (||J_i||_F^2 comes from the rows), the curvature suite
 needs J_i J_i^T and the adaptive one only with adaptive sharpness. This times each request at
-the default budget and at one small enough to force the row blocks, on the False-Friend
-CIFAR-100 networks (K = 100, random initialisation and inputs) in float64, and checks that
-every path gives the same values.
+the budgets given (by default 256 MiB, which forces the CNN's row blocks, and the default
+1 GiB), on the False-Friend CIFAR-100 networks (K = 100, random initialisation and inputs)
+in float64, and checks that every path gives the same values.
 
     python bench/blocked_jacobians.py [--case cnn|vgg16_bn] [--points 4] [--threads 2]
-        [--blocked-mb 256]
+        [--budgets-mb 256 1024]
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def main():
     parser.add_argument("--case", choices=sorted(CASES), default="cnn")
     parser.add_argument("--points", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--blocked-mb", type=int, default=256,
-                        help="the small budget, MiB (below one sample's J_i: row blocks)")
+    parser.add_argument("--budgets-mb", type=int, nargs="+",
+                        default=[256, config.MEASURE_MEMORY_MB],
+                        help="budgets to time, MiB (256: below one CNN sample's J_i)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def main():
     print("| budget, MiB | path | Grams computed | seconds | per point, s | speed-up |\n"
           "|---|---|---|---|---|---|")
     results, baseline = [], None
-    for budget_mb in (args.blocked_mb, config.MEASURE_MEMORY_MB):
+    for budget_mb in args.budgets_mb:
         for label, grams in REQUESTS:
             start = time.perf_counter()
             values = jacobian.per_sample_jacobians(model, x, chunk_size=args.points,

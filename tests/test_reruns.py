@@ -133,11 +133,11 @@ def result_bytes(project: Path) -> dict[str, bytes]:
 def test_dvc_repro_push_and_pull_on_a_fresh_clone_then_restamp(snakemake_project, tmp_path):
     """`dvc repro` runs every stage once, then reports up to date, and after a stats edit
     reruns the analysis only: no training or measure job, though DVC gives the data file a new
-    mtime (on data over 1 MB, which the Snakemake profile's checksum limit covers). `dvc pull` restores data, checkpoints and cube byte for byte and
-    DVC calls them current, but the clone has no `.snakemake/` metadata and pull-time mtimes;
-    after the re-stamp step `snakemake` plans nothing, and a later training parameter edit
-    still retrains every run (plain `--touch` would leave the training jobs without
-    provenance, blind to it)."""
+    mtime (on data over 1 MB, which the Snakemake profile's checksum limit covers). `dvc pull`
+    restores data, checkpoints and cube byte for byte and DVC calls them current, but the
+    clone has no `.snakemake/` metadata and pull-time mtimes; after the re-stamp step
+    `snakemake` plans nothing, and a later training parameter edit still retrains every run
+    (plain `--touch` would leave the training jobs without provenance, blind to it)."""
     project = copy_project(snakemake_project, tmp_path / "origin")
     edit_study(project, larger_data_without_curvature)
     git_dvc_project(project, tmp_path / "remote")

@@ -33,12 +33,11 @@ REQUESTS = [("both", jacobian.GRAMS),
 SHARED = ("param_sq", "weight_grad_norm", "input", "param_moments")
 
 
-def path(model: torch.nn.Module, max_bytes: int) -> str:
+def path(model: torch.nn.Module, chunk_size: int, max_bytes: int) -> str:
     """Which way ``jacobian.per_sample_jacobians`` goes at this budget (K = 100, float64)."""
     row_bytes = sum(p.numel() for p in model.parameters()) * 8
-    if 100 * row_bytes <= max_bytes:
-        return f"dense, {max_bytes // (100 * row_bytes)} sample(s) a chunk"
-    return f"row blocks of {max(1, max_bytes // row_bytes)}"
+    samples, rows = jacobian.generic_chunking(100, row_bytes, chunk_size, max_bytes)
+    return f"dense, {samples} sample(s) a chunk" if rows is None else f"row blocks of {rows}"
 
 
 def main():
@@ -68,8 +67,8 @@ def main():
             seconds = time.perf_counter() - start
             baseline = baseline or seconds
             results.append((grams, values))
-            print(f"| {budget_mb} | {path(model, budget_mb << 20)} | {label} | {seconds:.1f} | "
-                  f"{seconds / args.points:.2f} | {baseline / seconds:.2f} |")
+            print(f"| {budget_mb} | {path(model, args.points, budget_mb << 20)} | {label} | "
+                  f"{seconds:.1f} | {seconds / args.points:.2f} | {baseline / seconds:.2f} |")
     reference = results[0][1]
     worst = max(((values[key] - reference[key]).abs().max()
                  / reference[key].abs().max().clamp_min(1e-300)).item()

@@ -65,15 +65,12 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         with torch.no_grad():
             num_outputs = model(x[:1]).shape[1]
         row_bytes = sum(p.numel() for p in model.parameters()) * x.element_size()
-        sample_bytes = num_outputs * row_bytes
-        if sample_bytes <= max_bytes:
-            chunk_size = min(chunk_size, max_bytes // sample_bytes)
-        else:
-            rows = max(1, max_bytes // row_bytes)
-            compute = functools.partial(_blocked_generic_jacobians, rows=rows, grams=grams)
+        chunk_size, rows = generic_chunking(num_outputs, row_bytes, chunk_size, max_bytes)
+        if rows is not None:
+            compute = functools.partial(_blocked_generic_jacobians, rows=rows)
     inputs = layers.layer_inputs(model, x)
     chunks = [compute(model, x[start:start + chunk_size],
-                      [h[start:start + chunk_size] for h in inputs], moments)
+                      [h[start:start + chunk_size] for h in inputs], moments, grams)
               for start in range(0, len(x), chunk_size)]
     return {
         "input": torch.cat([c["input"] for c in chunks]),
@@ -84,6 +81,18 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
     }
+
+
+def generic_chunking(num_outputs: int, row_bytes: int, chunk_size: int,
+                     max_bytes: int) -> tuple[int, int | None]:
+    """(samples a chunk, rows a block) of the generic method within ``max_bytes``, for K =
+    ``num_outputs`` and one parameter-Jacobian row of ``row_bytes``: the dense way on at most
+    max_bytes // (K row_bytes) samples (rows None) while one sample's K x P fits, else one
+    sample at a time in blocks of max(1, max_bytes // row_bytes) rows."""
+    sample_bytes = num_outputs * row_bytes
+    if sample_bytes <= max_bytes:
+        return min(chunk_size, max_bytes // sample_bytes), None
+    return chunk_size, max(1, max_bytes // row_bytes)
 
 
 def _only_linear_parameters(model: nn.Module) -> bool:
@@ -103,7 +112,7 @@ def _frozen(model: nn.Module) -> dict:
 
 
 def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                      moments: tuple[int, ...]) -> dict:
+                      moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS) -> dict:
     """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms.
 
     One forward pass over the chunk and K vector-Jacobian products (basis vectors e_c batched
@@ -134,8 +143,10 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
                             dtype=x.dtype, device=x.device)
     gram = sum(torch.einsum("nkj,nlj->nkl", dz, dz) * (h_sq[:, l] + has_bias[l])[:, None, None]
                for l, dz in enumerate(d_outputs))
-    adaptive = sum(torch.einsum("nkj,nlj,nj->nkl", dz, dz, _adaptive_weights(module, h))
-                   for module, dz, h in zip(measured, d_outputs, inputs))
+    adaptive = ({"param_gram_adaptive": sum(
+        torch.einsum("nkj,nlj,nj->nkl", dz, dz, _adaptive_weights(module, h))
+        for module, dz, h in zip(measured, d_outputs, inputs))}
+        if "param_gram_adaptive" in grams else {})
     param_moments = _columns([
         sum((dz.pow(2 * p).sum(2) * (h.reshape(n, -1).pow(2 * p).sum(1, keepdim=True) + bias))
             .sum(1) for dz, h, bias in zip(d_outputs, inputs, has_bias))
@@ -143,7 +154,7 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
     return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
             "param_moments": param_moments,
             "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
-            "param_gram": gram, "param_gram_adaptive": adaptive,
+            "param_gram": gram, **adaptive,
             "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
 
@@ -174,7 +185,7 @@ def _single_sample_output(model: nn.Module, inputs: list[torch.Tensor]):
 
 
 def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                       moments: tuple[int, ...]) -> dict:
+                       moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS) -> dict:
     """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
     params, weight_names, zero, holder, output = _single_sample_output(model, inputs)
     with layers.perturbed_inputs(model, holder):
@@ -182,11 +193,12 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
                                            in_dims=(None, 0, None))(params, x, zero)
     n = len(x)
     gram = sum(_gram(j, n) for j in d_params.values())
+    adaptive = ({"param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
+                                            for name, j in d_params.items())}
+                if "param_gram_adaptive" in grams else {})
     return {"input": d_input.reshape(n, d_input.shape[1], -1),
             "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
-            "param_gram": gram, "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
-            "param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
-                                       for name, j in d_params.items()),
+            "param_gram": gram, "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1), **adaptive,
             "param_moments": _columns([sum(j.reshape(n, -1).pow(2 * p).sum(1)
                                            for j in d_params.values()) for p in moments], x),
             "weight_grad_norm": torch.stack(
@@ -194,8 +206,8 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
 
 
 def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                               moments: tuple[int, ...], rows: int,
-                               grams: tuple[str, ...] = GRAMS) -> dict:
+                               moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS,
+                               *, rows: int) -> dict:
     """``_generic_jacobians`` without the parameter Jacobian J_i = df(x_i)/dtheta in memory:
     per sample, ``rows`` of its rows at a time.
 
@@ -226,8 +238,9 @@ def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[t
                 d_params, d_input, d_layers = vmap(pullback)(basis)
                 parts["input"].append(d_input.reshape(len(basis), -1))
                 parts["layer"].append([d.reshape(len(basis), -1) for d in d_layers])
-                weight_sq += torch.stack([d_params[w].pow(2).sum() for w in weight_names])
-                param_sq = param_sq + sum(d.pow(2).sum() for d in d_params.values())
+                squares = {name: d.pow(2).sum() for name, d in d_params.items()}
+                weight_sq += torch.stack([squares[w] for w in weight_names])
+                param_sq = param_sq + sum(squares.values())
                 moment_sums = [total + sum(d.pow(2 * p).sum() for d in d_params.values())
                                for total, p in zip(moment_sums, moments)]
                 for key in grams:

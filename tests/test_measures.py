@@ -225,6 +225,35 @@ def test_a_chunk_over_budget_takes_fewer_samples_when_one_sample_fits(monkeypatc
         assert torch.allclose(whole[key], budgeted[key], rtol=1e-12, atol=1e-14), key
 
 
+@pytest.mark.parametrize("method", ["linear", "generic"])
+def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method):
+    """``input_jacobians=False`` (the curvature suite) returns no df/dx and df/dh_l, and the
+    Grams and the rest equal those of the full call."""
+    torch.manual_seed(12)
+    model = models.mlp(6, 3, [5, 4], activation="tanh").eval()
+    x = torch.randn(7, 6)
+    full = jacobian.per_sample_jacobians(model, x, chunk_size=3, method=method)
+    grams = jacobian.per_sample_jacobians(model, x, chunk_size=3, method=method,
+                                          input_jacobians=False)
+    assert "input" not in grams and "layer" not in grams
+    assert set(full) - set(grams) == {"input", "layer"}
+    for key in grams:
+        assert torch.allclose(full[key], grams[key], rtol=1e-13, atol=1e-15), key
+
+
+def test_input_jacobian_bytes_count_the_input_and_every_measured_layer_input():
+    """K (d + sum_l d_l) float64s a sample. MLP 6-5-4-3: x has 6 floats and the layers'
+    inputs 6, 5 and 4. The conv net on 2 x 8 x 8: x (128), the first conv's input (x, 128),
+    the second's (3 channels pooled to 4 x 4: 48), the hidden Linear's (4 x 2 x 2: 16) and the
+    head's (6)."""
+    mlp = models.mlp(6, 3, [5, 4]).eval()
+    assert jacobian.input_jacobian_bytes(mlp, torch.randn(2, 6)) == 3 * (6 + 6 + 5 + 4) * 8
+    cnn = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
+                       10).eval()
+    assert (jacobian.input_jacobian_bytes(cnn, torch.randn(2, 2, 8, 8))
+            == 10 * (128 + 128 + 48 + 16 + 6) * 8)
+
+
 def test_an_unknown_gram_is_refused_by_name():
     with pytest.raises(ValueError, match="'hessian'.*param_gram"):
         jacobian.per_sample_jacobians(models.mlp(3, 2, [4]).double(), torch.randn(2, 3),

@@ -145,6 +145,29 @@ def test_no_measurement_changes_batchnorm_buffers():
     assert all(np.isfinite(np.asarray(v)).all() for k, v in values.items() if k not in padded)
 
 
+def test_point_measures_in_pieces_within_the_budget_equal_one_pass(monkeypatch):
+    """A budget of 2.5 samples' input and layer Jacobians: the conv net's 7 points go through
+    in pieces of 2, 2, 2 and 1, and every per-sample measure equals the one-pass values."""
+    from flatrep import models
+    from flatrep.measures import jacobian
+
+    torch.manual_seed(3)
+    model = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
+                         10).eval()
+    x = torch.randn(7, 2, 8, 8)
+    whole = measure.point_measures(model, x, chunk_size=7, moments=(1, 2))
+    pieces = []
+    full = jacobian.per_sample_jacobians
+    monkeypatch.setattr(jacobian, "per_sample_jacobians",
+                        lambda model, x, *a, **kw: pieces.append(len(x)) or full(model, x, *a, **kw))
+    budget = int(2.5 * jacobian.input_jacobian_bytes(model, x))
+    budgeted = measure.point_measures(model, x, chunk_size=7, moments=(1, 2), max_bytes=budget)
+    assert pieces == [2, 2, 2, 1]
+    assert set(budgeted) == set(whole)
+    for key, value in whole.items():
+        np.testing.assert_allclose(budgeted[key], value, rtol=1e-11, atol=1e-14, err_msg=key)
+
+
 def test_conv_net_goes_through_every_measure():
     """The CNN (Conv1d layers, generic Jacobian path) through point measures, every curvature
     family and the layer norms; conv layers get the true operator norm and the surrogate."""

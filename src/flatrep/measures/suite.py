@@ -228,7 +228,7 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
                                else ())
     ctx = Context(model, x, targets, loss, operator,
                   jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes,
-                                                grams=grams),
+                                                grams=grams, input_jacobians=False),
                   curvature.hutchinson(operator, cfg["probes"],
                                        torch.Generator().manual_seed(seed)),
                   cfg, seed, max_bytes)

@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test report restamp clean
 
@@ -22,7 +23,7 @@ report: run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report report.html
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # After `dvc pull` on a fresh clone: record Snakemake's provenance of the pulled outputs, so
 # `snakemake` reruns nothing (only while `dvc status` is clean: the pulled files match the code).

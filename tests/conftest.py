@@ -19,14 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need a CUDA device: skipped, with one reason, where there is none."""
-    if torch.cuda.is_available():
-        return
+    """Tests marked ``gpu`` need a CUDA device: skipped, with one reason, where there is none.
+    Every test gets its pytest-xdist group (see :func:`worker_group`), before pytest-xdist's
+    own hook reads the groups."""
     skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
+        group = worker_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def worker_group(item) -> str | None:
+    """The worker that runs a test under ``pytest -n N --dist loadgroup`` (``make test``): tests
+    of the Snakemake-run project share one worker, and so do the tests of a module with a
+    module-scoped fixture, so each such fixture is built once; other tests go to any worker."""
+    if "snakemake_project" in item.fixturenames:
+        return "snakemake_project"
+    definitions = item._fixtureinfo.name2fixturedefs
+    if any(definitions[name][-1].scope == "module" for name in item.fixturenames
+           if name in definitions):
+        return item.module.__name__
+    return None
 
 
 @pytest.fixture

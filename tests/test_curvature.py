@@ -1,5 +1,6 @@
 """Curvature estimators against closed forms and dense Hessians, in float64."""
 
+import functools
 import math
 
 import pytest
@@ -156,19 +157,40 @@ def test_point_chunks_leave_the_per_sample_quadratic_forms_unchanged():
     torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=0.0)
 
 
-def test_points_per_hvp_from_the_activations_of_one_sample():
-    """mlp(4, 3, [5]) puts out Flatten 4 + Linear 5 + Tanh 5 + Linear 3 = 17 floats a sample;
-    a pass over 8 probes holds about 4 * 17 * 8 float64s (4352 bytes) a point."""
+def test_hvp_chunking_fits_probes_then_points_in_the_budget():
+    """mlp(4, 3, [5]) has P = 43 parameters and puts out Flatten 4 + Linear 5 + Tanh 5 +
+    Linear 3 = 17 floats a sample. A probe holds about 3 * 43 float64s (1032 bytes) whatever
+    its points, and 4 * 17 float64s (544 bytes) a point."""
     model = models.mlp(4, 3, [5], activation="tanh").double().train()
     x = torch.randn(50, 4)
     assert curvature.activation_floats(model, x) == 17 and model.training
-    point_bytes = curvature.ACTIVATION_COPIES * 17 * 8 * 8
-    assert curvature.points_per_hvp(model, x, 8, max_bytes=10**9) == 50
-    assert curvature.points_per_hvp(model, x, 8, max_bytes=12 * point_bytes + 1) == 12
-    assert curvature.points_per_hvp(model, x, 8, max_bytes=point_bytes // 2) == 1
+    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8
+    point_bytes = curvature.ACTIVATION_COPIES * 17 * 8
+    assert (probe_bytes, point_bytes) == (1032, 544)
+    chunking = functools.partial(curvature.hvp_chunking, model, x, 43, 8)
+    assert chunking(max_bytes=10**9) == (8, 50)
+    assert chunking(max_bytes=8 * (probe_bytes + 12 * point_bytes) + 1) == (8, 12)
+    assert chunking(max_bytes=8 * probe_bytes + point_bytes) == (8, 1)
+    assert chunking(max_bytes=5 * probe_bytes + 100) == (5, 1)
+    assert chunking(max_bytes=probe_bytes // 2) == (1, 1)
     operator = curvature.HessianOperator(model.eval(), x, torch.randn(50, 3), probe_chunk=8,
-                                         max_bytes=12 * point_bytes)
-    assert operator.point_chunk == 12
+                                         max_bytes=8 * (probe_bytes + 12 * point_bytes))
+    assert (operator.probe_chunk, operator.point_chunk) == (8, 12)
+
+
+def test_fewer_probes_a_pass_give_the_same_hessian_vector_products():
+    """A budget of two probes' parameter-sized vectors splits 5 probes 2 + 2 + 1 over one
+    point at a time: the same H V as one pass of all probes and points."""
+    torch.manual_seed(3)
+    model = models.mlp(4, 3, [5], activation="tanh").eval()
+    x, y = torch.randn(9, 4), torch.randn(9, 3)
+    v = torch.randn(5, 43)
+    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8
+    split = curvature.HessianOperator(model, x, y, probe_chunk=8, max_bytes=2 * probe_bytes)
+    assert (split.probe_chunk, split.point_chunk) == (2, 1)
+    whole = curvature.HessianOperator(model, x, y, probe_chunk=8)
+    assert (whole.probe_chunk, whole.point_chunk) == (8, 9)
+    torch.testing.assert_close(split(v), whole(v), rtol=1e-12, atol=1e-14)
 
 
 def test_gauss_newton_quadratic_form_matches_the_jacobians():

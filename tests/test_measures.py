@@ -225,16 +225,22 @@ def test_a_chunk_over_budget_takes_fewer_samples_when_one_sample_fits(monkeypatc
         assert torch.allclose(whole[key], budgeted[key], rtol=1e-12, atol=1e-14), key
 
 
-@pytest.mark.parametrize("method", ["linear", "generic"])
-def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method):
+@pytest.mark.parametrize("method, rows", [("linear", None), ("generic", None),
+                                          ("generic", 2)])
+def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method, rows):
     """``input_jacobians=False`` (the curvature suite) returns no df/dx and df/dh_l, and the
-    Grams and the rest equal those of the full call."""
+    Grams and the rest equal those of the full call: on the Linear closed forms, the dense
+    generic way, and in row blocks of 2 of the K = 3 rows (a budget of two parameter rows)."""
     torch.manual_seed(12)
-    model = models.mlp(6, 3, [5, 4], activation="tanh").eval()
-    x = torch.randn(7, 6)
-    full = jacobian.per_sample_jacobians(model, x, chunk_size=3, method=method)
+    model = models.mlp(6, 3, [5, 4], activation="tanh").eval().double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    row_bytes = sum(p.numel() for p in model.parameters()) * 8
+    budget = {} if rows is None else {"max_bytes": rows * row_bytes}
+    if rows is not None:
+        assert jacobian.generic_chunking(3, row_bytes, 3, rows * row_bytes) == (3, rows)
+    full = jacobian.per_sample_jacobians(model, x, chunk_size=3, method=method, **budget)
     grams = jacobian.per_sample_jacobians(model, x, chunk_size=3, method=method,
-                                          input_jacobians=False)
+                                          input_jacobians=False, **budget)
     assert "input" not in grams and "layer" not in grams
     assert set(full) - set(grams) == {"input", "layer"}
     for key in grams:
@@ -262,8 +268,8 @@ def test_an_unknown_gram_is_refused_by_name():
 
 def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
-    assert not jacobian._only_linear_parameters(model)
-    assert jacobian._only_linear_parameters(models.mlp(3, 2, [4]))
+    assert not jacobian.only_linear_parameters(model)
+    assert jacobian.only_linear_parameters(models.mlp(3, 2, [4]))
     x = torch.randn(3, 3)
     auto = jacobian.per_sample_jacobians(model, x)
     generic = jacobian.per_sample_jacobians(model, x, method="generic")

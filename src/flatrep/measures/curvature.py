@@ -43,11 +43,15 @@ from flatrep import losses
 
 #: How ``HessianOperator`` computes H V (``measure.curvature.hvp``).
 HVP_METHODS = ("forward_over_reverse", "forward_over_reverse_compiled", "double_backward")
-#: Default bound on the activations of one HVP pass (``points_per_hvp``).
+#: Default bound on the memory of one HVP pass (``hvp_chunking``).
 HVP_BYTES = 1 << 30
 #: Copies of a point's activations a forward-over-reverse pass holds per probe: primal and
 #: tangent, each saved for the backward pass and met by its cotangent (an estimate).
 ACTIVATION_COPIES = 4
+#: Parameter-sized vectors a pass holds per probe, whatever its points: the chunk's H v, its
+#: running sum over the point chunks, and the gradient's tangent before it is flattened (an
+#: estimate; bench/measure_memory.py measures the whole rise).
+PARAMETER_COPIES = 3
 
 
 class HessianOperator:
@@ -61,9 +65,10 @@ class HessianOperator:
     (TorchInductor's kernels: the same H V to rounding, faster per chunk once compiled, a
     compilation per distinct chunk shape in each process; bench/hvp_compile.py says when it
     pays); or ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
-    ``probe_chunk`` vectors are pushed through at once (memory grows with it), over
-    ``point_chunk`` points at a time (default ``points_per_hvp``: all points unless their
-    activations would pass ``max_bytes``); H V = sum_c H_c V over the point chunks c, H_c the
+    At most ``probe_chunk`` vectors are pushed through at once, over ``point_chunk`` points
+    at a time (``hvp_chunking`` fits both in ``max_bytes``: fewer probes where their
+    parameter-sized vectors alone would pass it, then all points unless their activations
+    would; a ``point_chunk`` given is kept); H V = sum_c H_c V over the point chunks c, H_c the
     Hessian of (1/n) sum_{i in c} l_i (a compiled operator compiles once more for a shorter
     last chunk).
     ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
@@ -77,7 +82,7 @@ class HessianOperator:
         if method not in HVP_METHODS:
             raise ValueError(f"unknown HVP method {method!r}; allowed: {list(HVP_METHODS)}")
         self.model, self.x, self.targets = model, x, targets
-        self.method, self.probe_chunk = method, probe_chunk
+        self.method = method
         params = {name: p.detach() for name, p in model.named_parameters()}
         unknown = set(wrt or []) - set(params)
         if unknown:
@@ -91,7 +96,9 @@ class HessianOperator:
         self.loss_fn = loss
         with torch.no_grad():
             self.output_values = self.outputs(self.theta)
-        self.point_chunk = point_chunk or points_per_hvp(model, x, probe_chunk, max_bytes)
+        self.probe_chunk, fitted_points = hvp_chunking(model, x, self.dim, probe_chunk,
+                                                       max_bytes)
+        self.point_chunk = point_chunk or fitted_points
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
@@ -163,13 +170,22 @@ def activation_floats(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def points_per_hvp(model: nn.Module, x: torch.Tensor, probe_chunk: int,
-                   max_bytes: int = HVP_BYTES) -> int:
-    """How many points one HVP pass takes: all of ``x``, fewer where the activations of a
-    forward-over-reverse pass, about ACTIVATION_COPIES * A * probe_chunk floats a point
-    (A = ``activation_floats``), would pass ``max_bytes`` (at least one point)."""
-    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * probe_chunk * x.element_size()
-    return max(1, min(len(x), max_bytes // max(point_bytes, 1)))
+def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
+                 max_bytes: int = HVP_BYTES) -> tuple[int, int]:
+    """(probes, points) of one HVP pass over ``dim`` parameters within ``max_bytes``.
+
+    A pass holds about PARAMETER_COPIES * dim floats a probe, whatever its points, and
+    ACTIVATION_COPIES * A floats a probe and point (A = ``activation_floats``). Probes:
+    ``probe_chunk``, fewer where their parameter-sized part would pass ``max_bytes`` (at
+    least one); points: all of ``x``, fewer where their activations would pass what is left
+    (at least one).
+    """
+    itemsize = x.element_size()
+    probe_bytes = PARAMETER_COPIES * dim * itemsize
+    probes = max(1, min(probe_chunk, max_bytes // probe_bytes))
+    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * probes * itemsize
+    points = (max_bytes - probes * probe_bytes) // max(point_bytes, 1)
+    return probes, max(1, min(len(x), points))
 
 
 @functools.cache

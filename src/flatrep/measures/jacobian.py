@@ -42,8 +42,10 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     sum_c sum_p (df_c/dtheta_p)^{2k} for each k in ``moments`` (Ma & Ying's g_W(k)^{2k};
     ``moments=()`` skips them). Only the Grams named in ``grams`` are returned: the blocked
     method below spends K JVPs per sample on each, and ``param_sq`` needs neither.
-    ``input_jacobians=False`` drops ``input`` and ``layer`` chunk by chunk: the curvature
-    suite needs only the Grams, and over its 1024 points the K (d + sum_l d_l) floats a sample
+    ``input_jacobians=False`` leaves out ``input`` and ``layer``: no chunk method keeps them
+    (the dense generic one does not form them; the blocked one's would otherwise stay until
+    its chunk ends, 4.6 GB for 32 samples of VGG-16-BN). The curvature suite needs only the
+    Grams, and over its 1024 points the K (d + sum_l d_l) floats a sample
     (``input_jacobian_bytes``) would take 14 GiB for the CIFAR-100 CNN and 145 GiB for
     VGG-16-BN in float64.
 
@@ -63,7 +65,7 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     if unknown:
         raise ValueError(f"unknown Gram matrices {sorted(unknown)}; choose from {GRAMS}")
     if method == "auto":
-        method = "linear" if _only_linear_parameters(model) else "generic"
+        method = "linear" if only_linear_parameters(model) else "generic"
     compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
     if method == "generic":
         with torch.no_grad():
@@ -73,10 +75,9 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         if rows is not None:
             compute = functools.partial(_blocked_generic_jacobians, rows=rows)
     inputs = layers.layer_inputs(model, x)
-    dropped = () if input_jacobians else ("input", "layer")
-    chunks = [_without(compute(model, x[start:start + chunk_size],
-                               [h[start:start + chunk_size] for h in inputs], moments, grams),
-                       dropped)
+    chunks = [compute(model, x[start:start + chunk_size],
+                      [h[start:start + chunk_size] for h in inputs], moments, grams,
+                      input_jacobians)
               for start in range(0, len(x), chunk_size)]
     jacobians = {"input": torch.cat([c["input"] for c in chunks]),
                  "layer": [torch.cat([c["layer"][l] for c in chunks])
@@ -89,11 +90,6 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
     }
-
-
-def _without(chunk: dict, keys: tuple[str, ...]) -> dict:
-    """``chunk`` without ``keys``, so what is not asked for is freed with the chunk."""
-    return {key: value for key, value in chunk.items() if key not in keys}
 
 
 def input_jacobian_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -118,7 +114,7 @@ def generic_chunking(num_outputs: int, row_bytes: int, chunk_size: int,
     return chunk_size, max(1, max_bytes // row_bytes)
 
 
-def _only_linear_parameters(model: nn.Module) -> bool:
+def only_linear_parameters(model: nn.Module) -> bool:
     """True when every parameter is the weight or bias of a measured nn.Linear layer."""
     linear = {id(p) for _, module in layers.measured_layers(model)
               if isinstance(module, nn.Linear) for p in module.parameters()}
@@ -135,8 +131,10 @@ def _frozen(model: nn.Module) -> dict:
 
 
 def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                      moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS) -> dict:
-    """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms.
+                      moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS,
+                      input_jacobians: bool = True) -> dict:
+    """One chunk: df/dx and df/dz_l by reverse mode, the rest by the Linear closed forms
+    (df/dx and df/dh_l returned only with ``input_jacobians``).
 
     One forward pass over the chunk and K vector-Jacobian products (basis vectors e_c batched
     by vmap) with respect to x and to zero perturbations of every layer input h_l and output
@@ -174,9 +172,10 @@ def _linear_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tens
         sum((dz.pow(2 * p).sum(2) * (h.reshape(n, -1).pow(2 * p).sum(1, keepdim=True) + bias))
             .sum(1) for dz, h, bias in zip(d_outputs, inputs, has_bias))
         for p in moments], x)
-    return {"input": d_input.transpose(0, 1).reshape(n, k, -1),
+    jacobians = {"input": d_input.transpose(0, 1).reshape(n, k, -1),
+                 "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers]}
+    return {**(jacobians if input_jacobians else {}),
             "param_moments": param_moments,
-            "layer": [dh.transpose(0, 1).reshape(n, k, -1) for dh in d_layers],
             "param_gram": gram, **adaptive,
             "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
             "weight_grad_norm": (dz_sq * h_sq).sqrt()}
@@ -208,21 +207,26 @@ def _single_sample_output(model: nn.Module, inputs: list[torch.Tensor]):
 
 
 def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
-                       moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS) -> dict:
-    """One chunk: reverse-mode Jacobians with respect to parameters, x and every layer input."""
+                       moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS,
+                       input_jacobians: bool = True) -> dict:
+    """One chunk: reverse-mode Jacobians with respect to the parameters, and with
+    ``input_jacobians`` to x and every layer input."""
     params, weight_names, zero, holder, output = _single_sample_output(model, inputs)
+    argnums = (0, 1, 2) if input_jacobians else (0,)
     with layers.perturbed_inputs(model, holder):
-        d_params, d_input, d_layers = vmap(jacrev(output, argnums=(0, 1, 2)),
-                                           in_dims=(None, 0, None))(params, x, zero)
+        d_params, *d_inputs = vmap(jacrev(output, argnums=argnums),
+                                   in_dims=(None, 0, None))(params, x, zero)
     n = len(x)
+    jacobians = {"input": d_inputs[0].reshape(n, d_inputs[0].shape[1], -1),
+                 "layer": [j.reshape(n, j.shape[1], -1) for j in d_inputs[1]]
+                 } if input_jacobians else {}
     gram = sum(_gram(j, n) for j in d_params.values())
     adaptive = ({"param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
                                             for name, j in d_params.items())}
                 if "param_gram_adaptive" in grams else {})
-    return {"input": d_input.reshape(n, d_input.shape[1], -1),
-            "layer": [j.reshape(n, j.shape[1], -1) for j in d_layers],
-            "param_gram": gram, "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1), **adaptive,
-            "param_moments": _columns([sum(j.reshape(n, -1).pow(2 * p).sum(1)
+    return {**jacobians, "param_gram": gram, **adaptive,
+            "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
+            "param_moments": _columns([sum(_power_sum(j.reshape(n, -1), 2 * p, dim=1)
                                            for j in d_params.values()) for p in moments], x),
             "weight_grad_norm": torch.stack(
                 [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
@@ -230,13 +234,14 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
 
 def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
                                moments: tuple[int, ...], grams: tuple[str, ...] = GRAMS,
-                               *, rows: int) -> dict:
+                               input_jacobians: bool = True, *, rows: int) -> dict:
     """``_generic_jacobians`` without the parameter Jacobian J_i = df(x_i)/dtheta in memory:
     per sample, ``rows`` of its rows at a time.
 
     Rows: J_i^T e_c for a block of output basis vectors e_c, one vector-Jacobian product each
-    (batched by vmap), which also give the rows of df/dx and df/dh_l; they add up to
-    ||grad_{W_l} f||_F^2, ||J_i||_F^2 (``param_sq``) and the moments sum_c sum_p (J_i)_cp^{2k}.
+    (batched by vmap), which also give the rows of df/dx and df/dh_l (kept only with
+    ``input_jacobians``); they add up to ||grad_{W_l} f||_F^2, ||J_i||_F^2 (``param_sq``) and
+    the moments sum_c sum_p (J_i)_cp^{2k} (``_row_block``, one block in memory at a time).
     Gram columns, only for the Grams named in ``grams``: J_i J_i^T e_c = J_i (J_i^T e_c) and
     J_i D^2 J_i^T e_c, one Jacobian-vector product each with the rows as tangents. The Grams are
     symmetrised, (G + G^T) / 2, since the two products round differently. Cost: K VJPs and
@@ -252,35 +257,51 @@ def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[t
                 """J_i t for a parameter tangent t (a JVP)."""
                 return jvp(lambda p_: output(p_, x_single, zero), (params,), (tangent,))[1]
 
-            k = out.shape[0]
-            parts: dict = {"input": [], "layer": [], **{key: [] for key in grams}}
-            weight_sq = torch.zeros(len(weight_names), dtype=x.dtype, device=x.device)
-            param_sq = x.new_zeros(())
-            moment_sums = [x.new_zeros(()) for _ in moments]
-            for basis in torch.eye(k, dtype=out.dtype, device=out.device).split(rows):
-                d_params, d_input, d_layers = vmap(pullback)(basis)
-                parts["input"].append(d_input.reshape(len(basis), -1))
-                parts["layer"].append([d.reshape(len(basis), -1) for d in d_layers])
-                squares = {name: d.pow(2).sum() for name, d in d_params.items()}
-                weight_sq += torch.stack([squares[w] for w in weight_names])
-                param_sq = param_sq + sum(squares.values())
-                moment_sums = [total + sum(d.pow(2 * p).sum() for d in d_params.values())
-                               for total, p in zip(moment_sums, moments)]
-                for key in grams:
-                    tangents = d_params if key == "param_gram" else {
-                        name: d * params[name].pow(2) for name, d in d_params.items()}
-                    parts[key].append(vmap(push)(tangents))
-            columns = {key: torch.cat(parts[key]) for key in grams}
+            eye = torch.eye(out.shape[0], dtype=out.dtype, device=out.device)
+            blocks = [_row_block(pullback, push, basis, params, weight_names, moments, grams,
+                                 input_jacobians) for basis in eye.split(rows)]
+            jacobians = {"input": torch.cat([b["input"] for b in blocks]),
+                         "layer": [torch.cat(layer_rows)
+                                   for layer_rows in zip(*(b["layer"] for b in blocks))]
+                         } if input_jacobians else {}
+            columns = {key: torch.cat([b[key] for b in blocks]) for key in grams}
             samples.append({
-                "input": torch.cat(parts["input"]),
-                "layer": [torch.cat(block) for block in zip(*parts["layer"])],
+                **jacobians,
                 **{key: (gram + gram.T) / 2 for key, gram in columns.items()},
-                "param_sq": param_sq,
-                "param_moments": torch.stack(moment_sums) if moments else x.new_zeros(0),
-                "weight_grad_norm": weight_sq.sqrt()})
+                "param_sq": sum(b["param_sq"] for b in blocks),
+                "param_moments": (torch.stack([sum(b["moments"][m] for b in blocks)
+                                               for m in range(len(moments))])
+                                  if moments else x.new_zeros(0)),
+                "weight_grad_norm": sum(b["weight_sq"] for b in blocks).sqrt()})
     return {key: ([torch.stack(block) for block in zip(*(s[key] for s in samples))]
                   if key == "layer" else torch.stack([s[key] for s in samples]))
             for key in samples[0]}
+
+
+def _row_block(pullback, push, basis: torch.Tensor, params: dict, weight_names: list[str],
+               moments: tuple[int, ...], grams: tuple[str, ...], input_jacobians: bool) -> dict:
+    """One block of rows J_i^T e_c (c in ``basis``, a VJP each) reduced to what is kept: the
+    rows of df/dx and df/dh_l (with ``input_jacobians``), the squared norms of the measured
+    weights' rows and of all rows, the moment sums, and for each Gram in ``grams`` its
+    columns J_i J_i^T e_c or J_i D^2 J_i^T e_c (``push``, a JVP each). The block dies on
+    return, before the next one is pulled back, so one block is in memory at a time."""
+    d_params, d_input, d_layers = vmap(pullback)(basis)
+    squares = {name: _power_sum(d, 2) for name, d in d_params.items()}
+    jacobians = {"input": d_input.reshape(len(basis), -1),
+                 "layer": [d.reshape(len(basis), -1) for d in d_layers]} if input_jacobians else {}
+    columns = {key: vmap(push)(d_params if key == "param_gram" else
+                               {name: d * params[name].pow(2) for name, d in d_params.items()})
+               for key in grams}
+    return {**jacobians, **columns,
+            "weight_sq": torch.stack([squares[w] for w in weight_names]),
+            "param_sq": sum(squares.values()),
+            "moments": [sum(_power_sum(d, 2 * p) for d in d_params.values()) for p in moments]}
+
+
+def _power_sum(t: torch.Tensor, power: int, dim: int | None = None) -> torch.Tensor:
+    """sum of t^power over ``dim`` (all entries when None), ``power`` even: ||t||_power^power,
+    one reduction that makes no copy of t (t.pow(power) would double a K x P row block)."""
+    return torch.linalg.vector_norm(t, ord=power, dim=dim) ** power
 
 
 def _gram(jacobian: torch.Tensor, n: int) -> torch.Tensor:

@@ -217,8 +217,9 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     between checkpoints are not probe noise. Everything runs on the device of ``model``,
     ``x`` and ``targets`` (chosen by ``flatrep.measure.measure_run``); the probes are drawn on
     the CPU from seeded CPU generators and moved there, so they are the same on every device.
-    ``max_bytes`` (``measure.memory_mb``) bounds the parameter Jacobian blocks, the
-    activations of one HVP pass and one batch of output-curvature Lanczos bases.
+    ``max_bytes`` (``measure.memory_mb``) bounds the parameter Jacobian blocks, one HVP
+    pass (its probes' parameter-sized vectors and activations) and one batch of
+    output-curvature Lanczos bases.
     """
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
                                          cfg.get("probe_chunk", 16), loss=loss,

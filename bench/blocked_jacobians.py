@@ -33,10 +33,11 @@ REQUESTS = [("both", jacobian.GRAMS),
 SHARED = ("param_sq", "weight_grad_norm", "input", "param_moments")
 
 
-def path(model: torch.nn.Module, chunk_size: int, max_bytes: int) -> str:
-    """Which way ``jacobian.per_sample_jacobians`` goes at this budget (K = 100, float64)."""
-    row_bytes = sum(p.numel() for p in model.parameters()) * 8
-    samples, rows = jacobian.generic_chunking(100, row_bytes, chunk_size, max_bytes)
+def path(model: torch.nn.Module, x: torch.Tensor, max_bytes: int) -> str:
+    """Which way ``jacobian.per_sample_jacobians`` goes at this budget on x in one chunk
+    (K = 100)."""
+    samples, rows = jacobian.generic_chunking(100, jacobian.row_bytes(model, x), len(x),
+                                              max_bytes)
     return f"dense, {samples} sample(s) a chunk" if rows is None else f"row blocks of {rows}"
 
 
@@ -67,7 +68,7 @@ def main():
             seconds = time.perf_counter() - start
             baseline = baseline or seconds
             results.append((grams, values))
-            print(f"| {budget_mb} | {path(model, args.points, budget_mb << 20)} | {label} | "
+            print(f"| {budget_mb} | {path(model, x, budget_mb << 20)} | {label} | "
                   f"{seconds:.1f} | {seconds / args.points:.2f} | {baseline / seconds:.2f} |")
     reference = results[0][1]
     worst = max(((values[key] - reference[key]).abs().max()

@@ -7,17 +7,19 @@ and reports how far the process's memory rises during it, beside the part B boun
 
 * ``hvp``: one forward-over-reverse pass of the probes and points ``curvature.hvp_chunking``
   picks for the study's ``probe_chunk`` and curvature points; bounded part
-  probes * (PARAMETER_COPIES * P + ACTIVATION_COPIES * A * points) floats (A: one sample's
-  leaf-module outputs, ``curvature.activation_floats``).
+  probes * (PARAMETER_COPIES * P + ACTIVATION_COPIES * A * points) floats (A: the floats one
+  sample's forward pass allocates, ``curvature.activation_floats``).
 * ``grams``: the curvature core's per-sample Jacobians (J_i J_i^T only, ``input_jacobians``
-  off) of ``--jacobian-points`` points; bounded part one chunk's K x P Jacobian (dense) or one
-  row block (``jacobian.generic_chunking``); nothing else grows with the points but the K x K
+  off) of ``--jacobian-points`` points; bounded part one chunk's K rows a sample (dense) or one
+  row block, each row P floats and A for its VJP's cotangents (``jacobian.row_bytes``,
+  ``jacobian.generic_chunking``); nothing else grows with the points but the K x K
   Grams.
 * ``grams_with_input``: the same call keeping df/dx and df/dh_l, as the suite did before,
   which hold K (d + sum_l d_l) floats a point (``jacobian.input_jacobian_bytes``) for every
   point at once, outside the budget.
 * ``points``: ``measure.point_measures`` on the study's ``measure.points`` (capped by
-  ``--jacobian-points``); bounded part one piece's input and layer Jacobians.
+  ``--jacobian-points``); bounded part one piece's input and layer Jacobians and one of its
+  chunks' parameter Jacobian (dense) or row block, each within half the budget.
 * ``lanczos``: one batch of output-curvature Lanczos runs (``output_curvature.rows_per_batch``
   rows); bounded part (steps + ROW_VECTORS) * P floats a row.
 
@@ -130,12 +132,14 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
             return operator(vectors)
         return run, chunk, f"{chunk} points x {probes} probes", bounded
     if what in ("grams", "grams_with_input"):
-        samples, rows = jacobian.generic_chunking(k, num_params * itemsize, 32, budget)
+        row_bytes = jacobian.row_bytes(model, x)
+        samples, rows = jacobian.generic_chunking(k, row_bytes, 32, budget)
         linear = jacobian.only_linear_parameters(model)
         chunking = ("linear closed forms" if linear else
                     f"dense, {samples} sample(s) a chunk" if rows is None else
                     f"row blocks of {rows}")
-        bounded = 0 if linear else (samples * k if rows is None else rows) * num_params * itemsize
+        block = min(samples, jacobian_points) * k if rows is None else rows
+        bounded = 0 if linear else block * row_bytes
 
         def run(points):
             return jacobian.per_sample_jacobians(model, x[:points], moments=(),
@@ -143,14 +147,18 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
                                                  input_jacobians=what == "grams_with_input")
         return run, jacobian_points, chunking, bounded
     if what == "points":
-        piece = max(1, min(setup["chunk_size"],
-                           budget // jacobian.input_jacobian_bytes(model, x)))
+        piece = measure.points_per_piece(model, x, setup["chunk_size"], budget)
         points = min(setup["points"], jacobian_points)
+        linear = jacobian.only_linear_parameters(model)
+        row_bytes = jacobian.row_bytes(model, x)
+        samples, rows = jacobian.generic_chunking(k, row_bytes, setup["chunk_size"], budget // 2)
+        block = 0 if linear else (min(samples, piece) * k if rows is None else rows)
 
         def run(count):
             return measure.point_measures(model, x[:count], setup["chunk_size"], (1, 2), budget)
         return (run, points, f"pieces of {piece}",
-                min(piece, points) * jacobian.input_jacobian_bytes(model, x))
+                (min(piece, points) * jacobian.input_jacobian_bytes(model, x)
+                 + block * row_bytes))
     steps = min(setup["lanczos_steps"], num_params)
     rows = output_curvature.rows_per_batch(num_params, steps, itemsize,
                                            setup["lanczos_point_chunk"], k, budget)

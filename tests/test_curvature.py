@@ -158,34 +158,47 @@ def test_point_chunks_leave_the_per_sample_quadratic_forms_unchanged():
 
 
 def test_hvp_chunking_fits_probes_then_points_in_the_budget():
-    """mlp(4, 3, [5]) has P = 43 parameters and puts out Flatten 4 + Linear 5 + Tanh 5 +
-    Linear 3 = 17 floats a sample. A probe holds about 3 * 43 float64s (1032 bytes) whatever
-    its points, and 4 * 17 float64s (544 bytes) a point."""
+    """mlp(4, 3, [5]) has P = 43 parameters; one sample's forward allocates Linear 5 + Tanh 5
+    + Linear 3 = 13 floats (x and its flattening are not new). A probe holds about 3 * 43
+    float64s (1032 bytes) whatever its points, and 4 * 13 float64s (416 bytes) a point."""
     model = models.mlp(4, 3, [5], activation="tanh").double().train()
     x = torch.randn(50, 4)
-    assert curvature.activation_floats(model, x) == 17 and model.training
+    assert curvature.activation_floats(model, x) == 13 and model.training
     probe_bytes = curvature.PARAMETER_COPIES * 43 * 8
-    point_bytes = curvature.ACTIVATION_COPIES * 17 * 8
-    assert (probe_bytes, point_bytes) == (1032, 544)
+    point_bytes = curvature.ACTIVATION_COPIES * 13 * 8
+    assert (probe_bytes, point_bytes) == (1032, 416)
     chunking = functools.partial(curvature.hvp_chunking, model, x, 43, 8)
     assert chunking(max_bytes=10**9) == (8, 50)
     assert chunking(max_bytes=8 * (probe_bytes + 12 * point_bytes) + 1) == (8, 12)
-    assert chunking(max_bytes=8 * probe_bytes + point_bytes) == (8, 1)
-    assert chunking(max_bytes=5 * probe_bytes + 100) == (5, 1)
+    assert chunking(max_bytes=8 * (probe_bytes + point_bytes)) == (8, 1)
+    assert chunking(max_bytes=5 * (probe_bytes + point_bytes) + 100) == (5, 1)
     assert chunking(max_bytes=probe_bytes // 2) == (1, 1)
     operator = curvature.HessianOperator(model.eval(), x, torch.randn(50, 3), probe_chunk=8,
                                          max_bytes=8 * (probe_bytes + 12 * point_bytes))
     assert (operator.probe_chunk, operator.point_chunk) == (8, 12)
 
 
+def test_activation_floats_count_what_runs_outside_modules():
+    """Attention written with plain tensor operations inside one module, on T = 6 tokens of
+    width 4: the scores Q K^T (T x T), their scaled copy (T x T), the softmax (T x T) and the
+    weighted values (T x 4), 3 * 36 + 24 = 132 floats; module hooks saw only the output."""
+
+    class Attention(nn.Module):
+        def forward(self, tokens):
+            scores = tokens @ tokens.transpose(-2, -1)
+            return (scores / 2.0).softmax(-1) @ tokens
+
+    assert curvature.activation_floats(Attention(), torch.randn(3, 6, 4)) == 3 * 36 + 24
+
+
 def test_fewer_probes_a_pass_give_the_same_hessian_vector_products():
-    """A budget of two probes' parameter-sized vectors splits 5 probes 2 + 2 + 1 over one
-    point at a time: the same H V as one pass of all probes and points."""
+    """A budget of two probes' parameter-sized vectors and one point's activations each
+    splits 5 probes 2 + 2 + 1 over one point at a time: the same H V as one pass of all probes and points."""
     torch.manual_seed(3)
     model = models.mlp(4, 3, [5], activation="tanh").eval()
     x, y = torch.randn(9, 4), torch.randn(9, 3)
     v = torch.randn(5, 43)
-    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8
+    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8 + curvature.ACTIVATION_COPIES * 13 * 8
     split = curvature.HessianOperator(model, x, y, probe_chunk=8, max_bytes=2 * probe_bytes)
     assert (split.probe_chunk, split.point_chunk) == (2, 1)
     whole = curvature.HessianOperator(model, x, y, probe_chunk=8)

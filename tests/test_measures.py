@@ -171,7 +171,7 @@ def test_a_parameter_jacobian_over_budget_is_built_in_row_blocks_with_the_same_r
     torch.manual_seed(10)
     model = models.build(spec, shape, 10).double().eval()
     x = torch.randn(5, *shape)
-    row_bytes = sum(p.numel() for p in model.parameters()) * 8
+    row_bytes = jacobian.row_bytes(model, x)
     dense = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic")
     calls = []
     blocked_way = jacobian._blocked_generic_jacobians
@@ -211,7 +211,7 @@ def test_a_chunk_over_budget_takes_fewer_samples_when_one_sample_fits(monkeypatc
     model = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
                          10).double().eval()
     x = torch.randn(5, 2, 8, 8)
-    sample_bytes = 10 * sum(p.numel() for p in model.parameters()) * 8
+    sample_bytes = 10 * jacobian.row_bytes(model, x)
     whole = jacobian.per_sample_jacobians(model, x, chunk_size=5, method="generic")
     chunks = []
     dense_way = jacobian._generic_jacobians
@@ -234,7 +234,7 @@ def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method, rows):
     torch.manual_seed(12)
     model = models.mlp(6, 3, [5, 4], activation="tanh").eval().double()
     x = torch.randn(7, 6, dtype=torch.float64)
-    row_bytes = sum(p.numel() for p in model.parameters()) * 8
+    row_bytes = jacobian.row_bytes(model, x)
     budget = {} if rows is None else {"max_bytes": rows * row_bytes}
     if rows is not None:
         assert jacobian.generic_chunking(3, row_bytes, 3, rows * row_bytes) == (3, rows)
@@ -245,6 +245,14 @@ def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method, rows):
     assert set(full) - set(grams) == {"input", "layer"}
     for key in grams:
         assert torch.allclose(full[key], grams[key], rtol=1e-13, atol=1e-15), key
+
+
+def test_row_bytes_count_the_parameters_and_the_activations_a_vjp_pulls_back_through():
+    """MLP 6-5-4-3: P = 35 + 24 + 15 = 74 parameters, and one sample's forward allocates
+    the Linear and tanh outputs 5 + 5 + 4 + 4 + 3 = 21 floats: (74 + 21) float64s a row."""
+    mlp = models.mlp(6, 3, [5, 4], activation="tanh").eval()
+    assert sum(p.numel() for p in mlp.parameters()) == 74
+    assert jacobian.row_bytes(mlp, torch.randn(2, 6)) == (74 + 21) * 8
 
 
 def test_input_jacobian_bytes_count_the_input_and_every_measured_layer_input():

@@ -59,18 +59,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: in
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
                    moments: tuple[int, ...],
                    max_bytes: int = config.MEASURE_MEMORY_MB << 20) -> dict[str, np.ndarray]:
-    """All per-sample measures at points x (float64 model and inputs); ``max_bytes`` bounds
-    the parameter Jacobian of a chunk (``jacobian.per_sample_jacobians``) and the input and
-    layer Jacobians held at once: the points go through in pieces of at most
-    max_bytes // ``jacobian.input_jacobian_bytes`` (and ``chunk_size``), at least one, since
-    every measure is a sample's own (VGG-16-BN's 100 points on CIFAR-100 would hold 14 GiB).
+    """All per-sample measures at points x (float64 model and inputs). The input and layer
+    Jacobians of a piece of the points and the parameter Jacobian of one of its chunks
+    (``jacobian.per_sample_jacobians``) are held at once, so each gets half of ``max_bytes``:
+    pieces of at most (max_bytes / 2) // ``jacobian.input_jacobian_bytes`` points (and
+    ``chunk_size``), at least one, since every measure is a sample's own (VGG-16-BN's 100
+    points on CIFAR-100 would hold 14 GiB).
 
     log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf.
     """
-    piece = max(1, min(chunk_size, max_bytes // jacobian.input_jacobian_bytes(model, x)))
-    pieces = [_piece_measures(model, part, chunk_size, moments, max_bytes)
-              for part in x.split(piece)]
+    pieces = [_piece_measures(model, part, chunk_size, moments, max_bytes // 2)
+              for part in x.split(points_per_piece(model, x, chunk_size, max_bytes))]
     return {key: np.concatenate([values[key] for values in pieces]) for key in pieces[0]}
+
+
+def points_per_piece(model: nn.Module, x: torch.Tensor, chunk_size: int, max_bytes: int) -> int:
+    """Points of one piece of ``point_measures``: their input and layer Jacobians within half
+    of ``max_bytes``, at most ``chunk_size``, at least one."""
+    return max(1, min(chunk_size, max_bytes // 2 // jacobian.input_jacobian_bytes(model, x)))
 
 
 def _piece_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,

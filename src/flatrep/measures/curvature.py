@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flatrep import losses
 
@@ -147,27 +148,50 @@ class HessianOperator:
 
 
 def activation_floats(model: nn.Module, x: torch.Tensor) -> int:
-    """Floats the leaf modules of ``model`` put out for the single sample ``x[:1]`` (forward
-    hooks, in eval mode, so no BatchNorm statistics move; operations outside modules are not
-    counted): an estimate of one sample's activations."""
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        outputs = output if isinstance(output, (tuple, list)) else (output,)
-        total += sum(t.numel() for t in outputs if isinstance(t, torch.Tensor))
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(count) for m in leaves]
+    """Floats the forward pass of ``model`` allocates for the single sample ``x[:1]``: every
+    floating-point tensor an ATen operation puts out that shares no storage with its inputs
+    (views, in-place results and reshapes of a fresh result are not new memory), in eval mode,
+    so no BatchNorm statistics move. Operations outside modules count too (attention's
+    T x T scores, residual sums, normalisation intermediates): an estimate of one sample's
+    activations."""
+    counter = _AllocatedFloats()
     training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model.eval()(x[:1])
     finally:
         model.train(training)
-        for handle in handles:
-            handle.remove()
-    return total
+    return counter.total
+
+
+class _AllocatedFloats(TorchDispatchMode):
+    """Adds up the floating-point entries of the new tensors the operations run inside it
+    put out (``total``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr()
+                  for t in _tensors((*args, *kwargs.values()))}
+        self.total += sum(t.numel() for t in _tensors((result,))
+                          if t.is_floating_point()
+                          and t.untyped_storage().data_ptr() not in inputs)
+        return result
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    """The tensors among ``values`` and inside their tuples and lists."""
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found.extend(_tensors(value))
+    return found
 
 
 def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
@@ -176,15 +200,15 @@ def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
 
     A pass holds about PARAMETER_COPIES * dim floats a probe, whatever its points, and
     ACTIVATION_COPIES * A floats a probe and point (A = ``activation_floats``). Probes:
-    ``probe_chunk``, fewer where their parameter-sized part would pass ``max_bytes`` (at
-    least one); points: all of ``x``, fewer where their activations would pass what is left
-    (at least one).
+    ``probe_chunk``, fewer where even one point each would pass ``max_bytes`` (at least one);
+    points: all of ``x``, fewer where their activations would pass what the probes' vectors
+    leave (at least one).
     """
     itemsize = x.element_size()
     probe_bytes = PARAMETER_COPIES * dim * itemsize
-    probes = max(1, min(probe_chunk, max_bytes // probe_bytes))
-    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * probes * itemsize
-    points = (max_bytes - probes * probe_bytes) // max(point_bytes, 1)
+    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * itemsize
+    probes = max(1, min(probe_chunk, max_bytes // (probe_bytes + point_bytes)))
+    points = (max_bytes - probes * probe_bytes) // (probes * point_bytes)
     return probes, max(1, min(len(x), points))
 
 

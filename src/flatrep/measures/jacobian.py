@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from flatrep.measures import layers
+from flatrep.measures.curvature import activation_floats
 
 #: The most bytes the parameter Jacobian of one chunk, chunk x K x P values, may take in the
 #: ``generic`` method; a larger one is never formed (``_blocked_generic_jacobians``).
@@ -70,8 +71,8 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     if method == "generic":
         with torch.no_grad():
             num_outputs = model(x[:1]).shape[1]
-        row_bytes = sum(p.numel() for p in model.parameters()) * x.element_size()
-        chunk_size, rows = generic_chunking(num_outputs, row_bytes, chunk_size, max_bytes)
+        chunk_size, rows = generic_chunking(num_outputs, row_bytes(model, x), chunk_size,
+                                            max_bytes)
         if rows is not None:
             compute = functools.partial(_blocked_generic_jacobians, rows=rows)
     inputs = layers.layer_inputs(model, x)
@@ -102,12 +103,21 @@ def input_jacobian_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return num_outputs * floats * x.element_size()
 
 
+def row_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes one row of a sample's parameter Jacobian costs the generic method: the row,
+    P floats, and the cotangents of the activations its VJP pulls back through, A floats
+    (``curvature.activation_floats``; they outweigh P for the transformer), in x's dtype."""
+    num_params = sum(p.numel() for p in model.parameters())
+    return (num_params + activation_floats(model, x)) * x.element_size()
+
+
 def generic_chunking(num_outputs: int, row_bytes: int, chunk_size: int,
                      max_bytes: int) -> tuple[int, int | None]:
     """(samples a chunk, rows a block) of the generic method within ``max_bytes``, for K =
-    ``num_outputs`` and one parameter-Jacobian row of ``row_bytes``: the dense way on at most
-    max_bytes // (K row_bytes) samples (rows None) while one sample's K x P fits, else one
-    sample at a time in blocks of max(1, max_bytes // row_bytes) rows."""
+    ``num_outputs`` and one parameter-Jacobian row costing ``row_bytes`` (``row_bytes()``):
+    the dense way on at most max_bytes // (K row_bytes) samples (rows None) while one
+    sample's K rows fit, else one sample at a time in blocks of max(1, max_bytes // row_bytes)
+    rows."""
     sample_bytes = num_outputs * row_bytes
     if sample_bytes <= max_bytes:
         return min(chunk_size, max_bytes // sample_bytes), None

@@ -152,7 +152,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
         linear = jacobian.only_linear_parameters(model)
         row_bytes = jacobian.row_bytes(model, x)
         samples, rows = jacobian.generic_chunking(k, row_bytes, setup["chunk_size"], budget // 2)
-        block = 0 if linear else (min(samples, piece) * k if rows is None else rows)
+        block = 0 if linear else (min(samples, piece, points) * k if rows is None else rows)
 
         def run(count):
             return measure.point_measures(model, x[:count], setup["chunk_size"], (1, 2), budget)

@@ -27,9 +27,11 @@ from flatrep.measures import curvature
 
 #: Default bound on one batched Lanczos's working set (``output_hessian_norms``).
 LANCZOS_BYTES = 1 << 30
-#: P-vectors a row holds besides its ``steps`` basis vectors: the residual w, its start, and
-#: the gradient, tangent and product of the forward-over-reverse HVP (an estimate).
-ROW_VECTORS = 6
+#: P-vectors a row holds besides its ``steps`` basis vectors: its start, the gathered active
+#: column, the residual w and the temporaries of its two reorthogonalisations and of the next
+#: column, and the gradient, tangent and product of the forward-over-reverse HVP (an
+#: estimate that bench/measure_memory.py checks against the measured rise).
+ROW_VECTORS = 11
 
 @dataclass(frozen=True)
 class OutputCurvature:

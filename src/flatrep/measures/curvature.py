@@ -68,10 +68,10 @@ class HessianOperator:
     pays); or ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
     At most ``probe_chunk`` vectors are pushed through at once, over ``point_chunk`` points
     at a time (``hvp_chunking`` fits both in ``max_bytes``: fewer probes where their
-    parameter-sized vectors alone would pass it, then all points unless their activations
-    would; a ``point_chunk`` given is kept); H V = sum_c H_c V over the point chunks c, H_c the
-    Hessian of (1/n) sum_{i in c} l_i (a compiled operator compiles once more for a shorter
-    last chunk).
+    parameter-sized vectors and one point each would pass it, then all points unless their
+    activations would; a ``point_chunk`` given is kept); H V = sum_c H_c V over the point
+    chunks c, H_c the Hessian of (1/n) sum_{i in c} l_i (a compiled operator compiles once
+    more for a shorter last chunk).
     ``wrt``: names of the parameters H is taken over (default all); the others stay fixed.
     ``device``: that of the parameters (model, ``x`` and ``targets`` must share it).
     """

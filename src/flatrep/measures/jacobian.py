@@ -111,17 +111,17 @@ def row_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return (num_params + activation_floats(model, x)) * x.element_size()
 
 
-def generic_chunking(num_outputs: int, row_bytes: int, chunk_size: int,
+def generic_chunking(num_outputs: int, bytes_a_row: int, chunk_size: int,
                      max_bytes: int) -> tuple[int, int | None]:
     """(samples a chunk, rows a block) of the generic method within ``max_bytes``, for K =
-    ``num_outputs`` and one parameter-Jacobian row costing ``row_bytes`` (``row_bytes()``):
-    the dense way on at most max_bytes // (K row_bytes) samples (rows None) while one
-    sample's K rows fit, else one sample at a time in blocks of max(1, max_bytes // row_bytes)
-    rows."""
-    sample_bytes = num_outputs * row_bytes
+    ``num_outputs`` and one parameter-Jacobian row costing ``bytes_a_row`` (``row_bytes``):
+    the dense way on at most max_bytes // (K bytes_a_row) samples (rows None) while one
+    sample's K rows fit, else one sample at a time in blocks of
+    max(1, max_bytes // bytes_a_row) rows."""
+    sample_bytes = num_outputs * bytes_a_row
     if sample_bytes <= max_bytes:
         return min(chunk_size, max_bytes // sample_bytes), None
-    return chunk_size, max(1, max_bytes // row_bytes)
+    return chunk_size, max(1, max_bytes // bytes_a_row)
 
 
 def only_linear_parameters(model: nn.Module) -> bool:

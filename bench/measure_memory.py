@@ -105,6 +105,20 @@ class Memory:
         raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def parameter_jacobian_block(model, x: torch.Tensor, k: int, chunk_size: int, points: int,
+                             budget: int) -> tuple[str, int]:
+    """(path, bytes) of the largest parameter-Jacobian block ``per_sample_jacobians`` holds
+    for ``points`` points: none on the Linear closed forms, one chunk's K rows a sample on the
+    dense way, or one row block (``jacobian.generic_chunking``)."""
+    if jacobian.only_linear_parameters(model):
+        return "linear closed forms", 0
+    row_bytes = jacobian.row_bytes(model, x)
+    samples, rows = jacobian.generic_chunking(k, row_bytes, chunk_size, budget)
+    if rows is None:
+        return f"dense, {samples} sample(s) a chunk", min(samples, points) * k * row_bytes
+    return f"row blocks of {rows}", rows * row_bytes
+
+
 def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     """(run(points), points, chunking, bounded bytes) of one pass: ``run`` does the pass on
     the first ``points`` points."""
@@ -132,14 +146,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
             return operator(vectors)
         return run, chunk, f"{chunk} points x {probes} probes", bounded
     if what in ("grams", "grams_with_input"):
-        row_bytes = jacobian.row_bytes(model, x)
-        samples, rows = jacobian.generic_chunking(k, row_bytes, 32, budget)
-        linear = jacobian.only_linear_parameters(model)
-        chunking = ("linear closed forms" if linear else
-                    f"dense, {samples} sample(s) a chunk" if rows is None else
-                    f"row blocks of {rows}")
-        block = min(samples, jacobian_points) * k if rows is None else rows
-        bounded = 0 if linear else block * row_bytes
+        chunking, bounded = parameter_jacobian_block(model, x, k, 32, jacobian_points, budget)
 
         def run(points):
             return jacobian.per_sample_jacobians(model, x[:points], moments=(),
@@ -149,16 +156,13 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     if what == "points":
         piece = measure.points_per_piece(model, x, setup["chunk_size"], budget)
         points = min(setup["points"], jacobian_points)
-        linear = jacobian.only_linear_parameters(model)
-        row_bytes = jacobian.row_bytes(model, x)
-        samples, rows = jacobian.generic_chunking(k, row_bytes, setup["chunk_size"], budget // 2)
-        block = 0 if linear else (min(samples, piece, points) * k if rows is None else rows)
+        _, block = parameter_jacobian_block(model, x, k, setup["chunk_size"],
+                                            min(piece, points), budget // 2)
 
         def run(count):
             return measure.point_measures(model, x[:count], setup["chunk_size"], (1, 2), budget)
         return (run, points, f"pieces of {piece}",
-                (min(piece, points) * jacobian.input_jacobian_bytes(model, x)
-                 + block * row_bytes))
+                min(piece, points) * jacobian.input_jacobian_bytes(model, x) + block)
     steps = min(setup["lanczos_steps"], num_params)
     rows = output_curvature.rows_per_batch(num_params, steps, itemsize,
                                            setup["lanczos_point_chunk"], k, budget)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from flatrep import losses
 
@@ -175,23 +176,16 @@ class _AllocatedFloats(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        inputs = {t.untyped_storage().data_ptr()
-                  for t in _tensors((*args, *kwargs.values()))}
-        self.total += sum(t.numel() for t in _tensors((result,))
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        self.total += sum(t.numel() for t in _tensors(result)
                           if t.is_floating_point()
                           and t.untyped_storage().data_ptr() not in inputs)
         return result
 
 
-def _tensors(values) -> list[torch.Tensor]:
-    """The tensors among ``values`` and inside their tuples and lists."""
-    found = []
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (tuple, list)):
-            found.extend(_tensors(value))
-    return found
+def _tensors(tree) -> list[torch.Tensor]:
+    """The tensors anywhere in nested tuples, lists and dicts."""
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
@@ -207,8 +201,8 @@ def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
     itemsize = x.element_size()
     probe_bytes = PARAMETER_COPIES * dim * itemsize
     point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * itemsize
-    probes = max(1, min(probe_chunk, max_bytes // (probe_bytes + point_bytes)))
-    points = (max_bytes - probes * probe_bytes) // (probes * point_bytes)
+    probes = max(1, min(probe_chunk, max_bytes // max(probe_bytes + point_bytes, 1)))
+    points = (max_bytes - probes * probe_bytes) // max(probes * point_bytes, 1)
     return probes, max(1, min(len(x), points))
 
 

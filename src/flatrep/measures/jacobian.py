@@ -279,9 +279,7 @@ def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[t
                 **jacobians,
                 **{key: (gram + gram.T) / 2 for key, gram in columns.items()},
                 "param_sq": sum(b["param_sq"] for b in blocks),
-                "param_moments": (torch.stack([sum(b["moments"][m] for b in blocks)
-                                               for m in range(len(moments))])
-                                  if moments else x.new_zeros(0)),
+                "param_moments": sum(b["moments"] for b in blocks),
                 "weight_grad_norm": sum(b["weight_sq"] for b in blocks).sqrt()})
     return {key: ([torch.stack(block) for block in zip(*(s[key] for s in samples))]
                   if key == "layer" else torch.stack([s[key] for s in samples]))
@@ -305,7 +303,8 @@ def _row_block(pullback, push, basis: torch.Tensor, params: dict, weight_names: 
     return {**jacobians, **columns,
             "weight_sq": torch.stack([squares[w] for w in weight_names]),
             "param_sq": sum(squares.values()),
-            "moments": [sum(_power_sum(d, 2 * p) for d in d_params.values()) for p in moments]}
+            "moments": (torch.stack([sum(_power_sum(d, 2 * p) for d in d_params.values())
+                                     for p in moments]) if moments else basis.new_zeros(0))}
 
 
 def _power_sum(t: torch.Tensor, power: int, dim: int | None = None) -> torch.Tensor:

@@ -9,18 +9,20 @@ per-point measures need neither Gram (||J_i||_F^2 comes from the rows), the curv
 needs J_i J_i^T and the adaptive one only with adaptive sharpness. This times each request at
 the budgets given (by default 256 MiB, which forces the CNN's row blocks, and the default
 1 GiB), on the False-Friend CIFAR-100 networks (K = 100, random initialisation and inputs)
-in float64, and checks that every path gives the same values.
+in float64, and checks that every path gives the same values. On a GPU (``--device cuda``) one
+point's pass of each request runs first, untimed (CUDA start-up, cuDNN's choice of kernels),
+and every timing waits for the device.
 
     python bench/blocked_jacobians.py [--case cnn|vgg16_bn] [--points 4] [--threads 2]
-        [--budgets-mb 256 1024]
+        [--budgets-mb 256 1024] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from ensemble_training import timed
 
 from flatrep import config, models
 from flatrep.measures import jacobian
@@ -49,23 +51,30 @@ def main():
     parser.add_argument("--budgets-mb", type=int, nargs="+",
                         default=[256, config.MEASURE_MEMORY_MB],
                         help="budgets to time, MiB (256: below one CNN sample's J_i)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = models.build(CASES[args.case], (3, 32, 32), 100).double().eval()
-    x = torch.randn(args.points, 3, 32, 32, dtype=torch.float64)
+    device = torch.device(args.device)
+    model = models.build(CASES[args.case], (3, 32, 32), 100).double().eval().to(device)
+    x = torch.randn(args.points, 3, 32, 32, dtype=torch.float64).to(device)
     num_params = sum(p.numel() for p in model.parameters())
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {torch.get_num_threads()} thread(s)")
     print(f"{args.case}: {num_params} parameters, K = 100, {args.points} points, float64, "
-          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
+          f"{where}, torch {torch.__version__}")
+    if device.type == "cuda":
+        for _, grams in REQUESTS:
+            jacobian.per_sample_jacobians(model, x[:1], chunk_size=1,
+                                          max_bytes=args.budgets_mb[0] << 20, grams=grams)
     print("| budget, MiB | path | Grams computed | seconds | per point, s | speed-up |\n"
           "|---|---|---|---|---|---|")
     results, baseline = [], None
     for budget_mb in args.budgets_mb:
         for label, grams in REQUESTS:
-            start = time.perf_counter()
-            values = jacobian.per_sample_jacobians(model, x, chunk_size=args.points,
-                                                   max_bytes=budget_mb << 20, grams=grams)
-            seconds = time.perf_counter() - start
+            values = {}
+            seconds = timed(lambda: values.update(jacobian.per_sample_jacobians(
+                model, x, chunk_size=args.points, max_bytes=budget_mb << 20, grams=grams)))
             baseline = baseline or seconds
             results.append((grams, values))
             print(f"| {budget_mb} | {path(model, x, budget_mb << 20)} | {label} | "

@@ -12,9 +12,18 @@
 # into bench/RESULTS.md. Without a GPU the same script runs the same checks on the CPU with
 # smaller sizes, which is how it is itself tested here:
 #     SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/check bash bench/device_check.sh
-# CHECKS picks the checks (default: pytest_cuda ensemble_training study_wall_time); a second
-# device call with CHECKS=hvp_compile (about 3 min) measures whether compiled HVPs pay for the
-# measure jobs on the GPU (bench/hvp_compile.py).
+# CHECKS picks the checks (default: pytest_cuda ensemble_training study_wall_time). Further
+# device calls, when time is left:
+#   CHECKS=hvp_compile (about 3 min): whether compiled HVPs pay for the measure jobs on the GPU
+#     (bench/hvp_compile.py);
+#   CHECKS=measure_memory: the GPU rows of bench/measure_memory.py (each measure pass's peak
+#     CUDA allocation against measure.memory_mb);
+#   CHECKS=blocked_jacobians: the CIFAR-100 CNN's per-sample Jacobians in row blocks against
+#     the dense path at 256 MiB to 8 GiB (row blocks take 4-37 % less time on two CPUs; is the
+#     dense default right on a GPU, and does a larger measure.memory_mb pay there?);
+#   CHECKS=study_wall_time STUDY=ff_cifar100_vgg16bn_adam WALL_LIMIT=500: another study's
+#     fitted wall time, which also runs its measures once at full settings on the GPU (the
+#     VGG-16-BN rehearsal that 2 CPU cores could not finish).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
@@ -35,12 +44,16 @@ export PYTHONPATH="$PWD/src:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}"
 
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if [ "$DEVICE" = cuda ]; then
-    MEMBERS=20; STEPS=300; STUDY=chen_cifar2_vgg_correlation; WALL_STEPS=400
-    ENSEMBLE_LIMIT=270
+    MEMBERS=20; STEPS=300; STUDY=${STUDY:-chen_cifar2_vgg_correlation}; WALL_STEPS=400
+    ENSEMBLE_LIMIT=270; MEMORY_STUDIES=""          # measure_memory.py's default studies
+    JACOBIAN_SIZES="--points 16 --budgets-mb 256 1024 8192"
 else                            # a smoke test of this script on a CPU machine, small sizes
-    MEMBERS=3; STEPS=12; STUDY=quick; WALL_STEPS=40
+    MEMBERS=3; STEPS=12; STUDY=${STUDY:-quick}; WALL_STEPS=40
     ENSEMBLE_LIMIT=450          # a cold compile of the VGG takes two minutes on 2 cores
+    MEMORY_STUDIES="--studies quick"
+    JACOBIAN_SIZES="--points 1 --budgets-mb 256 1024"
 fi
+WALL_LIMIT=${WALL_LIMIT:-180}
 SUMMARY="$OUT/summary.md"
 {
     echo "# Device check, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -82,7 +95,7 @@ check() {
         lines=$(tr '\r' '\n' < "$OUT/$name.log")
         if grep -q '^|' <<< "$lines"; then
             grep -e '^|' -e '^case' -e '^study' -e '^MLP' -e '^one checkpoint' \
-                -e '^measure jobs' -e '^compil' <<< "$lines"
+                -e '^measure jobs' -e '^compil' -e '^cnn:' -e '^vgg16_bn:' <<< "$lines"
         else tail -n 15 <<< "$lines"; fi
     } >> "$SUMMARY"
 }
@@ -91,8 +104,14 @@ wants pytest_cuda && check pytest_cuda 120 "$PY" -m pytest -q -p no:cacheprovide
 wants ensemble_training && check ensemble_training "$ENSEMBLE_LIMIT" "$PY" \
     bench/ensemble_training.py --case cifar2_vgg --members "$MEMBERS" --steps "$STEPS" \
     --device "$DEVICE" --mode fast --threads 1 --compile both
-wants study_wall_time && check study_wall_time 180 "$PY" bench/study_wall_time.py \
+wants study_wall_time && check study_wall_time "$WALL_LIMIT" "$PY" bench/study_wall_time.py \
     --study "$STUDY" --steps "$WALL_STEPS" --measure-runs 1 --device "$DEVICE"
+# shellcheck disable=SC2086  # MEMORY_STUDIES and JACOBIAN_SIZES are lists of words
+wants measure_memory && check measure_memory 300 "$PY" bench/measure_memory.py \
+    --device "$DEVICE" --budget-mb 1024 $MEMORY_STUDIES
+# shellcheck disable=SC2086
+wants blocked_jacobians && check blocked_jacobians 240 "$PY" bench/blocked_jacobians.py \
+    --case cnn --device "$DEVICE" --threads 1 $JACOBIAN_SIZES
 wants hvp_compile && check hvp_compile 400 "$PY" bench/hvp_compile.py --device "$DEVICE" \
     --threads 1
 

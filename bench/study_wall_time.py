@@ -11,8 +11,10 @@ job's start-up is the first call less its steps at ``per_step``, and the group's
 Measuring is timed on ``--measure-runs`` runs' checkpoints of the short training and scaled by
 the study's runs x checkpoints (every checkpoint of a study is measured alike).
 
-Without the dataset's real files, CIFAR-10 studies train on random images written in the CIFAR
-on-disk format: the same shapes, hence the same cost, but no meaningful accuracy.
+Without the dataset's real files, studies of the torchvision datasets (MNIST, Fashion-MNIST,
+CIFAR-10, CIFAR-100) train on random images written in that dataset's on-disk format at its real
+split sizes (``FULL_SPLITS``): the same shapes and sample counts, hence the same cost, but no
+meaningful accuracy.
 
     python bench/study_wall_time.py --study chen_cifar2_vgg_correlation --steps 400
 """
@@ -28,6 +30,10 @@ import torch
 from ensemble_training import fit_line, timed
 
 from flatrep import config, data, determinism, ensemble, measure, synthetic, train
+
+#: (train, test) images of each torchvision dataset, for the random stand-in files.
+FULL_SPLITS = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
+               "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 
 
 def short_study(study: dict, steps: int, raw_root: str | None) -> dict:
@@ -60,7 +66,8 @@ def main() -> None:
                         help="train.device and measure.device for the timing (default: the "
                              "study's own, auto = CUDA when present)")
     parser.add_argument("--raw-root", default=None,
-                        help="torchvision root with the real files (default: random CIFAR)")
+                        help="torchvision root with the real files (default: random images "
+                             "in the dataset's format)")
     args = parser.parse_args()
 
     study = config.study_config(config.load_params(args.params), args.study)
@@ -83,9 +90,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw_root = args.raw_root
-        if study["data"]["name"] == "cifar10" and raw_root is None:
+        dataset = study["data"]["name"]
+        if dataset in FULL_SPLITS and raw_root is None:
             raw_root = str(tmp / "raw")
-            synthetic.write_raw_files("cifar10", raw_root, num_train=50000, num_test=2000)
+            num_train, num_test = FULL_SPLITS[dataset]
+            synthetic.write_raw_files(dataset, raw_root, num_train, num_test)
         options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
                    if k != "name"}
         data.prepare(study["data"]["name"], tmp / "data", **options)

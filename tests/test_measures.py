@@ -225,6 +225,32 @@ def test_a_chunk_over_budget_takes_fewer_samples_when_one_sample_fits(monkeypatc
         assert torch.allclose(whole[key], budgeted[key], rtol=1e-12, atol=1e-14), key
 
 
+def test_the_dense_way_forms_only_the_grams_asked_for(monkeypatch):
+    """The dense generic way spends its K^2 P products a sample only on the Grams named in
+    ``grams``; ||J_i||_F^2 (equal to Tr J_i J_i^T), the weight norms and the moments come from
+    the Jacobian itself and do not change with them."""
+    torch.manual_seed(13)
+    model = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
+                         10).double().eval()
+    x = torch.randn(4, 2, 8, 8)
+    full = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic")
+    assert torch.allclose(full["param_sq"], full["param_gram"].diagonal(dim1=1, dim2=2).sum(-1),
+                          rtol=1e-12, atol=0)
+    products = []
+    real_gram = jacobian._gram
+    monkeypatch.setattr(jacobian, "_gram",
+                        lambda j, n: products.append(j.shape) or real_gram(j, n))
+    tensors_a_chunk = len(list(model.parameters()))
+    for grams in ((), ("param_gram",), ("param_gram_adaptive",)):
+        products.clear()
+        lean = jacobian.per_sample_jacobians(model, x, chunk_size=2, method="generic",
+                                             grams=grams)
+        assert len(products) == 2 * tensors_a_chunk * len(grams)   # two chunks of 2 samples
+        assert set(jacobian.GRAMS) & set(lean) == set(grams)
+        for key in ("param_sq", "weight_grad_norm", "param_moments", "input", *grams):
+            assert torch.allclose(full[key], lean[key], rtol=1e-12, atol=1e-14), key
+
+
 @pytest.mark.parametrize("method, rows", [("linear", None), ("generic", None),
                                           ("generic", 2)])
 def test_the_grams_alone_leave_out_the_input_and_layer_jacobians(method, rows):

@@ -41,8 +41,9 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     ||grad_theta f(x_i)||_F^2 = Tr(J_i J_i^T); ``weight_grad_norm`` (n, L) =
     ||grad_{W_l} f(x_i)||_F; ``param_moments`` (n, len(moments)) =
     sum_c sum_p (df_c/dtheta_p)^{2k} for each k in ``moments`` (Ma & Ying's g_W(k)^{2k};
-    ``moments=()`` skips them). Only the Grams named in ``grams`` are returned: the blocked
-    method below spends K JVPs per sample on each, and ``param_sq`` needs neither.
+    ``moments=()`` skips them). Only the Grams named in ``grams`` are computed: each costs
+    K^2 P products a sample on the dense generic way and K JVPs on the blocked one below, and
+    ``param_sq`` needs neither.
     ``input_jacobians=False`` leaves out ``input`` and ``layer``: no chunk method keeps them
     (the dense generic one does not form them; the blocked one's would otherwise stay until
     its chunk ends, 4.6 GB for 32 samples of VGG-16-BN). The curvature suite needs only the
@@ -230,16 +231,19 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
     jacobians = {"input": d_inputs[0].reshape(n, d_inputs[0].shape[1], -1),
                  "layer": [j.reshape(n, j.shape[1], -1) for j in d_inputs[1]]
                  } if input_jacobians else {}
-    gram = sum(_gram(j, n) for j in d_params.values())
-    adaptive = ({"param_gram_adaptive": sum(_gram(j * params[name].abs(), n)
-                                            for name, j in d_params.items())}
-                if "param_gram_adaptive" in grams else {})
-    return {**jacobians, "param_gram": gram, **adaptive,
-            "param_sq": gram.diagonal(dim1=1, dim2=2).sum(-1),
+
+    def gram(key: str) -> torch.Tensor:
+        """J_i J_i^T, or J_i D^2 J_i^T with D = diag|theta|: K^2 P products a sample."""
+        if key == "param_gram":
+            return sum(_gram(j, n) for j in d_params.values())
+        return sum(_gram(j * params[name].abs(), n) for name, j in d_params.items())
+
+    squares = {name: _power_sum(j.reshape(n, -1), 2, dim=1) for name, j in d_params.items()}
+    return {**jacobians, **{key: gram(key) for key in grams},
+            "param_sq": sum(squares.values()),
             "param_moments": _columns([sum(_power_sum(j.reshape(n, -1), 2 * p, dim=1)
                                            for j in d_params.values()) for p in moments], x),
-            "weight_grad_norm": torch.stack(
-                [d_params[w].reshape(n, -1).norm(dim=1) for w in weight_names], dim=1)}
+            "weight_grad_norm": torch.stack([squares[w] for w in weight_names], dim=1).sqrt()}
 
 
 def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],

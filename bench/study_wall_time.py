@@ -97,7 +97,7 @@ def main() -> None:
             synthetic.write_raw_files(dataset, raw_root, num_train, num_test)
         options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
                    if k != "name"}
-        data.prepare(study["data"]["name"], tmp / "data", **options)
+        data.prepare(dataset, tmp / "data", **options)
         for group, runs in groups.items():
             # The first call of the shorter length runs every code path once (library start-up,
             # cuDNN autotuning for this group's batch shape, compilation) and is timed apart.

@@ -321,13 +321,23 @@ def test_layer_spectra_give_top_singular_value_and_log_volume_for_wide_and_tall_
                               rtol=1e-10)
 
 
-def test_ma_ying_moments_of_a_single_linear_layer():
-    """f = W x: df_c/dW_ja = delta_cj x_a, so sum (.)^{2k} = K sum_a x_a^{2k}; g_x uses W."""
+@pytest.mark.parametrize("method, rows", [("linear", None), ("generic", None),
+                                          ("generic", 2)])
+def test_ma_ying_moments_of_a_single_linear_layer(method, rows):
+    """f = W x: df_c/dW_ja = delta_cj x_a, so sum (.)^{2k} = K sum_a x_a^{2k}; g_x uses W.
+    On the Linear closed forms, the dense generic way and in row blocks of 2 of the K = 3
+    rows, with the moments asked in an order where k = 1 is not first."""
     torch.manual_seed(10)
-    w, x = torch.randn(3, 5), torch.randn(4, 5)
-    jac = jacobian.per_sample_jacobians(linear_net(w), x, moments=(1, 2, 3))
-    for column, k in enumerate((1, 2, 3)):
-        assert torch.allclose(jac["param_moments"][:, column], 3 * x.pow(2 * k).sum(1))
+    w, x = torch.randn(3, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    model = linear_net(w).double()
+    max_bytes = (jacobian.PARAM_JACOBIAN_BYTES if rows is None
+                 else rows * jacobian.row_bytes(model, x))
+    orders = (2, 1, 3)
+    jac = jacobian.per_sample_jacobians(model, x, moments=orders, method=method,
+                                        max_bytes=max_bytes)
+    for column, k in enumerate(orders):
+        assert torch.allclose(jac["param_moments"][:, column], 3 * x.pow(2 * k).sum(1),
+                              rtol=1e-12, atol=0), k
         assert torch.allclose(jacobian.moments_of(jac["input"], (k,))[:, 0],
-                              w.pow(2 * k).sum().expand(4))
-    assert torch.allclose(jac["param_moments"][:, 0], jac["param_sq"])
+                              w.pow(2 * k).sum().expand(4), rtol=1e-12, atol=0)
+    assert torch.allclose(jac["param_moments"][:, 1], jac["param_sq"], rtol=1e-12, atol=0)

@@ -238,12 +238,10 @@ def _generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Ten
             return sum(_gram(j, n) for j in d_params.values())
         return sum(_gram(j * params[name].abs(), n) for name, j in d_params.items())
 
-    squares = {name: _power_sum(j.reshape(n, -1), 2, dim=1) for name, j in d_params.items()}
+    sums = _power_sums(d_params, weight_names, moments, leading=1)
     return {**jacobians, **{key: gram(key) for key in grams},
-            "param_sq": sum(squares.values()),
-            "param_moments": _columns([sum(_power_sum(j.reshape(n, -1), 2 * p, dim=1)
-                                           for j in d_params.values()) for p in moments], x),
-            "weight_grad_norm": torch.stack([squares[w] for w in weight_names], dim=1).sqrt()}
+            "param_sq": sums["param_sq"], "param_moments": sums["moments"],
+            "weight_grad_norm": sums["weight_sq"].sqrt()}
 
 
 def _blocked_generic_jacobians(model: nn.Module, x: torch.Tensor, inputs: list[torch.Tensor],
@@ -298,23 +296,38 @@ def _row_block(pullback, push, basis: torch.Tensor, params: dict, weight_names: 
     columns J_i J_i^T e_c or J_i D^2 J_i^T e_c (``push``, a JVP each). The block dies on
     return, before the next one is pulled back, so one block is in memory at a time."""
     d_params, d_input, d_layers = vmap(pullback)(basis)
-    squares = {name: _power_sum(d, 2) for name, d in d_params.items()}
     jacobians = {"input": d_input.reshape(len(basis), -1),
                  "layer": [d.reshape(len(basis), -1) for d in d_layers]} if input_jacobians else {}
     columns = {key: vmap(push)(d_params if key == "param_gram" else
                                {name: d * params[name].pow(2) for name, d in d_params.items()})
                for key in grams}
     return {**jacobians, **columns,
-            "weight_sq": torch.stack([squares[w] for w in weight_names]),
-            "param_sq": sum(squares.values()),
-            "moments": (torch.stack([sum(_power_sum(d, 2 * p) for d in d_params.values())
-                                     for p in moments]) if moments else basis.new_zeros(0))}
+            **_power_sums(d_params, weight_names, moments, leading=0)}
 
 
-def _power_sum(t: torch.Tensor, power: int, dim: int | None = None) -> torch.Tensor:
-    """sum of t^power over ``dim`` (all entries when None), ``power`` even: ||t||_power^power,
-    one reduction that makes no copy of t (t.pow(power) would double a K x P row block)."""
-    return torch.linalg.vector_norm(t, ord=power, dim=dim) ** power
+def _power_sums(d_params: dict, weight_names: list[str], moments: tuple[int, ...],
+                leading: int) -> dict:
+    """The power sums of parameter-Jacobian rows that the measures keep, over every dim of
+    each tensor in ``d_params`` but its first ``leading`` ones (1: one value a sample of a
+    (n, K, *shape) Jacobian; 0: one value for a (rows, *shape) block of rows):
+    ``weight_sq`` (..., L) = ||d f/d W_l||_F^2 of each measured weight in ``weight_names``,
+    ``param_sq`` = ||J||_F^2 = sum_c sum_p J_cp^2, and ``moments`` (..., len(moments)) =
+    sum_c sum_p J_cp^{2k} for each k (Ma & Ying's g_W(k)^{2k}); k = 1 is ``param_sq``.
+
+    Each is one reduction a parameter that makes no copy (t.pow(power), or a reshape of the
+    strided rows vmap returns, would double a K x P row block): ||t||_power^power by
+    ``torch.linalg.vector_norm``, ``power`` even."""
+    def power_sum(t: torch.Tensor, power: int) -> torch.Tensor:
+        return torch.linalg.vector_norm(t, ord=power, dim=tuple(range(leading, t.dim()))) ** power
+
+    squares = {name: power_sum(d, 2) for name, d in d_params.items()}
+    param_sq = sum(squares.values())
+    moment_sums = [param_sq if k == 1 else sum(power_sum(d, 2 * k) for d in d_params.values())
+                   for k in moments]
+    return {"weight_sq": torch.stack([squares[w] for w in weight_names], dim=-1),
+            "param_sq": param_sq,
+            "moments": (torch.stack(moment_sums, dim=-1) if moment_sums
+                        else param_sq.new_zeros(*param_sq.shape, 0))}
 
 
 def _gram(jacobian: torch.Tensor, n: int) -> torch.Tensor:

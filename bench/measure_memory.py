@@ -61,12 +61,11 @@ def study_setup(name: str) -> dict:
     """The shipped study's network and the sizes its measure job uses."""
     study = config.load_params(Path(__file__).parents[1] / "params.yaml")["studies"][name]
     data_cfg, measure_cfg = study["data"], study["measure"]
-    classes = data_cfg.get("classes")
     curvature_cfg = measure_cfg.get("curvature", {})
     lanczos = {**config.CURVATURE_FAMILIES["output_curvature"],
                **(curvature_cfg.get("output_curvature") or {})}
     return {"model": study["model"], "shape": SAMPLE_SHAPES[data_cfg["name"]],
-            "classes": len(classes) if classes else data.spec(data_cfg["name"]).num_classes,
+            "outputs": data.num_outputs(data_cfg),
             "loss": study["train"]["loss"], "points": measure_cfg["points"],
             "chunk_size": measure_cfg["chunk_size"],
             "curvature_points": curvature_cfg.get("points", 256),
@@ -123,7 +122,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     """(run(points), points, chunking, bounded bytes) of one pass: ``run`` does the pass on
     the first ``points`` points."""
     torch.manual_seed(0)
-    k = setup["classes"]
+    k = setup["outputs"]
     model = models.build(setup["model"], setup["shape"], k).double().eval().to(device)
     loss = losses.get(setup["loss"])
     n = max(setup["curvature_points"], setup["points"])
@@ -191,7 +190,7 @@ def one_pass(args) -> dict:
     result = run(points)
     rise = memory.peak() - before
     del result
-    model = models.build(setup["model"], setup["shape"], setup["classes"])
+    model = models.build(setup["model"], setup["shape"], setup["outputs"])
     return {"study": args.one[0], "pass": args.one[1], "points": points,
             "params": sum(p.numel() for p in model.parameters()), "chunking": chunking,
             "bounded_mib": bounded / MIB, "rise_mib": rise / MIB}

@@ -20,34 +20,38 @@ def _weights(path):
     return checkpoint.read(path)["model"]
 
 
-@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adamw", 1e-3)])
+@pytest.mark.parametrize("optimizer,lr,every", [("sgd", 0.1, 1), ("adamw", 1e-3, 1),
+                                                ("sgd", 0.1, 4)])
 def test_averaged_checkpoint_is_the_mean_of_the_raw_iterates(tiny_study, data_root, tmp_path,
-                                                             optimizer, lr):
-    """Averaging from t0 = 6 of 12 steps: the checkpoint at step t holds the mean of the raw
-    iterates 6..t of the same run trained without averaging (same seed, same batches), and
-    the raw iterate beside it; averaging never changes the trajectory."""
+                                                             optimizer, lr, every):
+    """Averaging from t0 = 6 of 12 steps, every ``every`` steps: the checkpoint at step t
+    holds the mean of the raw iterates 6, 6 + every, ... <= t of the same run trained without
+    averaging (same seed, same batches), and the raw iterate beside it whenever the two
+    differ (at step 7 with every = 4 the mean is theta_6 alone); averaging never changes the
+    trajectory."""
     hparams = {"lr": lr, "batch_size": 20, "seed": 0, "optimizer": optimizer,
                "weight_decay": 5e-4}
     raw_paths = train.train_run("t", _study(tiny_study), config.Run("raw", hparams),
                                 tmp_path / "raw", data_root, threads=1)
     averaged_paths = train.train_run(
-        "t", _study(tiny_study), config.Run("ia", {**hparams, "averaging_start": 0.5}),
-        tmp_path / "ia", data_root, threads=1)
+        "t", _study(tiny_study, averaging_every=every),
+        config.Run("ia", {**hparams, "averaging_start": 0.5}), tmp_path / "ia", data_root,
+        threads=1)
     raw = [_weights(p) for p in raw_paths]
-    for step in (5, 6, 7, 12):
+    for step in (5, 6, 7, 9, 12):
         payload = checkpoint.read(averaged_paths[step])
-        count = max(step - 6 + 1, 0)
-        assert payload["meta"]["averaged_iterates"] == count
+        averaged = range(6, step + 1, every)
+        assert payload["meta"]["averaged_iterates"] == len(averaged)
         for name, value in payload["model"].items():
-            expected = (torch.stack([raw[s][name].double() for s in range(6, step + 1)]).mean(0)
-                        if count else raw[step][name].double())
+            expected = (torch.stack([raw[s][name].double() for s in averaged]).mean(0)
+                        if averaged else raw[step][name].double())
             torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
-        if count > 1:
+        if list(averaged) in ([], [step]):
+            assert payload["training_model"] is None
+        else:
             for name, value in payload["training_model"].items():
                 assert torch.equal(value, raw[step][name])
-        else:
-            assert payload["training_model"] is None
-    assert checkpoint.load(averaged_paths[-1])[1]["averaged_iterates"] == 7
+    assert checkpoint.load(averaged_paths[-1])[1]["averaged_iterates"] == len(range(6, 13, every))
 
 
 def test_adam_and_adamw_differ_only_by_how_decay_enters():

@@ -181,3 +181,34 @@ def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
             2 * (x_tilde_sq * per_sample).mean().item(), rel=1e-10)
         assert float(at["lhs"].sel(bound="loss_spectral")) == pytest.approx(
             torch.linalg.matrix_norm(dense, 2).item(), rel=1e-8)
+
+
+def test_the_rank_bound_bites_with_one_output_per_class_of_a_subset(tiny_study, data_root,
+                                                                     tmp_path):
+    """The False-Friend rank setting: logistic regression with cross-entropy on classes
+    {0, 1, 2} of MNIST-1D (d = 40) and ``data.outputs: classes``, so K = C = 3 and
+    P = 3 (d + 1) = 123. H = (1/n) sum_i M(p_i) (x) x~_i x~_i^T with M(p) 1 = 0, so the 41
+    directions 1 (x) v are in its null space and rank H <= (C - 1)(d + 1) = 82 < P: the
+    bound is not vacuous and, with n ~ 90 > d + 1 points in general position, attained."""
+    study = copy.deepcopy(tiny_study)
+    study["data"].update(classes=[0, 1, 2], outputs="classes")
+    study["model"] = {"name": "logreg"}
+    study["train"].update(loss="cross_entropy", iterations=40, checkpoints={"count": 2})
+    study["measure"]["curvature"] = {"enabled": True, "points": 100, "probes": 4,
+                                     "lanczos": False, "rank": {"points": 10,
+                                                                "dense_max_params": 200}}
+    run = config.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
+    paths = train.train_run("rank", study, run, tmp_path, data_root, threads=1)
+    model = checkpoint.load(paths[-1])[0]
+    assert model(torch.zeros(1, 40)).shape == (1, 3)
+    ds = measure.measured_run(paths, study["measure"], data_root, threads=1)
+    final = ds.isel(run=0, step=-1)
+    assert int(ds.attrs["num_outputs"]) == 3 and float(final["num_params"]) == 123
+    bound = final["hessian_rank_bound"].sel(rank_bound="layers_c_minus_1_bias")
+    assert float(bound) == 82
+    assert final["hessian_rank"].notnull().all()
+    assert (final["hessian_rank"] <= bound).all()
+    # with n ~ 90 > d + 1 points in general position the bound is attained
+    assert float(final["hessian_rank"].sel(rank_tolerance=1e-8)) == 82
+    _, y = data.load_study_split(study["data"], "train", data_root)
+    assert set(y.tolist()) == {0, 1, 2}

@@ -137,6 +137,25 @@ def test_standardizing_uses_the_train_statistics_of_the_class_subset(tmp_path, s
     assert torch.allclose(loaded["test"][0], expected, atol=1e-6)
 
 
+def test_outputs_classes_renumbers_the_labels_by_their_place_in_the_subset(tmp_path):
+    """``outputs: classes`` with the subset [2, 0, 1] of the fake MNIST: the same images, the
+    labels 2, 0 and 1 become 0, 1 and 2, and the network gets 3 outputs (10 without it)."""
+    arrays = fake_mnist(tmp_path / "raw", "mnist")
+    cfg = {"name": "mnist", "root": str(tmp_path / "raw"), "download": False,
+           "classes": [2, 0, 1], "scale": "unit_interval"}
+    kept = prepare_and_load(tmp_path, cfg)
+    renumbered = prepare_and_load(tmp_path, {**cfg, "outputs": "classes"})
+    for split, (_, labels) in arrays.items():
+        original = labels[np.isin(labels, [2, 0, 1])]
+        assert torch.equal(renumbered[split][0], kept[split][0])
+        assert kept[split][1].tolist() == original.tolist()
+        assert renumbered[split][1].tolist() == [[2, 0, 1].index(c) for c in original]
+    assert renumbered["train"][1].tolist() == [1, 2, 0, 2, 1, 2]
+    assert data.num_outputs({**cfg, "outputs": "classes"}) == 3
+    assert data.num_outputs(cfg) == data.num_outputs({**cfg, "outputs": "all"}) == 10
+    assert data.prepared_path("mnist", "data", outputs="classes") == data.prepared_path("mnist")
+
+
 def test_prepared_file_depends_on_num_train_only():
     base = data.prepared_path("cifar10", "data")
     assert data.prepared_path("cifar10", "data", root="elsewhere", download=False,
@@ -221,6 +240,10 @@ def test_bad_options_are_data_errors(tmp_path, data_root, tiny_study):
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "scale")}
     with pytest.raises(data.DataError, match="channel_standardize needs samples with a channel"):
         data.load("mnist1d", "train", data_root, scale="channel_standardize", **options)
+    with pytest.raises(data.DataError, match="outputs 'classes' needs a data.classes subset"):
+        data.load("mnist1d", "train", data_root, outputs="classes", **options)
+    with pytest.raises(data.DataError, match=r"unknown data.outputs 'subset'; allowed: \['all'"):
+        data.num_outputs({"name": "mnist", "classes": [0, 1], "outputs": "subset"})
 
 
 def reference_augment(x: torch.Tensor, name: str, seed: int) -> torch.Tensor:

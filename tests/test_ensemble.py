@@ -112,15 +112,27 @@ def test_compiled_members_follow_their_single_runs(tiny_study, data_root, tmp_pa
     assert len(compiled) == 1
 
 
+@pytest.mark.parametrize("every, averaged, averaged_final", [(1, 16, None), (4, 4, 0.4)])
 def test_members_with_averaging_and_a_decaying_rate_follow_their_single_runs(
-        tiny_study, data_root, tmp_path):
+        tiny_study, data_root, tmp_path, monkeypatch, every, averaged, averaged_final):
+    """Steps 15..30 averaged, or 15..27 by 4; the rate decays to 0.1 by step 24, or to 0.4
+    by the averaging start, step 15 (the schedule every update of both trainers used)."""
+    used = []
+    factor = schedules.factor
+    monkeypatch.setattr(schedules, "factor",
+                        lambda spec, *args: used.append((spec["end"], spec["final"]))
+                        or factor(spec, *args))
     study = _study(tiny_study, optimizer="adamw", batch_size=20, averaging_start=0.5,
-                   lr_schedule={"name": "linear_decay", "hold": 0.3, "end": 0.8, "final": 0.1})
+                   averaging_every=every,
+                   lr_schedule={"name": "linear_decay", "hold": 0.3, "end": 0.8, "final": 0.1,
+                                "averaged_final": averaged_final})
     by_run = _train_both(study, _runs([{"lr": 2e-3, "seed": 0, "weight_decay": 5e-4},
                                        {"lr": 1e-3, "seed": 1, "weight_decay": 0.0}]),
                          data_root, tmp_path)
     last = checkpoint.read(by_run["lr0.001_wd0.0_seed1"][-1])
-    assert last["meta"]["averaged_iterates"] == 16      # steps 15..30
+    assert last["meta"]["averaged_iterates"] == averaged
+    assert set(used) == ({(0.5, 0.4)} if averaged_final else {(0.8, 0.1)})
+    assert len(used) == 30 * 3            # the ensemble's updates and both single runs'
 
 
 def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(
@@ -173,6 +185,23 @@ def test_linear_decay_schedule_closed_form():
     assert schedules.factor(schedules.resolve(None), 7, 10) == 1.0
     with pytest.raises(schedules.ScheduleError, match="hold < end"):
         schedules.resolve({"name": "linear_decay", "hold": 0.9, "end": 0.5})
+
+
+def test_averaging_runs_decay_to_their_averaged_rate_by_the_averaging_start():
+    """Gadam's recipe: with averaged_final 0.5 a run averaging from 0.6 on decays linearly
+    from 1 at hold 0.5 to 0.5 at 0.6 and stays there; a run without averaging keeps the
+    decay to final 0.01 at end 0.9; averaging before hold is an error."""
+    spec = schedules.resolve({"name": "linear_decay", "hold": 0.5, "end": 0.9, "final": 0.01,
+                              "averaged_final": 0.5})
+    averaged = schedules.for_run(spec, 0.6)
+    values = [schedules.factor(averaged, step, 100) for step in (0, 50, 55, 60, 80, 99)]
+    assert values == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.5, 0.5])
+    plain = schedules.for_run(spec, 1.0)
+    assert [schedules.factor(plain, step, 100) for step in (50, 70, 99)] == pytest.approx(
+        [1.0, 1.0 - 0.99 * 0.2 / 0.4, 0.01])
+    assert schedules.for_run(schedules.resolve(None), 0.6) == {"name": "constant"}
+    with pytest.raises(schedules.ScheduleError, match="averaging_start = 0.4 must come after"):
+        schedules.for_run(spec, 0.4)
 
 
 def _cifar_vgg_study(tmp_path) -> dict:

@@ -32,7 +32,8 @@ LOG_VOLUMES = {"log_lvr", "log_lvr_top3", "layer_log_lvr", "log_nvr"}
 FAMILIES = {"hutch_plus_plus": True, "lanczos": {"steps": 4}, "relative_flatness": True,
             "adaptive_sharpness": {"pairs": 3},
             "spectral_density": {"probes": 2, "steps": 3, "bins": 20, "smoothing": 0.1},
-            "stability": {"steps": 3}, "output_curvature": {"steps": 3, "point_chunk": 8}}
+            "stability": {"steps": 3}, "output_curvature": {"steps": 3, "point_chunk": 8},
+            "batchnorm_train": {"batch_size": 3, "steps": 3}}
 
 
 def property_settings(examples: int) -> settings:
@@ -179,35 +180,79 @@ def test_local_dimensionality_is_scale_invariant_over_the_float64_range(spectrum
 def cube_of_one_checkpoint(spec: Spec, loss_name: str, curvature_cfg: dict):
     """``measure_checkpoint`` on the drawn network, assembled by ``run_dataset`` as one step.
 
-    Returns (dataset, measured values, misclassified test points).
+    The test split has twice the measured points; the measured test points are its first
+    half, and the misclassified ones are taken from the whole split in reversed order.
+    Returns (dataset, measured values, the test rows the network misclassifies, the
+    network (float64 after measuring), the test inputs).
     """
     model = build_model(spec)
     generator = torch.Generator().manual_seed(spec.seed)
-    splits = {split: draw_inputs(spec, generator) for split in ("train", "test")}
+    splits = {"train": draw_inputs(spec, generator),
+              "test": tuple(torch.cat(pair) for pair in zip(draw_inputs(spec, generator),
+                                                            draw_inputs(spec, generator)))}
     rows = np.arange(spec.points)
-    points = {"train": rows, "test": rows, "curvature": rows}
+    points = {"train": rows, "test": rows, "curvature": rows,
+              "test_order": np.arange(2 * spec.points)[::-1]}
     measure_cfg = {"chunk_size": 7, "moments": [1, 2], "point_seed": 0,
                    "curvature": curvature_cfg}
     values = measure.measure_checkpoint(model, splits, points, spec.outputs, measure_cfg,
                                         losses.get(loss_name))
     with torch.no_grad():
-        wrong = (model(splits["test"][0]).argmax(1) != splits["test"][1]).numpy()
+        wrong = np.flatnonzero((model(splits["test"][0]).argmax(1) != splits["test"][1]).numpy())
     ds = measure.run_dataset([{"step": 0, "diverged_at": None}], [values], points,
                              layers.measured_layers(model), (1, 2), suite.coords(curvature_cfg))
-    return ds.isel(step=0), values, wrong
+    return ds.isel(step=0), values, wrong, model, splits["test"][0]
 
 
-def check_misclassified_subset(ds, name: str, wrong: np.ndarray) -> None:
-    """test_misclassified is the test values where the checkpoint misclassifies, NaN elsewhere
-    (the rule the ``subset`` coordinate documents)."""
-    assert "NaN" in ds["subset"].attrs["definition"]
-    test = ds[name].sel(subset="test").values
-    expected = np.where(wrong.reshape((-1,) + (1,) * (test.ndim - 1)), test, np.nan)
-    np.testing.assert_array_equal(ds[name].sel(subset="test_misclassified").values, expected)
+@pytest.mark.parametrize("n_points, expected", [(3, [1, 4]), (1, [4])])
+def test_misclassified_points_are_the_first_wrong_rows_in_the_order(n_points, expected):
+    """A linear classifier f(x) = x (K = d = 2) on 6 test points, rows 1 and 4 labelled
+    against their argmax: with the order 4, 0, 3, 1, 5, 2 the subset holds rows 1 and 4 (3
+    points: NaN-padded) or row 4 alone (1 point), with point_measures' values there."""
+    model = torch.nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[2.0, 1], [3, 1], [1, 2], [1, 3], [4, 1], [1, 5]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 1, 1, 1])                    # argmax: 0 0 1 1 0 1
+    splits = {"train": (x, y), "test": (x, y)}
+    rows = np.arange(n_points)
+    points = {"train": rows, "test": rows, "test_order": np.array([4, 0, 3, 1, 5, 2])}
+    values = measure.measure_checkpoint(model, splits, points, 2,
+                                        {"chunk_size": 4, "point_seed": 0},
+                                        losses.get("mse"))
+    index = values["misclassified_index"]
+    np.testing.assert_array_equal(index[:len(expected)], expected)
+    assert index.shape == (n_points,) and np.isnan(index[len(expected):]).all()
+    direct = measure.point_measures(model, x[expected], 4, measure.MOMENTS)
+    subset = measure.SUBSETS.index("test_misclassified")
+    for name in direct:
+        np.testing.assert_array_equal(values[name][subset][:len(expected)], direct[name])
+        assert np.isnan(values[name][subset][len(expected):]).all()
+    assert values["test_acc"] == pytest.approx(4 / 6)
+
+
+def check_misclassified_subset(ds, wrong: np.ndarray, model, x_test) -> None:
+    """test_misclassified holds the last ``points`` misclassified test rows (the reversed
+    order), ascending in ``misclassified_index``, NaN-padded when fewer are misclassified,
+    with the values ``point_measures`` gives at those rows (the rule the ``subset``
+    coordinate documents)."""
+    assert "misclassified_index" in ds["subset"].attrs["definition"]
+    rows = wrong[-ds.sizes["sample"]:]
+    index = ds["misclassified_index"].values
+    np.testing.assert_array_equal(index[:len(rows)], rows)
+    assert np.isnan(index[len(rows):]).all()
+    direct = measure.point_measures(model, x_test[rows].double(), 7, (1, 2)) if len(rows) else {}
+    for name, var in ds.data_vars.items():
+        if "subset" in var.dims:
+            hard = var.sel(subset="test_misclassified").values
+            assert np.isnan(hard[len(rows):]).all(), name
+            if len(rows):
+                np.testing.assert_allclose(hard[:len(rows)], direct[name], rtol=1e-10, atol=0,
+                                           equal_nan=True, err_msg=name)
 
 
 #: The variables that may hold NaN outside test_misclassified (when: see the test below).
-NAN_BY_DESIGN = {"slq_nodes", "hessian_rank", "hessian_trace_hutchpp_se"}
+NAN_BY_DESIGN = {"slq_nodes", "hessian_rank", "hessian_trace_hutchpp_se", "misclassified_index"}
 
 
 def check_documented_nan(ds, name: str, nan: np.ndarray) -> None:
@@ -234,11 +279,11 @@ def test_every_cube_variable_is_finite_or_non_finite_as_documented(spec, loss_na
     weights summing to 1 per probe, a non-negative density)."""
     curvature_cfg = {"enabled": True, "probes": probes, **FAMILIES,
                      "rank": {"points": 4, "dense_max_params": dense_max}}
-    ds, values, wrong = cube_of_one_checkpoint(spec, loss_name, curvature_cfg)
+    ds, values, wrong, model, x_test = cube_of_one_checkpoint(spec, loss_name, curvature_cfg)
     assert set(values) <= set(variables.CATALOG)
+    check_misclassified_subset(ds, wrong, model, x_test)
     for name, var in ds.data_vars.items():
         if "subset" in var.dims:
-            check_misclassified_subset(ds, name, wrong)
             var = var.sel(subset=["train", "test"])
         assert_no_undocumented_infinity(name, var.values, var.attrs["definition"])
         check_documented_nan(ds, name, np.isnan(var.values))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatrep import config, losses, measure
+from flatrep import checkpoint, config, data, losses, measure
 from flatrep.measures import suite
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -205,3 +205,25 @@ def test_measured_run_holds_consistent_curvature_values(measured_run):
         mass = np.trapezoid(at["spectral_density"], at["spectral_density_eigenvalue"])
         assert mass == pytest.approx(1.0, abs=2e-3)
         assert at["slq_weights"].sum("slq_node").values == pytest.approx(1.0, abs=1e-10)
+
+
+def test_measured_run_takes_misclassified_points_from_the_whole_test_split(measured_run,
+                                                                           tiny_study,
+                                                                           data_root):
+    """At every checkpoint the subset test_misclassified holds min(points, wrong) test rows,
+    wrong = (1 - test_acc) n_test, each misclassified by that checkpoint's network, measured
+    there and NaN past them."""
+    ds, paths = measured_run
+    x, y = data.load_study_split(tiny_study["data"], "test", data_root)
+    n_points = ds.sizes["sample"]
+    for step, path in enumerate(paths):
+        at = ds.isel(run=0, step=step)
+        index = at["misclassified_index"].values
+        wrong = round((1 - float(at["test_acc"])) * len(y))
+        taken = index[~np.isnan(index)].astype(int)
+        assert len(taken) == min(n_points, wrong) and np.all(np.diff(taken) > 0)
+        model = checkpoint.load(path)[0].double().eval()
+        with torch.no_grad():
+            assert (model(x[taken].double()).argmax(1) != y[taken]).all()
+        assert np.isnan(at["mls"].sel(subset="test_misclassified").values[len(taken):]).all()
+        assert not np.isnan(at["mls"].sel(subset="test_misclassified").values[:len(taken)]).any()

@@ -74,7 +74,7 @@ def set_key(params: dict, key_path: str, value) -> None:
 
 @pytest.mark.parametrize("key_path,value,message", [
     ("train.lrr", 0.1, "studies.tiny.train.lrr: unknown key (did you mean 'lr'?); allowed: "
-     "['augment', 'averaging_start', 'batch_size', "),
+     "['augment', 'averaging_every', 'averaging_start', 'batch_size', "),
     ("train.grid.0.lr.1", "0.2x", "studies.tiny.train.grid[0].lr[1] = '0.2x': must be a number "
      "> 0"),
     ("train.grid.0.lr.1", -0.2, "studies.tiny.train.grid[0].lr[1] = -0.2: must be a number > 0"),
@@ -95,6 +95,8 @@ def set_key(params: dict, key_path: str, value) -> None:
     ("train.grid.0", {}, "studies.tiny.train.grid[0] = {}: must be a mapping of 1+ keys from"),
     ("data.classes", "0,1", "studies.tiny.data.classes = '0,1': must be either (null) or (a "
      "list of 2+ unique entries, each an integer >= 0)"),
+    ("data.outputs", "clases", "studies.tiny.data.outputs = 'clases': unknown value (did you "
+     "mean 'classes'?); allowed: ['all', 'classes']"),
     ("data.root", "raw", "studies.tiny.data.root: not allowed here (root, download and "
      "num_train are options of the torchvision datasets, not of mnist1d)"),
     ("train.device", "gpu", "studies.tiny.train.device = 'gpu': must be a string matching "
@@ -126,6 +128,22 @@ def test_semantic_errors_name_the_entry_and_the_allowed_range():
     params["studies"]["tiny"]["data"]["classes"] = [0, 12]
     assert error_of(params) == ("studies.tiny.data.classes[1] = 12: not a class of the dataset; "
                                 "allowed: 0..9")
+    params = tiny_params()
+    params["studies"]["tiny"]["data"]["outputs"] = "classes"
+    assert error_of(params) == ("studies.tiny.data.outputs = 'classes': one output per class "
+                                "of data.classes, which is null; set data.classes to a subset "
+                                "or data.outputs to 'all'")
+    params["studies"]["tiny"]["data"]["classes"] = [0, 1]
+    validation.check_params(params)
+    params = tiny_params()
+    params["studies"]["tiny"]["train"].update(
+        lr_schedule={"name": "linear_decay", "hold": 0.5, "averaged_final": 0.5},
+        grid=[{"lr": [0.1], "averaging_start": [1.0, 0.4]}])
+    assert error_of(params) == ("studies.tiny: train.averaging_start = 0.4 must come after "
+                                "train.lr_schedule.hold = 0.5: a run with "
+                                "lr_schedule.averaged_final decays to it by averaging_start")
+    params["studies"]["tiny"]["train"]["grid"] = [{"lr": [0.1], "averaging_start": [1.0, 0.6]}]
+    validation.check_params(params)
     params = tiny_params()
     params["run_studies"] = ["tiyn"]
     assert error_of(params) == ("run_studies[0]: unknown study 'tiyn' (did you mean 'tiny'?); "

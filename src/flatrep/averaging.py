@@ -1,10 +1,12 @@
 """Iterate averaging (Polyak & Juditsky 1992; SWA, Izmailov et al. 2018; Granziol's "Gadam").
 
-From step t0 on, the averaged weights after step t are
+From step t0 on, every e-th iterate is averaged: after step t the averaged weights are
 
-    theta_bar_t = (1 / (t - t0 + 1)) sum_{s=t0}^{t} theta_s,
+    theta_bar_t = (1 / k) sum_{j=0}^{k-1} theta_{t0 + j e},  k = floor((t - t0) / e) + 1,
 
-kept as a running mean theta_bar <- theta_bar + (theta_t - theta_bar) / k in float64. Batch
+kept as a running mean theta_bar <- theta_bar + (theta_s - theta_bar) / k in float64. e = 1
+averages every iterate; e = one epoch's steps averages "once per epoch", as SWA and Granziol's
+Gadam do (reference A.4). Batch
 normalisation statistics do not average: the averaged model's running means and variances are
 recomputed by one pass over the training data in train mode (``recompute_batchnorm``), as the
 False-Friend paper does for its IA models (reference §C.12).
@@ -29,15 +31,18 @@ def start_step(fraction: float, iterations: int) -> int:
 
 
 class IterateAverage:
-    """The running mean of a model's parameters from step ``start`` on.
+    """The running mean of a model's parameters at steps ``start``, ``start + every``, ...
 
     For an ensemble the parameters are stacked (member first) and ``active`` (M,) says which
     members take part in an update: a member frozen after divergence stops averaging, as its
     single run, which stops training, does.
     """
 
-    def __init__(self, start: int, members: int | None = None):
-        self.start = start
+    def __init__(self, start: int, members: int | None = None, every: int = 1):
+        if type(every) is not int or every < 1:
+            raise ValueError(f"train.averaging_every must be a positive integer, got {every!r}")
+        self.start, self.every = start, every
+        self.step: int | None = None   # the step of the latest ``update`` call
         self.counts = torch.zeros(() if members is None else (members,), dtype=torch.long)
         self.mean: dict[str, torch.Tensor] = {}
 
@@ -53,8 +58,10 @@ class IterateAverage:
     def update(self, step: int, parameters: dict[str, torch.Tensor],
                active: torch.Tensor | None = None) -> None:
         """Add theta_step (``name -> tensor``, e.g. ``dict(model.named_parameters())``, or
-        the stacked parameters of an ensemble) to the mean when step >= start."""
-        if step < self.start:
+        the stacked parameters of an ensemble) to the mean when step = start + j every,
+        j >= 0."""
+        self.step = step
+        if step < self.start or (step - self.start) % self.every:
             return
         taking_part = torch.ones((), dtype=torch.bool) if active is None else active.cpu()
         self.counts = self.counts + taking_part.long()
@@ -88,10 +95,12 @@ class IterateAverage:
 
     def model(self, model: nn.Module, x: torch.Tensor, batch_size: int,
               member: int | None = None) -> nn.Module:
-        """The model to evaluate: ``model`` itself while at most one iterate is averaged,
-        else a copy holding the mean (BatchNorm statistics recomputed on ``x``); ``member``
-        picks one member of a stacked (ensemble) mean."""
-        if self.count_of(member) <= 1:
+        """The model to evaluate, at the step of the latest ``update``: ``model`` itself
+        while the mean is that iterate (nothing averaged yet, or only theta_start at step
+        start), else a copy holding the mean (BatchNorm statistics recomputed on ``x``);
+        ``member`` picks one member of a stacked (ensemble) mean."""
+        count = self.count_of(member)
+        if count == 0 or (count == 1 and self.step == self.start):
             return model
         averaged = copy.deepcopy(model)
         with torch.no_grad():

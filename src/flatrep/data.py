@@ -307,16 +307,21 @@ def prepare(name: str, prepared_dir: str | Path = "data", **options) -> Path:
 
 
 def load(name: str, split: str, prepared_dir: str | Path = "data", classes=None,
-         scale: str = "none", **options) -> tuple[torch.Tensor, torch.Tensor]:
+         scale: str = "none", outputs: str = "all",
+         **options) -> tuple[torch.Tensor, torch.Tensor]:
     """The tensors ``(x, y)`` of one split after class subsetting and scaling.
 
-    ``x`` is float32 with the dataset's sample shape, ``y`` holds int64 labels in the dataset's
-    original numbering (a 2-class subset keeps labels 0 and 1 out of 10, as the paper does).
+    ``x`` is float32 with the dataset's sample shape. ``y`` holds int64 labels: with
+    ``outputs="all"`` in the dataset's original numbering (a 2-class subset keeps labels 0 and
+    1 out of 10 outputs, as Chen et al. do); with ``outputs="classes"`` renumbered to each
+    label's position in ``classes`` (0 .. len(classes) - 1, one network output per class of
+    the subset, ``num_outputs``).
     """
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     if scale not in SCALINGS:
         raise DataError(f"unknown data.scale {scale!r}; allowed: {list(SCALINGS)}")
+    _check_outputs(outputs, classes)
     if classes is not None:
         _check_classes(name, classes)
     path = prepared_path(name, prepared_dir, **options)
@@ -330,7 +335,38 @@ def load(name: str, split: str, prepared_dir: str | Path = "data", classes=None,
     if not len(y_train):
         raise DataError(f"dataset {name!r} has no training samples of classes {classes}")
     x = _scale(x, x_train, scale)
+    if outputs == "classes":
+        y = _renumbered(y, classes, spec(name).num_classes)
     return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+
+
+#: The ``outputs`` data option: one network output per class of the dataset, or per class of
+#: the ``classes`` subset.
+OUTPUTS = ("all", "classes")
+
+
+def num_outputs(data_cfg: dict) -> int:
+    """The network's output width K for a study's ``data`` section: the dataset's class count,
+    or with ``outputs: classes`` the size of its ``classes`` subset."""
+    outputs, classes = data_cfg.get("outputs", "all"), data_cfg.get("classes")
+    _check_outputs(outputs, classes)
+    return len(classes) if outputs == "classes" else spec(data_cfg["name"]).num_classes
+
+
+def _check_outputs(outputs: str, classes) -> None:
+    """A DataError for an unknown ``outputs`` option or ``classes`` outputs without a subset."""
+    if outputs not in OUTPUTS:
+        raise DataError(f"unknown data.outputs {outputs!r}; allowed: {list(OUTPUTS)}")
+    if outputs == "classes" and classes is None:
+        raise DataError("data.outputs 'classes' needs a data.classes subset to number the "
+                        "outputs by; set data.classes or use outputs 'all'")
+
+
+def _renumbered(y: np.ndarray, classes, dataset_classes: int) -> np.ndarray:
+    """Labels of a class subset mapped to their positions in ``classes``."""
+    position = np.full(dataset_classes, -1, dtype=np.int64)
+    position[list(classes)] = np.arange(len(classes))
+    return position[y]
 
 
 def _check_classes(name: str, classes) -> None:

@@ -9,7 +9,8 @@ import torch
 
 #: Named sub-streams of a run's seed, in a fixed order (never reorder: it changes every run;
 #: appending is safe, child i of SeedSequence.spawn does not depend on how many are spawned).
-STREAMS = ("init", "data_order", "measure_points", "curvature", "augment", "dropout")
+STREAMS = ("init", "data_order", "measure_points", "curvature", "augment", "dropout",
+           "misclassified_points")
 
 
 def sub_seed(seed: int, stream: str) -> int:

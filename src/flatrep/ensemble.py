@@ -92,8 +92,10 @@ class Ensemble:
         self.rngs = [train.generators(hp["seed"]) for hp in self.hparams]
         self.batches = train.BatchOrder(len(setup.x), self.batch_size,
                                         [rng["data_order"] for rng in self.rngs], setup.device)
+        self.averaging_start = _shared(runs, setup, "averaging_start")
         self.average = averaging.IterateAverage(averaging.start_step(
-            _shared(runs, setup, "averaging_start"), setup.iterations), members=len(runs))
+            self.averaging_start, setup.iterations), members=len(runs),
+            every=setup.train_cfg.get("averaging_every", 1))
         self.active = torch.ones(len(runs), dtype=torch.bool, device=setup.device)
         self.diverged_at = torch.full((len(runs),), -1, dtype=torch.long, device=setup.device)
         gradients = vmap(grad_and_value(self._member_loss))
@@ -120,7 +122,8 @@ class Ensemble:
         self.diverged_at = torch.where(self.active & ~finite, step, self.diverged_at)
         self.active = self.active & finite
         self.optimizer.step([grads[name] for name in self.params],
-                            self.setup.learning_rate(self.base_lr, step), self.active)
+                            self.setup.learning_rate(self.base_lr, step, self.averaging_start),
+                            self.active)
 
     def save(self, step: int, out_root: Path) -> list[Path]:
         """Copy each member out of the stack into its module and write its checkpoint."""

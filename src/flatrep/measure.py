@@ -3,7 +3,9 @@ moment).
 
 Measures are computed in float64 on a fixed, seeded set of training and test points that is
 the same for every run of a study (so ``sample_index`` has no run dimension). The subset
-``test_misclassified`` holds the test points the checkpoint misclassifies; the others are NaN.
+``test_misclassified`` holds, at each checkpoint, up to ``measure.points`` test points that
+checkpoint misclassifies: the first ones in a seeded permutation of the whole test split (Chen
+et al.'s ``--hard_sample``), their rows in ``misclassified_index`` (NaN past their number).
 
 They run on the device ``measure_run`` picks from ``measure.device`` (``auto``: CUDA when
 present, as ``train.device``), recorded in the ``measure_device`` attribute. Random probes are
@@ -27,8 +29,10 @@ from flatrep.measures import invariant, jacobian, layers, suite
 SUBSETS = ("train", "test", "test_misclassified")
 SUBSET_ATTRS = {"long_name": "set of measurement points",
                 "definition": "train, test: the measure.points rows of that split "
-                              "(sample_index); test_misclassified: the test rows, NaN at every "
-                              "point the checkpoint classifies correctly"}
+                              "(sample_index); test_misclassified: up to measure.points test "
+                              "rows the checkpoint misclassifies, the first in a seeded "
+                              "permutation of the test split (misclassified_index; sample_index "
+                              "-1), NaN past their number"}
 #: Default orders k of Ma & Ying's moments g_x(k), g_W(k) (``measure.moments``).
 MOMENTS = (1, 2)
 
@@ -50,10 +54,25 @@ def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarra
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: int,
              loss: losses.Loss):
-    """(training loss in the training convention, accuracy) on a full split, eval mode."""
+    """(training loss in the training convention, accuracy, boolean mask of the samples
+    misclassified) on a full split, eval mode."""
     out = model(x)
     value = loss.training(out, loss.targets(y, num_outputs, out.dtype))
-    return value.item(), (out.argmax(1) == y).double().mean().item()
+    right = out.argmax(1) == y
+    return value.item(), right.double().mean().item(), (~right).cpu().numpy()
+
+
+def misclassified_rows(wrong: np.ndarray, order: np.ndarray, n_points: int) -> np.ndarray:
+    """The first ``n_points`` rows of the permutation ``order`` where ``wrong`` is true (all of
+    them if fewer), ascending."""
+    return np.sort(order[wrong[order]][:n_points])
+
+
+def _padded(values: dict[str, np.ndarray], n_points: int) -> dict[str, np.ndarray]:
+    """Per-sample values of fewer than ``n_points`` samples, NaN-padded along the sample axis."""
+    return {key: np.concatenate([value, np.full((n_points - len(value),) + value.shape[1:],
+                                                np.nan)])
+            for key, value in values.items()}
 
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
@@ -106,27 +125,33 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     """Every measure of one checkpoint, as arrays shaped like the catalogue's dims.
 
     Computed on the device of ``splits`` (float64 tensors; the model is moved there in
-    float64); ``points`` are numpy row indices of the splits.
+    float64); ``points`` are numpy row indices of the splits (``train``, ``test``,
+    ``curvature``) and ``test_order``, the permutation of the test rows that the misclassified
+    points are taken from in order.
     """
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
     max_bytes = config.measure_memory_bytes(measure_cfg)
     device = splits["train"][0].device
     model = model.double().to(device)
-    rows = {key: torch.as_tensor(value, device=device) for key, value in points.items()}
+    rows = {key: torch.as_tensor(points[key], device=device)
+            for key in ("train", "test", "curvature") if key in points}
     values: dict[str, np.ndarray] = {}
+    wrong = {}
     for split, (x, y) in splits.items():
-        values[f"{split}_loss"], values[f"{split}_acc"] = evaluate(model, x, y, num_outputs,
-                                                                   loss)
+        values[f"{split}_loss"], values[f"{split}_acc"], wrong[split] = evaluate(
+            model, x, y, num_outputs, loss)
     per_subset = {subset: point_measures(model, splits[subset][0][rows[subset]], chunk_size,
                                          moments, max_bytes)
                   for subset in ("train", "test")}
-    x_test, y_test = splits["test"][0][rows["test"]], splits["test"][1][rows["test"]]
-    with torch.no_grad():
-        wrong = (model(x_test).argmax(1) != y_test).cpu().numpy()
-    per_subset["test_misclassified"] = {
-        key: np.where(wrong.reshape((-1,) + (1,) * (value.ndim - 1)), value, np.nan)
-        for key, value in per_subset["test"].items()}
+    n_points = len(points["test"])
+    hard = misclassified_rows(wrong["test"], points["test_order"], n_points)
+    per_subset["test_misclassified"] = _padded(
+        point_measures(model, splits["test"][0][torch.as_tensor(hard, device=device)],
+                       chunk_size, moments, max_bytes) if len(hard)
+        else {key: value[:0] for key, value in per_subset["test"].items()}, n_points)
+    values["misclassified_index"] = np.concatenate(
+        [hard.astype(np.float64), np.full(n_points - len(hard), np.nan)])
     for key in per_subset["train"]:
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
@@ -178,6 +203,8 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
                                          determinism.sub_seed(seed, "measure_points") + i)
               for i, split in enumerate(("train", "test"))}
+    points["test_order"] = np.random.default_rng(
+        determinism.sub_seed(seed, "misclassified_points")).permutation(len(splits["test"][1]))
     curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
         n_train = len(splits["train"][1])
@@ -245,7 +272,7 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
         variables.attributes("diverged"))
     data_vars["diverged_at"] = ((), np.int64(-1 if diverged_at is None else diverged_at),
                                 variables.attributes("diverged_at"))
-    sample_index = np.stack([points["train"], points["test"], points["test"]])
+    sample_index = np.stack([points["train"], points["test"], np.full_like(points["test"], -1)])
     coords = {"step": ("step", np.array(steps, dtype=np.int64), {"long_name": "SGD iteration",
                                                                   "units": "1"}),
               "subset": ("subset", list(SUBSETS), SUBSET_ATTRS),
@@ -258,6 +285,8 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
                                                   "units": "1"}),
               "sample_index": (("subset", "sample"), sample_index,
                                {"long_name": "row in that split of flatrep.data.load",
-                                "units": "1"}),
+                                "units": "1",
+                                "definition": "-1 for test_misclassified, whose rows change "
+                                              "with the checkpoint: misclassified_index"}),
               **(extra_coords or {})}
     return xr.Dataset(data_vars, coords)

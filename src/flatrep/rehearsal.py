@@ -50,6 +50,7 @@ CAPS: dict[tuple[str, ...], int] = {
     ("measure", "curvature", "output_curvature", "steps"): 3,
     ("measure", "curvature", "output_curvature", "point_chunk"): 8,
     ("measure", "curvature", "output_curvature", "points"): 2,
+    ("measure", "curvature", "batchnorm_train", "steps"): 5,
     ("stats", "bootstrap"): 100,
     ("stats", "permutations"): 100,
 }

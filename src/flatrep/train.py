@@ -7,8 +7,9 @@ Checkpoints are written at a schedule known up front.
 
 Iterate averaging (``train.averaging_start`` = s in [0, 1], Izmailov et al. 2018; the
 "Gadam" arm of the False-Friend study): from step t0 = round(s T) on, the checkpoint at
-step t >= t0 holds the mean of the iterates theta_t0, ..., theta_t (``flatrep.averaging``),
-which is what every measure sees; the raw iterate and the optimizer state are kept beside it
+step t >= t0 holds the mean of the iterates theta_t0, theta_t0+e, ..., up to t, every e =
+``train.averaging_every`` steps (default 1; ``flatrep.averaging``), which is what every
+measure sees; the raw iterate and the optimizer state are kept beside it
 for resuming. s = 1 (the default) averages the last iterate alone, i.e. no averaging.
 Weight decay (SGD's coupled L2, AdamW's decoupled decay) changes the trajectory only: the
 measured Hessian is that of the data loss, never of the penalty.
@@ -130,10 +131,13 @@ class Setup:
                                    determinism.sub_seed(seed, "init")).to(self.device,
                                                                           self.dtype)
 
-    def learning_rate(self, base: float | torch.Tensor, step: int) -> float | torch.Tensor:
-        """eta_t = base * schedule factor at ``step``; ``base`` is one run's rate or the
-        ensemble members' vector of rates."""
-        return base * schedules.factor(self.lr_schedule, step, self.iterations)
+    def learning_rate(self, base: float | torch.Tensor, step: int,
+                      averaging_start: float) -> float | torch.Tensor:
+        """eta_t = base * schedule factor at ``step`` for runs averaging from
+        ``averaging_start`` on (``schedules.for_run``); ``base`` is one run's rate or the
+        ensemble members' vector of rates (who share their averaging start)."""
+        schedule = schedules.for_run(self.lr_schedule, averaging_start)
+        return base * schedules.factor(schedule, step, self.iterations)
 
 
 def prepare(study: dict, data_root: str | Path = "data", threads: int | None = None) -> Setup:
@@ -143,7 +147,7 @@ def prepare(study: dict, data_root: str | Path = "data", threads: int | None = N
                                  threads=threads)["mode"]
     device = determinism.pick_device(train_cfg.get("device", "auto"))
     x, y = data.load_study_split(study["data"], "train", data_root)
-    num_outputs = data.spec(study["data"]["name"]).num_classes
+    num_outputs = data.num_outputs(study["data"])
     loss = losses.get(train_cfg.get("loss", "mse"))
     augmentation = train_cfg.get("augment", "none")
     augment.check(augmentation, tuple(x.shape[1:]))
@@ -258,7 +262,8 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
     rng = generators(hp["seed"])
     batches = BatchOrder(len(setup.x), int(hp["batch_size"]), [rng["data_order"]], setup.device)
     average = averaging.IterateAverage(
-        averaging.start_step(hp["averaging_start"], setup.iterations))
+        averaging.start_step(hp["averaging_start"], setup.iterations),
+        every=setup.train_cfg.get("averaging_every", 1))
     out_dir = Path(out_dir)
     written: list[Path] = []
     diverged_at: int | None = None
@@ -284,7 +289,8 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
             return False
         idx = batches.next()[0]
         inputs = augment.augment(setup.x[idx], setup.augmentation, rng["augment"])
-        optimizer.param_groups[0]["lr"] = setup.learning_rate(hp["lr"], step)
+        optimizer.param_groups[0]["lr"] = setup.learning_rate(hp["lr"], step,
+                                                              hp["averaging_start"])
         optimizer.zero_grad(set_to_none=True)
         value = setup.loss.training(model(inputs), setup.targets[idx])
         if not torch.isfinite(value):

@@ -65,7 +65,10 @@ def check_studies(studies: dict) -> None:
         _check_augment(name, study)
         try:
             models.check_options(study["model"])
-            schedules.resolve(study["train"].get("lr_schedule"))
+            schedule = schedules.resolve(study["train"].get("lr_schedule"))
+            for run in config.expand_runs(study):
+                schedules.for_run(schedule, {**config.TRAIN_DEFAULTS, **study["train"],
+                                             **run.hparams}["averaging_start"])
         except (models.ModelError, schedules.ScheduleError) as err:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)

@@ -30,6 +30,13 @@ CATALOG: dict[str, Variable] = {
                           "fraction of argmax_k f_k(x) == y"),
     "test_acc": Variable((), "test accuracy on the full test split", "1",
                          "fraction of argmax_k f_k(x) == y"),
+    "misclassified_index": Variable(("sample",), "test rows of the misclassified subset", "1",
+                                    "row in the test split of flatrep.data.load of each "
+                                    "subset=test_misclassified point at this checkpoint: the "
+                                    "first measure.points test rows the checkpoint "
+                                    "misclassifies in a seeded permutation of the whole test "
+                                    "split (Chen et al.'s --hard_sample), ascending; NaN past "
+                                    "their number"),
     "diverged": Variable((), "run had diverged by this checkpoint", "1",
                          "1 if the minibatch loss became NaN/inf at or before this step, else 0; "
                          "measures of diverged checkpoints are NaN"),
@@ -79,6 +86,24 @@ CATALOG: dict[str, Variable] = {
                                    "smallest Ritz value, Lanczos with full reorthogonalisation"),
     "hessian_lambda_min_residual": Variable((), "residual bound of hessian_lambda_min", "1",
                                             "|beta_k y[k]|: an eigenvalue of H lies within it"),
+    "hessian_bn_train_lambda_max": Variable(
+        (), "largest eigenvalue of the BatchNorm-train-mode Hessian (Lanczos)", "1",
+        "largest Ritz value of H_bn = grad^2 sum_b (|b|/n) mean_{i in b} l_i, every BatchNorm "
+        "layer normalising by the statistics of batch b (consecutive "
+        "curvature.batchnorm_train.batch_size curvature points; Granziol's protocol, "
+        "reference A.5); equals hessian_lambda_max's H without BatchNorm layers"),
+    "hessian_bn_train_lambda_max_residual": Variable(
+        (), "residual bound of hessian_bn_train_lambda_max", "1",
+        "|beta_k y[k]|: an eigenvalue of H_bn lies within it"),
+    "hessian_bn_train_lambda_min": Variable(
+        (), "smallest eigenvalue of the BatchNorm-train-mode Hessian (Lanczos)", "1",
+        "smallest Ritz value of H_bn (see hessian_bn_train_lambda_max)"),
+    "hessian_bn_train_trace": Variable(
+        (), "trace of the BatchNorm-train-mode Hessian (Hutchinson)", "1",
+        "mean of v^T H_bn v over the core's Rademacher probes (those of "
+        "hessian_trace_hutchinson, so the two pair)"),
+    "hessian_bn_train_trace_se": Variable((), "standard error of hessian_bn_train_trace", "1",
+                                          "std(v^T H_bn v) / sqrt(probes)"),
     "relative_flatness_first": Variable((), "relative flatness of the first layer", "1",
                                         "kappa_Tr(W_1) = Tr((W_1 W_1^T (x) I) H_{W_1}) of the "
                                         "1/2-MSE loss on the curvature points, Hutchinson "

@@ -27,6 +27,9 @@ output_curvature — ``steps`` single-point HVPs per point and output (about ``s
     full-batch HVPs on ``points`` of the curvature points, default all), batched over
     ``point_chunk`` points: the spectral norms of the per-sample output Hessians for the
     False-Friend spectral loss bound.
+batchnorm_train — ``steps`` + ``probes`` HVPs over batches of ``batch_size`` points with
+    BatchNorm in train mode (``flatrep.measures.batchnorm_train``, Granziol's protocol):
+    lambda_max, lambda_min and the Hutchinson trace of that Hessian, on the core's probes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch
 from torch import nn
 
 from flatrep import config, losses
-from flatrep.measures import curvature, invariant, jacobian, layers, output_curvature, spectrum
+from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, layers,
+                              output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
 
 
@@ -203,10 +207,27 @@ def output_curvature_family(ctx: Context, options: dict) -> dict:
             "output_curvature_residual_max": result.residuals.max().item()}
 
 
+def batchnorm_train_family(ctx: Context, options: dict) -> dict:
+    """H_bn's extreme Ritz values from the same start vector as ``lanczos`` and its trace
+    from the same Rademacher probes as the core's Hutchinson estimate of H."""
+    operator = batchnorm_train.operator(ctx.model, ctx.x, ctx.targets, ctx.loss,
+                                        options["batch_size"], ctx.operator.method,
+                                        ctx.operator.probe_chunk, ctx.max_bytes)
+    ritz = curvature.lanczos(operator, options["steps"], ctx.generator())
+    trace = curvature.mean_and_se((ctx.probes["vectors"]
+                                   * operator(ctx.probes["vectors"])).sum(1))
+    return {"hessian_bn_train_lambda_max": ritz.lambda_max,
+            "hessian_bn_train_lambda_max_residual": ritz.residuals[-1].item(),
+            "hessian_bn_train_lambda_min": ritz.lambda_min,
+            "hessian_bn_train_trace": trace.value,
+            "hessian_bn_train_trace_se": trace.standard_error}
+
+
 FAMILIES = {"hutch_plus_plus": hutch_plus_plus,
             "output_curvature": output_curvature_family, "lanczos": lanczos, "stability": stability,
             "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
-            "spectral_density": spectral_density, "rank": rank}
+            "spectral_density": spectral_density, "rank": rank,
+            "batchnorm_train": batchnorm_train_family}
 
 
 def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: losses.Loss,

@@ -181,6 +181,12 @@ ENSEMBLE_MODES = ("none", "seeds", "configs")
 ENSEMBLE_SHARED = ("batch_size", "optimizer", "averaging_start")
 
 
+def hyperparameters(train: dict, run: Run) -> dict:
+    """A run's hyperparameters: its swept values over the study's ``train`` section over
+    ``TRAIN_DEFAULTS``."""
+    return {**TRAIN_DEFAULTS, **train, **run.hparams}
+
+
 def ensemble_groups(study: dict) -> dict[str, list[Run]]:
     """The runs of a study grouped into training processes, by ``train.ensemble``:
 
@@ -199,7 +205,7 @@ def ensemble_groups(study: dict) -> dict[str, list[Run]]:
         elif mode == "seeds":
             key = run_id({k: v for k, v in run.hparams.items() if k != "seed"}) or "all"
         else:
-            resolved = {**TRAIN_DEFAULTS, **study["train"], **run.hparams}
+            resolved = hyperparameters(study["train"], run)
             key = run_id({k: resolved[k] for k in ENSEMBLE_SHARED})
         groups.setdefault(key, []).append(run)
     return groups

@@ -123,7 +123,7 @@ class Setup:
 
     def hyperparameters(self, run: config.Run) -> dict:
         """The run's hyperparameters with the study's fixed values and the defaults."""
-        return {**config.TRAIN_DEFAULTS, **self.train_cfg, **run.hparams}
+        return config.hyperparameters(self.train_cfg, run)
 
     def initial_model(self, study: dict, seed: int) -> nn.Module:
         """The run's model with weights drawn from its ``init`` stream, on the device."""

@@ -67,8 +67,8 @@ def check_studies(studies: dict) -> None:
             models.check_options(study["model"])
             schedule = schedules.resolve(study["train"].get("lr_schedule"))
             for run in config.expand_runs(study):
-                schedules.for_run(schedule, {**config.TRAIN_DEFAULTS, **study["train"],
-                                             **run.hparams}["averaging_start"])
+                schedules.for_run(schedule, config.hyperparameters(study["train"],
+                                                                   run)["averaging_start"])
         except (models.ModelError, schedules.ScheduleError) as err:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)

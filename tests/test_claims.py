@@ -88,7 +88,8 @@ def test_verdicts_on_a_synthetic_study_with_known_truth():
                  "bounds_hold", "local_dim_unbounded"):
         assert verdict[name] == claims.SUPPORTED, name
     assert verdict["rank_bounded"] == claims.CONTRADICTED
-    for name in ("l2_sharper", "l2_generalises", "adam_ia_sharper", "adam_ia_generalises"):
+    for name in ("l2_sharper", "l2_generalises", "adam_ia_sharper", "adam_ia_sharper_bn_train",
+                 "adam_ia_generalises"):
         assert verdict[name] == claims.NOT_TESTED, name
         assert verdict[f"{name}_equal_loss"] == claims.NOT_TESTED, name
     tested = np.isfinite(table["claim_p"].values) & (table["claim_direction"] != "bound").values
@@ -125,12 +126,22 @@ def test_adam_with_iterate_averaging_against_sgd_and_assumption_masking():
     assert table["claim_note"].sel(claim="adam_ia_sharper_equal_loss").item().startswith(
         "equal train loss L* = 0.01: first checkpoint per run with train loss <= L* "
         "(step 100, train loss 0.01-0.01)")
+    assert verdict["adam_ia_sharper_bn_train"] == claims.NOT_TESTED    # family off
+    assert table["claim_note"].sel(claim="adam_ia_sharper_bn_train").item() == (
+        "the study does not measure hessian_bn_train_lambda_max")
     assert verdict["adam_ia_generalises"] == claims.NOT_TESTED    # constant test accuracy
     assert verdict["adam_ia_generalises_equal_loss"] == claims.NOT_TESTED
     assert verdict["bounds_hold"] == claims.NOT_TESTED    # no dense network: no evidence
     dense = bound_ds.assign_coords(layer_type=("layer", ["Linear", "Linear"]))
     table = claims.evaluate(cube, dense, CFG, FIGURES)
     assert table["claim_verdict"].sel(claim="bounds_hold").item() == claims.CONTRADICTED
+    # the BN-train-mode lambda_max measured, the arms' order reversed: contradicted
+    cube["hessian_bn_train_lambda_max"] = 1 / cube["hessian_lambda_max"]
+    table = claims.evaluate(cube, bound_ds, {**CFG, "permutations": 2000}, FIGURES)
+    assert table["claim_verdict"].sel(claim="adam_ia_sharper_bn_train").item() == (
+        claims.CONTRADICTED)
+    assert float(table["claim_estimate"].sel(claim="adam_ia_sharper_bn_train")) == (
+        pytest.approx(-900 / np.sqrt(1770 * (1770 - 870)), rel=1e-12))
 
 
 def test_equal_loss_checkpoints_by_hand():

@@ -271,6 +271,8 @@ def _adaptive_averaged(y_name: str,
     def measure(evidence: Evidence) -> Outcome | str:
         if arm(evidence.cube) is None:
             return reason
+        if y_name not in evidence.cube:
+            return f"the study does not measure {y_name}"
         treated, control = _arms(evidence.cube)
         both = evidence.cube.isel(run=np.flatnonzero(treated | control))
         return _tau_at(at, both, arm, y_name, reason, evidence)
@@ -332,6 +334,12 @@ CLAIMS: list[Claim] = [
         "adam_ia_sharper", "Adam with iterate averaging is sharper than SGD",
         "Kendall tau(Adam+IA arm, lambda_max)",
         lambda at: _adaptive_averaged("hessian_lambda_max", at)),
+    *_at_end_and_equal_loss(
+        "adam_ia_sharper_bn_train",
+        "Adam with iterate averaging is sharper than SGD, Hessian with BatchNorm in train mode "
+        "(Granziol's protocol)",
+        "Kendall tau(Adam+IA arm, BN-train-mode lambda_max)",
+        lambda at: _adaptive_averaged("hessian_bn_train_lambda_max", at)),
     *_at_end_and_equal_loss(
         "adam_ia_generalises", "Adam with iterate averaging generalises better",
         "Kendall tau(Adam+IA arm, test accuracy)",

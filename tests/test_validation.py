@@ -130,9 +130,9 @@ def test_semantic_errors_name_the_entry_and_the_allowed_range():
                                 "allowed: 0..9")
     params = tiny_params()
     params["studies"]["tiny"]["data"]["outputs"] = "classes"
-    assert error_of(params) == ("studies.tiny.data.outputs = 'classes': one output per class "
-                                "of data.classes, which is null; set data.classes to a subset "
-                                "or data.outputs to 'all'")
+    assert error_of(params) == ("studies.tiny: data.outputs 'classes' needs a data.classes "
+                                "subset to number the outputs by; set data.classes or use "
+                                "outputs 'all'")
     params["studies"]["tiny"]["data"]["classes"] = [0, 1]
     validation.check_params(params)
     params = tiny_params()

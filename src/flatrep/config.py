@@ -305,18 +305,12 @@ def _check_checkpoints(name: str, train: dict) -> None:
         raise ConfigError(f"{prefix}.count = {spec['count']}: must be >= 2 (start and end)")
 
 
-def _check_classes(name: str, data_cfg: dict, dataset_classes: int) -> None:
-    """Every entry of ``data.classes`` must be a class index of the dataset, and
-    ``data.outputs: classes`` needs such a subset."""
-    classes = data_cfg.get("classes")
+def _check_classes(name: str, classes, dataset_classes: int) -> None:
+    """Every entry of ``data.classes`` must be a class index of the dataset."""
     for index, label in enumerate(classes or []):
         if not 0 <= label < dataset_classes:
             raise ConfigError(f"studies.{name}.data.classes[{index}] = {label}: not a class "
                               f"of the dataset; allowed: 0..{dataset_classes - 1}")
-    if data_cfg.get("outputs") == "classes" and classes is None:
-        raise ConfigError(f"studies.{name}.data.outputs = 'classes': one output per class of "
-                          f"data.classes, which is null; set data.classes to a subset or "
-                          f"data.outputs to 'all'")
 
 
 def check_study(name: str, study: dict, dataset_classes: int | None = None) -> None:
@@ -325,7 +319,7 @@ def check_study(name: str, study: dict, dataset_classes: int | None = None) -> N
     if not expand_runs(study):
         raise ConfigError(f"studies.{name}.train.grid expands to no run")
     if dataset_classes is not None:
-        _check_classes(name, study["data"], dataset_classes)
+        _check_classes(name, study["data"].get("classes"), dataset_classes)
     _check_curvature(name, study.get("measure", {}).get("curvature", {}))
 
 

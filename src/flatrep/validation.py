@@ -55,8 +55,8 @@ def check_params(params: dict) -> None:
 
 def check_studies(studies: dict) -> None:
     """Raise ConfigError for the first study with a semantic error (``config.check_study``,
-    the augmentation against the dataset, model options against the builder, the
-    learning-rate schedule, the ensemble mode). Imports torch (seconds), which a schema error
+    the augmentation against the dataset, the output width, model options against the
+    builder, the learning-rate schedule, the ensemble mode). Imports torch (seconds), which a schema error
     does not need."""
     from flatrep import data, models
 
@@ -64,12 +64,13 @@ def check_studies(studies: dict) -> None:
         config.check_study(name, study, data.spec(study["data"]["name"]).num_classes)
         _check_augment(name, study)
         try:
+            data.num_outputs(study["data"])
             models.check_options(study["model"])
             schedule = schedules.resolve(study["train"].get("lr_schedule"))
             for run in config.expand_runs(study):
                 schedules.for_run(schedule, config.hyperparameters(study["train"],
                                                                    run)["averaging_start"])
-        except (models.ModelError, schedules.ScheduleError) as err:
+        except (data.DataError, models.ModelError, schedules.ScheduleError) as err:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)
         _check_ensemble_options(name, study)

@@ -24,7 +24,7 @@ _ABBREVIATION = {"lr": "lr", "batch_size": "bs", "seed": "seed", "weight_decay":
                  "momentum": "mom", "optimizer": "opt", "averaging_start": "ia"}
 #: Values of the optional ``train`` keys when a study leaves them out.
 TRAIN_DEFAULTS = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
-                  "averaging_start": 1.0}
+                  "averaging_start": 1.0, "averaging_every": 1}
 
 
 class ConfigError(ValueError):

@@ -95,7 +95,7 @@ class Ensemble:
         self.averaging_start = _shared(runs, setup, "averaging_start")
         self.average = averaging.IterateAverage(averaging.start_step(
             self.averaging_start, setup.iterations), members=len(runs),
-            every=setup.train_cfg.get("averaging_every", 1))
+            every=_shared(runs, setup, "averaging_every"))
         self.active = torch.ones(len(runs), dtype=torch.bool, device=setup.device)
         self.diverged_at = torch.full((len(runs),), -1, dtype=torch.long, device=setup.device)
         gradients = vmap(grad_and_value(self._member_loss))

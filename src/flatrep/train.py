@@ -263,7 +263,7 @@ def train_run(study_name: str, study: dict, run: config.Run, out_dir: str | Path
     batches = BatchOrder(len(setup.x), int(hp["batch_size"]), [rng["data_order"]], setup.device)
     average = averaging.IterateAverage(
         averaging.start_step(hp["averaging_start"], setup.iterations),
-        every=setup.train_cfg.get("averaging_every", 1))
+        every=hp["averaging_every"])
     out_dir = Path(out_dir)
     written: list[Path] = []
     diverged_at: int | None = None

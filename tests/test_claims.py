@@ -2,6 +2,7 @@
 truth is known by construction."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,10 +10,13 @@ import xarray as xr
 
 from flatrep import bounds, claims
 
-RULES = {"alpha": 0.05, "min_effect": 0.2, "margin": 0.3, "max_violation_rate": 0.01}
+RULES = {"alpha": 0.05, "min_effect": 0.2, "margin": 0.3, "max_violation_rate": 0.01,
+         "ratio_band": [10, 90]}
 CFG = {"bootstrap": 200, "permutations": 200, "ci_level": 0.95, "seed": 0, "claims": RULES,
        "interpolation_loss": 0.02}
 FIGURES = {"lr_row_batch_size": 20, "batch_row_lr": 0.1}
+#: enough permutations for a Holm-adjusted p below alpha in a family of ~20 tested claims
+PRECISE = {**CFG, "permutations": 2000}
 
 
 def claim(direction):
@@ -32,6 +36,17 @@ def claim(direction):
     ("bound", claims.Outcome(0.0, 0.0, 0.05, np.nan, 72), np.nan, claims.INCONCLUSIVE),
     ("bound", claims.Outcome(0.5, 0.3, 0.7, np.nan, 72), np.nan, claims.CONTRADICTED),
     ("positive", "the study does not sweep it", np.nan, claims.NOT_TESTED),
+    ("nonpositive", claims.Outcome(-0.4, -0.6, -0.2, 0.001, 40), 0.004, claims.SUPPORTED),
+    ("nonpositive", claims.Outcome(0.05, -0.2, 0.25, 0.6, 40), 1.0, claims.SUPPORTED),
+    ("nonpositive", claims.Outcome(0.1, -0.2, 0.4, 0.3, 40), 1.0, claims.INCONCLUSIVE),
+    ("nonpositive", claims.Outcome(0.25, 0.1, 0.29, 0.001, 40), 0.004, claims.CONTRADICTED),
+    ("nonpositive", claims.Outcome(0.25, 0.1, 0.29, 0.001, 40), 0.2, claims.SUPPORTED),
+    ("band", claims.Outcome(30.0, 12.0, 80.0, np.nan, 10), np.nan, claims.SUPPORTED),
+    ("band", claims.Outcome(10.0, 10.0, 90.0, np.nan, 10), np.nan, claims.SUPPORTED),
+    ("band", claims.Outcome(12.0, 6.0, 20.0, np.nan, 10), np.nan, claims.INCONCLUSIVE),
+    ("band", claims.Outcome(3.0, 2.0, 4.0, np.nan, 10), np.nan, claims.CONTRADICTED),
+    ("band", claims.Outcome(200.0, 95.0, 300.0, np.nan, 10), np.nan, claims.CONTRADICTED),
+    ("band", claims.Outcome(0.5, 0.3, 0.8, np.nan, 10), np.nan, claims.CONTRADICTED),
 ])
 def test_verdict_rules(direction, outcome, p_holm, expected):
     assert claims.verdict(claim(direction), outcome, p_holm, RULES) == expected
@@ -88,14 +103,21 @@ def test_verdicts_on_a_synthetic_study_with_known_truth():
                  "bounds_hold", "local_dim_unbounded"):
         assert verdict[name] == claims.SUPPORTED, name
     assert verdict["rank_bounded"] == claims.CONTRADICTED
-    for name in ("l2_sharper", "l2_generalises", "adam_ia_sharper", "adam_ia_sharper_bn_train",
-                 "adam_ia_generalises"):
+    for name in ("l2_sharper", "l2_sharper_trace", "l2_sharper_fro", "l2_smaller_weights",
+                 "l2_generalises", "adam_ia_sharper", "adam_ia_sharper_bn_train",
+                 "adam_ia_sharper_trace", "adam_ia_generalises"):
         assert verdict[name] == claims.NOT_TESTED, name
         assert verdict[f"{name}_equal_loss"] == claims.NOT_TESTED, name
+    for name in ("adam_ia_30x", "adam_ia_30x_trace", "scaled_sharpness_gap",
+                 "raw_sharpness_gap", "input_param_smoothness"):
+        assert verdict[name] == claims.NOT_TESTED, name     # arms or measures absent
     tested = np.isfinite(table["claim_p"].values) & (table["claim_direction"] != "bound").values
     assert (table["claim_p_holm"].values[tested] >= table["claim_p"].values[tested]).all()
     markdown = claims.markdown(table)
     assert markdown.count("\n") == len(claims.CLAIMS) + 2
+    # six cells a row: the |s of ||theta|| in a statement are escaped, not cell borders
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 8 for line in markdown.splitlines())
+    assert r"lambda_max \|\|theta\|\|^2 predicts" in markdown
     assert "**not tested** — the study does not sweep weight_decay" in markdown
 
 
@@ -113,7 +135,7 @@ def test_adam_with_iterate_averaging_against_sgd_and_assumption_masking():
     bound_ds["holds"].loc[{"bound": "rank_hessian_layers"}] = 1
     bound_ds["holds"].loc[{"bound": "mls", "step": 0}] = 0     # violated by a conv network:
     bound_ds = bound_ds.assign_coords(layer_type=("layer", ["Conv1d", "Linear"]))
-    table = claims.evaluate(cube, bound_ds, {**CFG, "permutations": 2000}, FIGURES)
+    table = claims.evaluate(cube, bound_ds, PRECISE, FIGURES)
     verdict = dict(zip(table["claim"].values, table["claim_verdict"].values))
     assert verdict["adam_ia_sharper"] == claims.SUPPORTED
     # perfect separation of 30 vs 30 runs: tau-b = 30 * 30 / sqrt(C(60, 2) (C(60, 2) - 2 C(30, 2)))
@@ -137,7 +159,7 @@ def test_adam_with_iterate_averaging_against_sgd_and_assumption_masking():
     assert table["claim_verdict"].sel(claim="bounds_hold").item() == claims.CONTRADICTED
     # the BN-train-mode lambda_max measured, the arms' order reversed: contradicted
     cube["hessian_bn_train_lambda_max"] = 1 / cube["hessian_lambda_max"]
-    table = claims.evaluate(cube, bound_ds, {**CFG, "permutations": 2000}, FIGURES)
+    table = claims.evaluate(cube, bound_ds, PRECISE, FIGURES)
     assert table["claim_verdict"].sel(claim="adam_ia_sharper_bn_train").item() == (
         claims.CONTRADICTED)
     assert float(table["claim_estimate"].sel(claim="adam_ia_sharper_bn_train")) == (
@@ -271,3 +293,154 @@ def test_summary_markdown_has_the_three_tables(measured_run, tiny_study):
     assert text.count("\n| ") == len(claims.CLAIMS) + len(stats.PAIRED_MEASURES) + len(
         bounds.REGISTRY) + 3
     assert f"| ma_ying | 0 / {ds.sizes['step']} |" in text
+
+
+def adaptive_study(factor, seed=4):
+    """``synthetic_study`` with every other run Adam(W) + IA whose lambda_max is ``factor``
+    times that of the SGD runs (up to +-10 % noise)."""
+    cube, bound_ds = synthetic_study()
+    adaptive = np.arange(cube.sizes["run"]) % 2 == 0
+    cube = cube.assign_coords(optimizer=("run", np.where(adaptive, "adam", "sgd")),
+                              averaging_start=("run", np.where(adaptive, 0.5, 1.0)))
+    noise = np.random.default_rng(seed).uniform(0.9, 1.1, cube.sizes["run"])
+    cube["hessian_lambda_max"] = cube["hessian_lambda_max"] * (
+        noise * np.where(adaptive, factor, 1))[:, None]
+    return cube, bound_ds, adaptive
+
+
+@pytest.mark.parametrize("factor,expected", [(3, claims.CONTRADICTED), (30, claims.SUPPORTED)])
+def test_thirty_times_sharper_is_a_ratio_of_arm_means_inside_the_band(factor, expected):
+    cube, bound_ds, adaptive = adaptive_study(factor)
+    table = claims.evaluate(cube, bound_ds, CFG, FIGURES)
+    row = table.sel(claim="adam_ia_30x")
+    final = cube["hessian_lambda_max"].isel(step=-1).values
+    assert float(row["claim_estimate"]) == pytest.approx(
+        final[adaptive].mean() / final[~adaptive].mean(), rel=1e-12)
+    assert float(row["claim_ci_low"]) < float(row["claim_estimate"]) < float(row["claim_ci_high"])
+    assert 0.85 * factor < float(row["claim_ci_low"]) and float(row["claim_ci_high"]) < (
+        1.15 * factor)
+    assert row["claim_verdict"].item() == expected
+    assert np.isnan(float(row["claim_p_holm"]))        # not part of the Holm family
+    assert row["claim_note"].item() == "ratio of arm means, 30 Adam+IA and 30 SGD runs"
+    notes = dict(zip(table["claim"].values, table["claim_note"].values))
+    assert notes["adam_ia_30x_trace"] == "the study does not measure hessian_trace"
+    assert notes["adam_ia_30x_bn_train"] == (
+        "the study does not measure hessian_bn_train_lambda_max")
+    plain, _ = synthetic_study()
+    table = claims.evaluate(plain, bound_ds, CFG, FIGURES)
+    assert table["claim_note"].sel(claim="adam_ia_30x").item() == (
+        "the study has no Adam + iterate-averaging arm beside an SGD arm")
+
+
+def test_thirty_times_needs_a_positive_sgd_mean_and_two_finite_runs_per_arm():
+    cube, _, adaptive = adaptive_study(30)
+    by_name = {c.name: c for c in claims.CLAIMS}
+    measure = by_name["adam_ia_30x"].measure
+    negative = cube.copy(deep=True)
+    negative["hessian_lambda_max"][~adaptive] *= -1
+    assert measure(claims.Evidence(negative, None, CFG, FIGURES)) == (
+        "the SGD arm's mean hessian_lambda_max is not positive")
+    sparse = cube.copy(deep=True)
+    sparse["hessian_lambda_max"][np.flatnonzero(adaptive)[1:], -1] = np.nan
+    assert measure(claims.Evidence(sparse, None, CFG, FIGURES)) == (
+        "fewer than 2 runs with a finite hessian_lambda_max in an arm")
+
+
+def test_weight_decay_raises_trace_and_frobenius_and_shrinks_the_weights():
+    """Claim A3 beyond lambda_max on the two-arm study: the treated (weight-decay) runs end
+    with a larger tr H and ||H||_F and a smaller ||theta||, each separating the arms
+    perfectly; a measure the study lacks is not tested."""
+    cube = false_friend_study("l2")
+    treated = cube["weight_decay"].values > 0
+    cube["hessian_trace"] = 5 * cube["hessian_lambda_max"]
+    cube["hessian_fro"] = 2 * cube["hessian_lambda_max"]
+    cube["param_norm"] = xr.DataArray(np.where(treated, 4.0, 9.0)[:, None]
+                                      + 0.01 * cube["seed"].values[:, None] + 0.1 * np.arange(5),
+                                      dims=("run", "step"))
+    evidence = claims.Evidence(cube, None, CFG, FIGURES)
+    by_name = {c.name: c for c in claims.CLAIMS}
+    perfect = 16 / np.sqrt(28 * (28 - 2 * 6))
+    for name, sign in (("l2_sharper_trace", 1), ("l2_sharper_fro", 1),
+                       ("l2_smaller_weights", -1)):
+        claim = by_name[name]
+        outcome = claim.measure(evidence)
+        assert outcome.estimate == pytest.approx(sign * perfect, rel=1e-12), name
+        assert claims.verdict(claim, outcome, outcome.p, RULES) == claims.SUPPORTED, name
+    assert by_name["l2_smaller_weights"].direction == "negative"
+    # at equal train loss the control runs are read at steps 200-300, where lambda_max (and
+    # so tr H) is larger than the treated runs' at 400: the sign flips
+    assert by_name["l2_sharper_trace_equal_loss"].measure(evidence).estimate == pytest.approx(
+        -perfect, rel=1e-12)
+    assert by_name["l2_sharper_fro"].measure(claims.Evidence(
+        cube.drop_vars("hessian_fro"), None, CFG, FIGURES)) == (
+        "the study does not measure hessian_fro")
+
+
+def test_scale_normalised_sharpness_predicts_the_gap_and_raw_sharpness_does_not():
+    """Claim A5 with known truth: the gap follows s = lambda_max ||theta||^2; ||theta||^2 =
+    s^2 u (u independent noise), so raw lambda_max = 1 / (s u) falls as the gap rises. Then a
+    study in which raw lambda_max rises with the gap contradicts the raw claim."""
+    cube, bound_ds = synthetic_study()
+    rng = np.random.default_rng(7)
+    n = cube.sizes["run"]
+    scaled = rng.lognormal(0.0, 0.5, n)
+    lam = 1 / (scaled * rng.lognormal(0.0, 0.5, n))
+    gap = 0.1 * scaled * rng.uniform(0.95, 1.05, n)
+    for name, values in (("hessian_lambda_max", lam), ("hessian_lambda_max_scaled", scaled),
+                         ("generalization_gap", gap), ("generalization_loss_gap", 3 * gap)):
+        cube[name] = xr.DataArray(np.repeat(values[:, None], cube.sizes["step"], 1),
+                                  dims=("run", "step"))
+    table = claims.evaluate(cube, bound_ds, PRECISE, FIGURES)
+    verdict = dict(zip(table["claim"].values, table["claim_verdict"].values))
+    for name in ("scaled_sharpness_gap", "scaled_sharpness_loss_gap", "raw_sharpness_gap",
+                 "raw_sharpness_loss_gap"):
+        assert verdict[name] == claims.SUPPORTED, name
+    assert float(table["claim_estimate"].sel(claim="raw_sharpness_gap")) < -0.2
+    cube["hessian_lambda_max"] = cube["generalization_gap"] ** 2
+    table = claims.evaluate(cube, bound_ds, PRECISE, FIGURES)
+    assert float(table["claim_estimate"].sel(claim="raw_sharpness_gap")) == pytest.approx(1.0)
+    assert table["claim_verdict"].sel(claim="raw_sharpness_gap").item() == claims.CONTRADICTED
+
+
+def with_moments(cube, param_k1, input_k1):
+    """``cube`` with Ma & Ying's moments at k = 1 and 2 per training sample: the k = 1 values
+    are the given per-run values times per-sample factors of mean 1; the k = 2 values are
+    unrelated (a claim reading k = 2 would not find the relations)."""
+    rng = np.random.default_rng(11)
+    shape = (cube.sizes["run"], cube.sizes["step"], cube.sizes["subset"], 4)
+    factors = np.array([0.5, 1.5, 0.8, 1.2])
+    for name, k1 in (("param_grad_moment", param_k1), ("input_grad_moment", input_k1)):
+        first = k1[:, None, None, None] * factors * np.ones(shape)
+        second = rng.lognormal(0.0, 1.0, shape)
+        cube[name] = xr.DataArray(np.stack([first, second], -1),
+                                  dims=("run", "step", "subset", "sample", "moment"))
+    return cube.assign_coords(moment=[1, 2])
+
+
+def test_ma_ying_implicit_sobolev_regularisation_claims():
+    """Claim B5 with known truth: g_x^2 follows g_W^2, test accuracy falls with g_x. g(1) is
+    the square root of the train-sample mean of the k = 1 moment."""
+    cube, bound_ds = synthetic_study()
+    rng = np.random.default_rng(3)
+    sharp = cube["sharpness"].isel(step=-1).values
+    param_k1 = sharp * rng.uniform(0.95, 1.05, len(sharp))
+    input_k1 = 0.3 * param_k1 * rng.uniform(0.95, 1.05, len(sharp))
+    cube = with_moments(cube, param_k1, input_k1)
+    cube["test_acc"] = xr.DataArray(
+        np.repeat((0.99 - 0.01 * np.sqrt(input_k1))[:, None], cube.sizes["step"], 1),
+        dims=("run", "step"))
+    g_w = claims._run_value(cube.isel(step=-1), "g_W").values
+    assert g_w == pytest.approx(np.sqrt(param_k1), rel=1e-12)      # factors average to 1
+    table = claims.evaluate(cube, bound_ds, PRECISE, FIGURES)
+    verdict = dict(zip(table["claim"].values, table["claim_verdict"].values))
+    for name in ("input_param_smoothness", "input_smoothness_generalises"):
+        assert verdict[name] == claims.SUPPORTED, name
+        assert table["claim_source"].sel(claim=name).item() == claims.MA_YING
+    # moments measured without k = 1: not tested, and said why
+    no_k1 = cube.assign_coords(moment=[2, 3])
+    table = claims.evaluate(no_k1, bound_ds, CFG, FIGURES)
+    assert table["claim_note"].sel(claim="input_param_smoothness").item() == (
+        "the study does not measure param_grad_moment at k = 1 (measure.moments)")
+    table = claims.evaluate(cube.drop_vars("input_grad_moment"), bound_ds, CFG, FIGURES)
+    assert table["claim_note"].sel(claim="input_smoothness_generalises").item() == (
+        "the study does not measure input_grad_moment")

@@ -102,6 +102,8 @@ def set_key(params: dict, key_path: str, value) -> None:
     ("train.device", "gpu", "studies.tiny.train.device = 'gpu': must be a string matching "
      "^(auto|cpu|cuda(:[0-9]+)?)$"),
     ("stats.ci_level", float("nan"), "studies.tiny.stats.ci_level = nan: must be a finite number"),
+    ("stats.claims.ratio_band", [10], "studies.tiny.stats.claims.ratio_band = [10]: must be a "
+     "list of 2 entries, each a number > 0"),
 ])
 def test_schema_errors_are_one_line_with_key_path_and_allowed_values(key_path, value, message):
     params = tiny_params()
@@ -144,6 +146,10 @@ def test_semantic_errors_name_the_entry_and_the_allowed_range():
                                 "lr_schedule.averaged_final decays to it by averaging_start")
     params["studies"]["tiny"]["train"]["grid"] = [{"lr": [0.1], "averaging_start": [1.0, 0.6]}]
     validation.check_params(params)
+    params = tiny_params()
+    params["studies"]["tiny"]["stats"]["claims"]["ratio_band"] = [90, 10]
+    assert error_of(params) == ("studies.tiny.stats.claims.ratio_band = [90, 10]: the low end "
+                                "must be below the high end, e.g. [10, 90]")
     params = tiny_params()
     params["run_studies"] = ["tiyn"]
     assert error_of(params) == ("run_studies[0]: unknown study 'tiyn' (did you mean 'tiny'?); "

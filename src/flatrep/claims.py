@@ -1,34 +1,55 @@
-"""The claims of both papers, each given a statistic and a verdict by a rule fixed in advance.
+"""The claims of the three papers, each given a statistic and a verdict by a rule fixed in
+advance.
 
 A claim states a direction: ``positive`` / ``negative`` (an association, Kendall tau-b with a
-percentile-bootstrap CI and a permutation or signed-rank p-value), ``none`` (no association)
-or ``bound`` (a violation rate with an exact binomial CI). The verdict rule reads
-``stats.claims`` in params.yaml (written before the data are seen):
+percentile-bootstrap CI and a permutation or signed-rank p-value), ``none`` (no association),
+``nonpositive`` (no positive association), ``bound`` (a violation rate with an exact binomial
+CI) or ``band`` (a ratio of arm means with a stratified bootstrap CI,
+``stats.ratio_of_means``). The verdict rule reads ``stats.claims`` in params.yaml (written
+before the data are seen):
 
 * positive / negative: *supported* when the Holm-adjusted p < ``alpha``, the CI excludes 0 on
   the claimed side and |estimate| >= ``min_effect``; *contradicted* when the same holds on
   the other side; otherwise *inconclusive*.
 * none: *supported* when the CI lies inside (-``margin``, ``margin``); *contradicted* when an
   association is established (as above, either side); otherwise *inconclusive*.
+* nonpositive: *contradicted* when a positive association is established (as above);
+  otherwise *supported* when the CI's upper end < ``margin``; otherwise *inconclusive*.
 * bound: *supported* when the CI's upper end <= ``max_violation_rate``; *contradicted* when
   its lower end exceeds it; otherwise *inconclusive*.
+* band: *supported* when the CI lies inside ``ratio_band`` = [low, high]; *contradicted* when
+  it lies wholly outside (above high or below low); otherwise *inconclusive*.
 * *not tested* when the study has no data for the claim (e.g. no weight-decay variation).
 
-Holm's correction runs over the p-values of every tested association claim of the study.
+Holm's correction runs over the p-values of every tested association claim of the study
+(bound and band claims have none).
 
-Granziol's comparisons of arms (weight decay; Adam/AdamW + iterate averaging vs SGD) are
-made twice, on the same statistic and verdict rule, differing only in the checkpoint read
-per run (``Checkpoint``):
+The catalogue follows reference ``paper_granziol_mayin.md`` §D: A3 (weight decay: lambda_max,
+tr H, ||H||_F larger, ||theta|| smaller, test accuracy higher), A4 (Adam/AdamW + iterate
+averaging sharper than SGD by tau, and "30x" as a ratio of arm means inside ``ratio_band``;
+eval-mode and BatchNorm-train-mode Hessians), A5 (scale-normalised sharpness lambda_max
+||theta||^2 predicts the generalisation gap, raw lambda_max does not; both gaps of §C.9),
+A6 (rank bound) and B5 (Ma & Ying's implicit Sobolev regularisation: g_x rises with g_W; test
+accuracy falls with g_x). B5's "a larger lr or a smaller batch lowers tr H and g_W" is
+``lr_flatter`` / ``batch_flatter``: g_W(1)^2 = mean_i ||J_i||_F^2 is the sharpness S itself
+(for every loss; the Hessian trace at an MSE interpolation up to its factor), so a g_W twin
+would count one test twice in Holm's family. A2 and B2-B4 are bounds
+of ``flatrep.bounds`` with their own violation statistics in stats.nc; B1
+(||H - G||_F / ||H||_F -> 0) is not measured.
 
-* at the end of training (``l2_sharper``, ``l2_generalises``, ``adam_ia_sharper``,
-  ``adam_ia_generalises``): every run's final checkpoint;
+Granziol's comparisons of arms by Kendall tau (weight decay; Adam/AdamW + iterate averaging
+vs SGD) are made twice, on the same statistic and verdict rule, differing only in the
+checkpoint read per run (``Checkpoint``); the "30x" ratios only at the end of training:
+
+* at the end of training (``l2_*``, ``adam_ia_sharper*``, ``adam_ia_generalises``): every
+  run's final checkpoint;
 * at equal train loss (the same names + ``_equal_loss``), because arms that end at different
   train losses are not comparable (the Hessian measures fall with the loss level). Over the
   runs the statistic compares (all runs for weight decay; the two arms' runs for Adam + IA),
   the common level is L* = max over runs of (min over the run's checkpoints of train_loss),
   the lowest level every run reaches; by construction every run reaches it (the run setting
   L* at its minimum). Each run is read at its first checkpoint in step order with
-  train_loss <= L*; the measure there (lambda_max, test accuracy: as at the end of training)
+  train_loss <= L*; the measure there (as at the end of training)
   enters the same Kendall tau. Checkpoints are discrete and nothing is interpolated between
   them, so the chosen checkpoints' train losses are <= L*, not equal to it (the claim's note
   gives L*, their range and the steps chosen). Non-finite train losses never qualify a
@@ -83,6 +104,30 @@ def _rng(evidence: Evidence) -> np.random.Generator:
     return np.random.default_rng(evidence.cfg["seed"])
 
 
+#: Ma & Ying's smoothness measures at k = 1 (reference B.6): g(1) = (mean_i sum_c sum_j
+#: (df_c(x_i)/dz_j)^2)^{1/2} over the training points, z the input (g_x) or all the parameters
+#: (g_W); a monotone function of the mean moment, so its Kendall tau is the moment's.
+MA_YING_SMOOTHNESS = {"g_x": "input_grad_moment", "g_W": "param_grad_moment"}
+
+
+def _unmeasured(ds: xr.Dataset, *names: str) -> str | None:
+    """Why one of ``names`` cannot be read from ``ds`` (None when all can)."""
+    for name in names:
+        source = MA_YING_SMOOTHNESS.get(name, name)
+        if source not in ds:
+            return f"the study does not measure {source}"
+        if name in MA_YING_SMOOTHNESS and 1 not in ds["moment"].values:
+            return f"the study does not measure {source} at k = 1 (measure.moments)"
+    return None
+
+
+def _run_value(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A measure per run (and step): a cube variable (``stats.run_level``) or g_x / g_W."""
+    if name in MA_YING_SMOOTHNESS:
+        return np.sqrt(stats.run_level(ds, MA_YING_SMOOTHNESS[name]).sel(moment=1))
+    return stats.run_level(ds, name)
+
+
 def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
     """Kendall tau-b with bootstrap CI and permutation p (``stats.correlate``)."""
     cfg = evidence.cfg
@@ -99,9 +144,12 @@ def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
 def _across_runs(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
     """tau of two run-level measures across runs at the final checkpoint."""
     def measure(evidence: Evidence) -> Outcome | str:
+        missing = _unmeasured(evidence.cube, x_name, y_name)
+        if missing:
+            return missing
         final = evidence.cube.isel(step=-1)
-        return _kendall(stats.run_level(final, x_name).values,
-                        stats.run_level(final, y_name).values, evidence)
+        return _kendall(_run_value(final, x_name).values, _run_value(final, y_name).values,
+                        evidence)
     return measure
 
 
@@ -115,8 +163,11 @@ def _along(axis: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
         cube = evidence.cube
         if axis not in cube.coords or other not in cube.coords:
             return f"the study does not sweep {axis}"
+        missing = _unmeasured(cube, y_name)
+        if missing:
+            return missing
         row = cube.where(cube[other] == evidence.figures[key], drop=True).isel(step=-1)
-        return _kendall(row[axis].values, stats.run_level(row, y_name).values, evidence)
+        return _kendall(row[axis].values, _run_value(row, y_name).values, evidence)
     return measure
 
 
@@ -219,6 +270,7 @@ def _noted(outcome: Outcome | str, note: str) -> Outcome | str:
 
 
 CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
+MA_YING = "Ma & Ying 2021"
 
 
 def _tau_at(at: Checkpoint, cube: xr.Dataset, contrast, y_name: str, reason: str,
@@ -232,7 +284,7 @@ def _tau_at(at: Checkpoint, cube: xr.Dataset, contrast, y_name: str, reason: str
     x = contrast(checkpoint)
     if x is None:
         return f"{reason} (among the runs with a checkpoint)"
-    return _noted(_kendall(x, stats.run_level(checkpoint, y_name).values, evidence), note)
+    return _noted(_kendall(x, _run_value(checkpoint, y_name).values, evidence), note)
 
 
 def _swept(coordinate: str, y_name: str, reason: str,
@@ -246,7 +298,8 @@ def _swept(coordinate: str, y_name: str, reason: str,
     def measure(evidence: Evidence) -> Outcome | str:
         if values(evidence.cube) is None:
             return reason
-        return _tau_at(at, evidence.cube, values, y_name, reason, evidence)
+        return _unmeasured(evidence.cube, y_name) or _tau_at(at, evidence.cube, values, y_name,
+                                                              reason, evidence)
     return measure
 
 
@@ -262,35 +315,85 @@ def _adaptive_averaged(y_name: str,
     """tau of the arm (1: Adam/AdamW with iterate averaging, 0: SGD on its last iterate) with
     a measure across the runs of these two arms, each run read at its checkpoint ``at`` (a
     rank-biserial effect size; runs in neither arm are left out, also of ``at``'s choice)."""
-    reason = "the study has no Adam + iterate-averaging arm beside an SGD arm"
-
     def arm(ds: xr.Dataset) -> np.ndarray | None:
         treated, control = _arms(ds)
         return treated.astype(float) if treated.any() and control.any() else None
 
     def measure(evidence: Evidence) -> Outcome | str:
         if arm(evidence.cube) is None:
-            return reason
-        if y_name not in evidence.cube:
-            return f"the study does not measure {y_name}"
+            return _NO_ARMS
+        missing = _unmeasured(evidence.cube, y_name)
+        if missing:
+            return missing
         treated, control = _arms(evidence.cube)
         both = evidence.cube.isel(run=np.flatnonzero(treated | control))
-        return _tau_at(at, both, arm, y_name, reason, evidence)
+        return _tau_at(at, both, arm, y_name, _NO_ARMS, evidence)
+    return measure
+
+
+def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
+    """mean ``y_name`` of the Adam/AdamW + iterate-averaging runs over that of the SGD runs at
+    the final checkpoint (Granziol's "30x sharper"), with a bootstrap CI that resamples the
+    runs within each arm (``stats.ratio_of_means``); runs with a non-finite value left out."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        treated, control = _arms(evidence.cube)
+        if not (treated.any() and control.any()):
+            return _NO_ARMS
+        missing = _unmeasured(evidence.cube, y_name)
+        if missing:
+            return missing
+        final = _run_value(evidence.cube.isel(step=-1), y_name).values
+        adaptive, sgd = final[treated], final[control]
+        adaptive, sgd = adaptive[np.isfinite(adaptive)], sgd[np.isfinite(sgd)]
+        if min(len(adaptive), len(sgd)) < 2:
+            return f"fewer than 2 runs with a finite {y_name} in an arm"
+        cfg = evidence.cfg
+        estimate, low, high = stats.ratio_of_means(adaptive, sgd, cfg["bootstrap"],
+                                                   cfg["ci_level"], _rng(evidence))
+        if not np.isfinite(estimate):
+            return f"the SGD arm's mean {y_name} is not positive"
+        return Outcome(estimate, low, high, np.nan, len(adaptive) + len(sgd),
+                       f"ratio of arm means, {len(adaptive)} Adam+IA and {len(sgd)} SGD runs")
     return measure
 
 
 def _at_end_and_equal_loss(name: str, statement: str, statistic: str,
-                           measure: Callable[[Checkpoint], Callable]) -> list[Claim]:
+                           measure: Callable[[Checkpoint], Callable],
+                           direction: str = "positive") -> list[Claim]:
     """A False-Friend arm comparison judged at the end of training and, as ``<name>_equal_loss``,
     at equal train loss (module docstring); ``measure(at)`` is its measure at checkpoint ``at``."""
-    return [Claim(name, GRANZIOL, statement, f"{statistic}, final checkpoint", "positive",
+    return [Claim(name, GRANZIOL, statement, f"{statistic}, final checkpoint", direction,
                   measure(_at_final)),
             Claim(f"{name}_equal_loss", GRANZIOL, f"{statement}, at equal train loss",
-                  f"{statistic}, first checkpoint at train loss <= L*", "positive",
+                  f"{statistic}, first checkpoint at train loss <= L*", direction,
                   measure(_at_equal_loss))]
 
 
+def _weight_decay(name: str, statement: str, y_name: str, label: str,
+                  direction: str = "positive") -> list[Claim]:
+    """Claim A3 for one measure: weight decay against ``y_name`` (``label`` in the statistic),
+    at the end of training and at equal train loss."""
+    return _at_end_and_equal_loss(name, statement, f"Kendall tau(weight decay, {label})",
+                                  lambda at: _swept("weight_decay", y_name, _NO_WD, at),
+                                  direction)
+
+
+def _adaptive(name: str, statement: str, y_name: str, label: str) -> list[Claim]:
+    """Claim A4 as an association: the Adam + IA arm against ``y_name``, at the end of training
+    and at equal train loss."""
+    return _at_end_and_equal_loss(name, statement, f"Kendall tau(Adam+IA arm, {label})",
+                                  lambda at: _adaptive_averaged(y_name, at))
+
+
+def _thirty_times(name: str, y_name: str, label: str) -> Claim:
+    """Claim A4's magnitude: the Adam + IA over SGD ratio of ``y_name`` inside ``ratio_band``."""
+    return Claim(name, GRANZIOL, f"Adam with iterate averaging is 30x sharper than SGD ({label})",
+                 f"ratio of arm means of {label}, final checkpoint", "band",
+                 _adaptive_ratio(y_name))
+
+
 _NO_WD = "the study does not sweep weight_decay"
+_NO_ARMS = "the study has no Adam + iterate-averaging arm beside an SGD arm"
 _THEOREMS = ["ma_ying", "mls", "nmls", "lvr_sum_min", "lvr_geometric", "nvr"]
 
 CLAIMS: list[Claim] = [
@@ -322,30 +425,56 @@ CLAIMS: list[Claim] = [
     Claim("test_sharpness_rises", CHEN, "sharpness at test points rises during training",
           "mean over runs of Kendall tau(step, mean test-point sharpness)", "positive",
           _test_sharpness_trend),
-    *_at_end_and_equal_loss(
-        "l2_sharper", "L2 regularisation makes minima sharper",
-        "Kendall tau(weight decay, lambda_max)",
-        lambda at: _swept("weight_decay", "hessian_lambda_max", _NO_WD, at)),
-    *_at_end_and_equal_loss(
-        "l2_generalises", "L2 regularisation generalises better",
-        "Kendall tau(weight decay, test accuracy)",
-        lambda at: _swept("weight_decay", "test_acc", _NO_WD, at)),
-    *_at_end_and_equal_loss(
-        "adam_ia_sharper", "Adam with iterate averaging is sharper than SGD",
-        "Kendall tau(Adam+IA arm, lambda_max)",
-        lambda at: _adaptive_averaged("hessian_lambda_max", at)),
-    *_at_end_and_equal_loss(
-        "adam_ia_sharper_bn_train",
-        "Adam with iterate averaging is sharper than SGD, Hessian with BatchNorm in train mode "
-        "(Granziol's protocol)",
-        "Kendall tau(Adam+IA arm, BN-train-mode lambda_max)",
-        lambda at: _adaptive_averaged("hessian_bn_train_lambda_max", at)),
-    *_at_end_and_equal_loss(
-        "adam_ia_generalises", "Adam with iterate averaging generalises better",
-        "Kendall tau(Adam+IA arm, test accuracy)",
-        lambda at: _adaptive_averaged("test_acc", at)),
+    *_weight_decay("l2_sharper", "L2 regularisation makes minima sharper",
+                   "hessian_lambda_max", "lambda_max"),
+    *_weight_decay("l2_sharper_trace", "L2 regularisation raises the Hessian trace",
+                   "hessian_trace", "tr H"),
+    *_weight_decay("l2_sharper_fro", "L2 regularisation raises the Hessian Frobenius norm",
+                   "hessian_fro", "||H||_F"),
+    *_weight_decay("l2_smaller_weights", "L2 regularisation ends at smaller weights",
+                   "param_norm", "||theta||", "negative"),
+    *_weight_decay("l2_generalises", "L2 regularisation generalises better",
+                   "test_acc", "test accuracy"),
+    *_adaptive("adam_ia_sharper", "Adam with iterate averaging is sharper than SGD",
+               "hessian_lambda_max", "lambda_max"),
+    *_adaptive("adam_ia_sharper_bn_train",
+               "Adam with iterate averaging is sharper than SGD, BatchNorm-train-mode Hessian",
+               "hessian_bn_train_lambda_max", "BN-train-mode lambda_max"),
+    *_adaptive("adam_ia_sharper_trace", "Adam with iterate averaging has a larger Hessian "
+               "trace than SGD", "hessian_trace", "tr H"),
+    _thirty_times("adam_ia_30x", "hessian_lambda_max", "lambda_max"),
+    _thirty_times("adam_ia_30x_bn_train", "hessian_bn_train_lambda_max",
+                  "BN-train-mode lambda_max"),
+    _thirty_times("adam_ia_30x_trace", "hessian_trace", "tr H"),
+    _thirty_times("adam_ia_30x_trace_bn_train", "hessian_bn_train_trace",
+                  "BN-train-mode tr H"),
+    *_adaptive("adam_ia_generalises", "Adam with iterate averaging generalises better",
+               "test_acc", "test accuracy"),
+    Claim("scaled_sharpness_gap", GRANZIOL,
+          "scale-normalised sharpness lambda_max ||theta||^2 predicts the generalisation gap",
+          "Kendall tau(lambda_max ||theta||^2, train - test accuracy), final checkpoint",
+          "positive", _across_runs("hessian_lambda_max_scaled", "generalization_gap")),
+    Claim("scaled_sharpness_loss_gap", GRANZIOL,
+          "scale-normalised sharpness lambda_max ||theta||^2 predicts the loss gap",
+          "Kendall tau(lambda_max ||theta||^2, test - train loss), final checkpoint",
+          "positive", _across_runs("hessian_lambda_max_scaled", "generalization_loss_gap")),
+    Claim("raw_sharpness_gap", GRANZIOL,
+          "raw sharpness lambda_max does not predict the generalisation gap",
+          "Kendall tau(lambda_max, train - test accuracy), final checkpoint",
+          "nonpositive", _across_runs("hessian_lambda_max", "generalization_gap")),
+    Claim("raw_sharpness_loss_gap", GRANZIOL,
+          "raw sharpness lambda_max does not predict the loss gap",
+          "Kendall tau(lambda_max, test - train loss), final checkpoint",
+          "nonpositive", _across_runs("hessian_lambda_max", "generalization_loss_gap")),
     Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
           "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
+    Claim("input_param_smoothness", MA_YING,
+          "smaller parameter gradients go with smaller input gradients",
+          "Kendall tau(g_W, g_x), final checkpoint", "positive", _across_runs("g_W", "g_x")),
+    Claim("input_smoothness_generalises", MA_YING,
+          "smaller input gradients go with lower test error",
+          "Kendall tau(g_x, test accuracy), final checkpoint", "negative",
+          _across_runs("g_x", "test_acc")),
 ]
 
 
@@ -363,6 +492,15 @@ def verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
         if outcome.ci_high <= rules["max_violation_rate"]:
             return SUPPORTED
         return CONTRADICTED if outcome.ci_low > rules["max_violation_rate"] else INCONCLUSIVE
+    if claim.direction == "band":
+        low, high = rules["ratio_band"]
+        if low <= outcome.ci_low and outcome.ci_high <= high:
+            return SUPPORTED
+        return CONTRADICTED if outcome.ci_high < low or outcome.ci_low > high else INCONCLUSIVE
+    if claim.direction == "nonpositive":
+        if _significant(outcome, p_holm, rules, 1):
+            return CONTRADICTED
+        return SUPPORTED if outcome.ci_high < rules["margin"] else INCONCLUSIVE
     if claim.direction == "none":
         if -rules["margin"] < outcome.ci_low and outcome.ci_high < rules["margin"]:
             return SUPPORTED
@@ -381,7 +519,7 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
     evidence = Evidence(cube.where(healthy, drop=True), bounds.where(healthy, drop=True),
                         stats_cfg, figures_cfg)
     outcomes = [claim.measure(evidence) for claim in CLAIMS]
-    p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction != "bound"
+    p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction not in ("bound", "band")
                          else np.nan for claim, o in zip(CLAIMS, outcomes)])
     p_holm = stats.holm(p_values)
     rules = stats_cfg["claims"]
@@ -403,7 +541,11 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
 
 
 def markdown(table: xr.Dataset) -> str:
-    """The claims table as Markdown (one row per claim)."""
+    """The claims table as Markdown (one row per claim; a ``|`` in a text, as in ||theta||,
+    escaped so that it does not split the cell)."""
+    def text(row: xr.Dataset, key: str) -> str:
+        return row[f"claim_{key}"].item().replace("|", "\\|")
+
     lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict |",
              "|---|---|---|---|---|---|"]
     for name in table["claim"].values:
@@ -412,11 +554,11 @@ def markdown(table: xr.Dataset) -> str:
                     f"{float(row['claim_ci_high']):.3g}]"
                     if np.isfinite(float(row["claim_estimate"])) else "—")
         p = float(row["claim_p_holm"])
-        lines.append(f"| {row['claim_statement'].item()} | {row['claim_source'].item()} | "
-                     f"{row['claim_statistic'].item()} | {estimate} | "
+        note = text(row, "note")
+        lines.append(f"| {text(row, 'statement')} | {text(row, 'source')} | "
+                     f"{text(row, 'statistic')} | {estimate} | "
                      f"{f'{p:.3g}' if np.isfinite(p) else '—'} | "
-                     f"**{row['claim_verdict'].item()}**"
-                     f"{' — ' + row['claim_note'].item() if row['claim_note'].item() else ''} |")
+                     f"**{row['claim_verdict'].item()}**{' — ' + note if note else ''} |")
     return "\n".join(lines) + "\n"
 
 

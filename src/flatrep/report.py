@@ -180,11 +180,11 @@ def claims_table(stats_ds: xr.Dataset, path: str | Path) -> None:
                      f"{estimate:.3g} [{float(row['claim_ci_low']):.3g}, "
                      f"{float(row['claim_ci_high']):.3g}]" if np.isfinite(estimate) else "—",
                      f"{p:.3g}" if np.isfinite(p) else "—", row["claim_verdict"].item()])
-    fig, ax = plt.subplots(figsize=(15, 0.42 * len(rows) + 0.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(18, 0.25 * len(rows) + 1.0), constrained_layout=True)
     ax.axis("off")
     table = ax.table(cellText=rows, colLabels=["claim", "statistic", "estimate [CI]",
                                                "p (Holm)", "verdict"],
-                     colWidths=[0.3, 0.36, 0.14, 0.07, 0.1], loc="center", cellLoc="left")
+                     colWidths=[0.38, 0.34, 0.12, 0.06, 0.08], loc="center", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(7.5)
     for i, row in enumerate(rows, start=1):

@@ -162,6 +162,28 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int, level: float,
     return _percentile_ci(boots, n_boot, level)
 
 
+def ratio_of_means(treated: np.ndarray, control: np.ndarray, n_boot: int, level: float,
+                   rng: np.random.Generator) -> tuple[float, float, float]:
+    """mean(treated) / mean(control) with a stratified percentile-bootstrap CI.
+
+    Each resample draws len(treated) treated and len(control) control values with replacement
+    (the arms' sizes kept, ``_resample``) and takes the same ratio. A ratio whose control mean
+    is not positive is undefined (NaN): the estimate then, and such resamples are dropped (the
+    CI is NaN when fewer than half remain). Returns ``(estimate, ci_low, ci_high)``.
+    """
+    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+        bottom = np.asarray(bottom, dtype=float)
+        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
+
+    treated, control = np.asarray(treated, float), np.asarray(control, float)
+    values = np.concatenate([control, treated])
+    arm = np.repeat([0, 1], [len(control), len(treated)])
+    draws = values[np.stack([_resample(arm, rng) for _ in range(n_boot)])]
+    boots = ratio(draws[:, len(control):].mean(1), draws[:, :len(control)].mean(1))
+    return (float(ratio(treated.mean(), control.mean())),
+            *_percentile_ci(boots, n_boot, level))
+
+
 def bootstrap_ci(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float,
                  rng: np.random.Generator,
                  groups: np.ndarray | None = None) -> tuple[float, float]:

@@ -56,8 +56,8 @@ def check_params(params: dict) -> None:
 def check_studies(studies: dict) -> None:
     """Raise ConfigError for the first study with a semantic error (``config.check_study``,
     the augmentation against the dataset, the output width, model options against the
-    builder, the learning-rate schedule, the ensemble mode). Imports torch (seconds), which a schema error
-    does not need."""
+    builder, the learning-rate schedule, the ensemble mode, the claims' ratio band). Imports
+    torch (seconds), which a schema error does not need."""
     from flatrep import data, models
 
     for name, study in studies.items():
@@ -74,6 +74,16 @@ def check_studies(studies: dict) -> None:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)
         _check_ensemble_options(name, study)
+        _check_ratio_band(name, study["stats"]["claims"]["ratio_band"])
+
+
+def _check_ratio_band(name: str, band: list[float]) -> None:
+    """``stats.claims.ratio_band`` = [low, high] needs low < high (``flatrep.claims``)."""
+    low, high = band
+    if not low < high:
+        raise config.ConfigError(
+            f"studies.{name}.stats.claims.ratio_band = [{low}, {high}]: the low end must be "
+            "below the high end, e.g. [10, 90]")
 
 
 def _check_ensemble_options(name: str, study: dict) -> None:
@@ -251,8 +261,11 @@ def _describe(schema: dict) -> str:
 
 
 def _describe_list(schema: dict) -> str:
-    """``a list of 2+ unique entries, each an integer >= 0``."""
-    count = f"{schema['minItems']}+ " if "minItems" in schema else ""
+    """``a list of 2+ unique entries, each an integer >= 0`` (``2`` when exactly 2, ``1-3``
+    between 1 and 3)."""
+    low, high = schema.get("minItems"), schema.get("maxItems")
+    count = ("" if low is None and high is None else f"{low}+ " if high is None
+             else f"{low} " if low == high else f"{low or 0}-{high} ")
     unique = "unique " if schema.get("uniqueItems") else ""
     return f"a list of {count}{unique}entries, each {_describe(schema.get('items', {}))}"
 

@@ -444,3 +444,31 @@ def test_ma_ying_implicit_sobolev_regularisation_claims():
     table = claims.evaluate(cube.drop_vars("input_grad_moment"), bound_ds, CFG, FIGURES)
     assert table["claim_note"].sel(claim="input_smoothness_generalises").item() == (
         "the study does not measure input_grad_moment")
+
+
+def test_gauss_newton_at_interpolation_follows_the_train_loss_within_runs():
+    """Claim B1 with known truth: in each run ||H - G||_F / ||H||_F shrinks with the train
+    loss over the checkpoints (supported); reversed, it is contradicted; a cross-entropy study
+    or one without the residual norm is not tested."""
+    cube, bound_ds = synthetic_study()
+    rng = np.random.default_rng(8)
+    n = cube.sizes["run"]
+    loss = np.array([1.0, 0.1, 0.01]) * rng.uniform(0.8, 1.2, (n, 1))
+    cube["train_loss"] = xr.DataArray(loss, dims=("run", "step"))
+    cube["hessian_fro"] = xr.DataArray(rng.uniform(1, 2, (n, 3)), dims=("run", "step"))
+    cube["hessian_residual_fro"] = cube["hessian_fro"] * np.sqrt(cube["train_loss"])
+    by_name = {c.name: c for c in claims.CLAIMS}
+    claim = by_name["gauss_newton_at_interpolation"]
+    outcome = claim.measure(claims.Evidence(cube, bound_ds, CFG, FIGURES))
+    assert (outcome.estimate, outcome.ci_low, outcome.ci_high, outcome.n) == (1, 1, 1, n)
+    assert claims.verdict(claim, outcome, outcome.p, RULES) == claims.SUPPORTED
+    rising = cube.assign(hessian_residual_fro=cube["hessian_fro"] / cube["train_loss"])
+    outcome = claim.measure(claims.Evidence(rising, bound_ds, CFG, FIGURES))
+    assert outcome.estimate == -1
+    assert claims.verdict(claim, outcome, outcome.p, RULES) == claims.CONTRADICTED
+    cross_entropy = cube.assign_attrs(loss="cross_entropy")
+    assert claim.measure(claims.Evidence(cross_entropy, bound_ds, CFG, FIGURES)) == (
+        "stated for MSE (the study's loss is cross-entropy)")
+    assert claim.measure(claims.Evidence(cube.drop_vars("hessian_residual_fro"), bound_ds, CFG,
+                                         FIGURES)) == (
+        "the study does not measure hessian_residual_fro")

@@ -220,6 +220,53 @@ def test_gauss_newton_quadratic_form_matches_the_jacobians():
     assert torch.allclose(curvature.gauss_newton_quadratic(operator, v), expected)
 
 
+@pytest.mark.parametrize("loss_name, point_chunk", [("mse", None), ("cross_entropy", 3)])
+def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(loss_name, point_chunk):
+    """G V against G = (1/n) sum_i J_i^T M_i J_i built from autograd Jacobians and the loss's
+    output Hessians written out (identity for 1/2-MSE, diag(p) - p p^T for cross-entropy),
+    over all points and over chunks 3, 3, 1, four probes two at a time."""
+    torch.manual_seed(10)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x = torch.randn(7, 4)
+    y = torch.randn(7, 3) if loss_name == "mse" else torch.randint(0, 3, (7,))
+    operator = curvature.HessianOperator(model, x, y, probe_chunk=2,
+                                         loss=losses.LOSSES[loss_name], point_chunk=point_chunk)
+    jac = torch.autograd.functional.jacobian(
+        lambda theta: torch.func.functional_call(model, operator._unflatten(theta), (x,)),
+        operator.theta)                                   # (n, K, P)
+    if loss_name == "mse":
+        m = torch.eye(3).expand(7, 3, 3)
+    else:
+        p = torch.softmax(model(x).detach(), 1)
+        m = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    gauss_newton = torch.einsum("nkp,nkl,nlq->pq", jac, m, jac) / 7
+    v = torch.randn(4, operator.dim)
+    torch.testing.assert_close(curvature.gauss_newton_products(operator, v),
+                               v @ gauss_newton, rtol=1e-10, atol=1e-13)
+
+
+def test_residual_frobenius_within_standard_errors_and_zero_for_a_linear_model():
+    """||H - G||_F against the dense H - G of a tanh MLP off interpolation (Hutchinson, 400
+    probes, within 4 SE); for a linear model under 1/2-MSE H = G, so it is 0 to rounding."""
+    torch.manual_seed(11)
+    model = models.mlp(4, 3, [6], activation="tanh").double()
+    x, y = torch.randn(30, 4), torch.randn(30, 3)
+    operator = curvature.HessianOperator(model, x, y)
+    jac = torch.autograd.functional.jacobian(
+        lambda theta: torch.func.functional_call(model, operator._unflatten(theta), (x,)),
+        operator.theta)
+    residual = dense(operator) - torch.einsum("nkp,nkq->pq", jac, jac) / 30
+    probes = curvature.hutchinson(operator, 400, torch.Generator().manual_seed(0))
+    est = curvature.residual_frobenius(operator, probes["vectors"], probes["products"])
+    assert residual.norm().item() > 0.1 * dense(operator).norm().item()    # far from G
+    assert abs(est.value - residual.norm().item()) < 4 * est.standard_error
+    linear, x_lin, y_lin = linear_regression(k=2)
+    operator = curvature.HessianOperator(linear, x_lin, y_lin)
+    probes = curvature.hutchinson(operator, 8, torch.Generator().manual_seed(0))
+    est = curvature.residual_frobenius(operator, probes["vectors"], probes["products"])
+    assert est.value < 1e-12 * probes["fro"].value and est.standard_error < 1e-12
+
+
 def test_control_variate_trace_within_standard_errors_and_far_tighter_than_hutchinson():
     torch.manual_seed(6)
     model = models.mlp(4, 3, [6], activation="tanh").double()

@@ -19,7 +19,8 @@ ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "lanczos": {"steps": 5},
                 "output_curvature": {"steps": 3, "point_chunk": 5}}
 CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
         "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
-        "hessian_fro_se", "hessian_effective_rank", "loss_weighted_jacobian_sq"}
+        "hessian_fro_se", "hessian_residual_fro", "hessian_residual_fro_se",
+        "hessian_effective_rank", "loss_weighted_jacobian_sq"}
 
 
 def test_family_switches_absent_false_true_and_mapping():

@@ -29,13 +29,13 @@ tr H, ||H||_F larger, ||theta|| smaller, test accuracy higher), A4 (Adam/AdamW +
 averaging sharper than SGD by tau, and "30x" as a ratio of arm means inside ``ratio_band``;
 eval-mode and BatchNorm-train-mode Hessians), A5 (scale-normalised sharpness lambda_max
 ||theta||^2 predicts the generalisation gap, raw lambda_max does not; both gaps of §C.9),
-A6 (rank bound) and B5 (Ma & Ying's implicit Sobolev regularisation: g_x rises with g_W; test
-accuracy falls with g_x). B5's "a larger lr or a smaller batch lowers tr H and g_W" is
+A6 (rank bound), B1 (the Hessian tends to its Gauss-Newton part G as an MSE fit
+interpolates: ||H - G||_F / ||H||_F falls with the train loss within runs) and B5 (Ma & Ying's
+implicit Sobolev regularisation: g_x rises with g_W; test accuracy falls with g_x). B5's "a larger lr or a smaller batch lowers tr H and g_W" is
 ``lr_flatter`` / ``batch_flatter``: g_W(1)^2 = mean_i ||J_i||_F^2 is the sharpness S itself
 (for every loss; the Hessian trace at an MSE interpolation up to its factor), so a g_W twin
 would count one test twice in Holm's family. A2 and B2-B4 are bounds
-of ``flatrep.bounds`` with their own violation statistics in stats.nc; B1
-(||H - G||_F / ||H||_F -> 0) is not measured.
+of ``flatrep.bounds`` with their own violation statistics in stats.nc.
 
 Granziol's comparisons of arms by Kendall tau (weight decay; Adam/AdamW + iterate averaging
 vs SGD) are made twice, on the same statistic and verdict rule, differing only in the
@@ -171,20 +171,42 @@ def _along(axis: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
     return measure
 
 
-def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
-    """Per run, tau of the iteration with the test-point sharpness; the mean over runs, a
-    bootstrap CI over runs and a Wilcoxon signed-rank p."""
-    test = evidence.cube["sample_sharpness"].sel(subset="test").mean("sample")
-    steps = evidence.cube["step"].values
-    taus = np.array([scipy.stats.kendalltau(steps, test.isel(run=r).values).statistic
-                     for r in range(test.sizes["run"])])
+def _within_runs(x: xr.DataArray, y: xr.DataArray, evidence: Evidence,
+                 note: str) -> Outcome | str:
+    """Per run, Kendall tau over its checkpoints of ``x`` with ``y`` (both (run, step)); the
+    mean over the runs where it is defined, a bootstrap CI over runs and a Wilcoxon
+    signed-rank p."""
+    x, y = x.transpose("run", "step").values, y.transpose("run", "step").values
+    taus = np.array([scipy.stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
     taus = taus[np.isfinite(taus)]
     if len(taus) < 3:
         return "fewer than 3 runs with a defined trend"
     low, high = stats.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
                                         evidence.cfg["ci_level"], _rng(evidence))
-    return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus),
-                   "mean over runs of tau(step, S_test)")
+    return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus), note)
+
+
+def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
+    """Per run, tau of the iteration with the test-point sharpness (``_within_runs``)."""
+    test = evidence.cube["sample_sharpness"].sel(subset="test").mean("sample")
+    return _within_runs(test["step"].broadcast_like(test), test, evidence,
+                        "mean over runs of tau(step, S_test)")
+
+
+def _gauss_newton_at_interpolation(evidence: Evidence) -> Outcome | str:
+    """Per run, tau over its checkpoints of the train loss with ||H - G||_F / ||H||_F
+    (``_within_runs``); for 1/2-MSE studies only, where H - G = (1/n) sum_i sum_c
+    (f_c(x_i) - y_ic) grad^2 f_c(x_i) vanishes with the residuals (reference B1; a
+    cross-entropy minimum is an infimum, §E)."""
+    cube = evidence.cube
+    if cube.attrs.get("loss", "mse") != "mse":
+        return "stated for MSE (the study's loss is cross-entropy)"
+    missing = _unmeasured(cube, "hessian_residual_fro", "hessian_fro", "train_loss")
+    if missing:
+        return missing
+    ratio = cube["hessian_residual_fro"] / cube["hessian_fro"]
+    return _within_runs(cube["train_loss"], ratio, evidence,
+                        "mean over runs of tau(train loss, ||H - G||_F / ||H||_F)")
 
 
 def _violations(names: list[str]) -> Callable[[Evidence], Outcome | str]:
@@ -468,6 +490,10 @@ CLAIMS: list[Claim] = [
           "nonpositive", _across_runs("hessian_lambda_max", "generalization_loss_gap")),
     Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
           "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
+    Claim("gauss_newton_at_interpolation", MA_YING,
+          "the Hessian approaches its Gauss-Newton part as the train loss falls (MSE)",
+          "mean over runs of Kendall tau(train loss, ||H - G||_F / ||H||_F) over checkpoints",
+          "positive", _gauss_newton_at_interpolation),
     Claim("input_param_smoothness", MA_YING,
           "smaller parameter gradients go with smaller input gradients",
           "Kendall tau(g_W, g_x), final checkpoint", "positive", _across_runs("g_W", "g_x")),

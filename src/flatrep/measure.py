@@ -68,11 +68,10 @@ def misclassified_rows(wrong: np.ndarray, order: np.ndarray, n_points: int) -> n
     return np.sort(order[wrong[order]][:n_points])
 
 
-def _padded(values: dict[str, np.ndarray], n_points: int) -> dict[str, np.ndarray]:
-    """Per-sample values of fewer than ``n_points`` samples, NaN-padded along the sample axis."""
-    return {key: np.concatenate([value, np.full((n_points - len(value),) + value.shape[1:],
-                                                np.nan)])
-            for key, value in values.items()}
+def _padded(value: np.ndarray, n_points: int) -> np.ndarray:
+    """Per-sample values of fewer than ``n_points`` samples, NaN-padded along the sample axis
+    (the first)."""
+    return np.concatenate([value, np.full((n_points - len(value),) + value.shape[1:], np.nan)])
 
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
@@ -146,12 +145,12 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
                   for subset in ("train", "test")}
     n_points = len(points["test"])
     hard = misclassified_rows(wrong["test"], points["test_order"], n_points)
-    per_subset["test_misclassified"] = _padded(
-        point_measures(model, splits["test"][0][torch.as_tensor(hard, device=device)],
-                       chunk_size, moments, max_bytes) if len(hard)
-        else {key: value[:0] for key, value in per_subset["test"].items()}, n_points)
-    values["misclassified_index"] = np.concatenate(
-        [hard.astype(np.float64), np.full(n_points - len(hard), np.nan)])
+    measured = (point_measures(model, splits["test"][0][torch.as_tensor(hard, device=device)],
+                               chunk_size, moments, max_bytes) if len(hard)
+                else {key: value[:0] for key, value in per_subset["test"].items()})
+    per_subset["test_misclassified"] = {key: _padded(value, n_points)
+                                        for key, value in measured.items()}
+    values["misclassified_index"] = _padded(hard.astype(np.float64), n_points)
     for key in per_subset["train"]:
         values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()

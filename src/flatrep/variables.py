@@ -74,6 +74,13 @@ CATALOG: dict[str, Variable] = {
     "hessian_fro_se": Variable((), "standard error of hessian_fro", "1",
                                "delta method: SE(||Hv||^2 mean) / (2 ||H||_F); 0 when "
                                "hessian_fro = 0 (every probe gives H v = 0)"),
+    "hessian_residual_fro": Variable((), "Frobenius norm of H - G", "1",
+                                     "||H - G||_F, G the Gauss-Newton matrix, by Hutchinson on "
+                                     "(H - G)^2 over the core's probes: sqrt(mean ||H v - G v||^2)"
+                                     " (Ma & Ying B1: -> 0 relative to ||H||_F at an MSE "
+                                     "interpolation)"),
+    "hessian_residual_fro_se": Variable((), "standard error of hessian_residual_fro", "1",
+                                        "delta method"),
     "hessian_effective_rank": Variable((), "effective rank of the Hessian", "1",
                                        "Tr(H)^2 / ||H||_F^2 from the Hutchinson probes; 0 when "
                                        "hessian_fro = 0 (every probe gives H v = 0, as for "

@@ -24,6 +24,9 @@ up to floating-point rounding.
   (generalised) Gauss-Newton matrix, whose trace the per-sample Jacobians give exactly;
   Hutchinson estimates only the residual term (1/n) sum_i sum_c (dl/df_c) grad^2 f_c(x_i)
   (Chen et al. B7) as v^T H v - v^T G v, so for MSE its variance vanishes at interpolation.
+* Residual Frobenius norm: ||H - G||_F^2 = E[||H v - G v||^2] on the same probes, G v =
+  (1/n) sum_i J_i^T M_i (J_i v) by one JVP and one VJP of the outputs (Ma & Ying's B1: the
+  ratio ||H - G||_F / ||H||_F -> 0 at an MSE interpolation).
 * Lanczos with full reorthogonalisation: extreme Ritz values and their residual bounds
   |beta_k * e_k^T y| (Golub & Van Loan §10.1).
 """
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -255,14 +258,18 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     v = rademacher(probes, operator.dim, generator, operator.dtype, operator.device)
     hv = operator(v)
     trace = mean_and_se((v * hv).sum(1))
-    fro_sq = mean_and_se(hv.pow(2).sum(1))
-    fro = math.sqrt(max(fro_sq.value, 0.0))
-    if fro > 0:
-        fro_se, rank = fro_sq.standard_error / (2 * fro), trace.value ** 2 / fro_sq.value
-    else:
-        fro_se, rank = 0.0, 0.0
-    return {"trace": trace, "fro": Estimate(fro, fro_se), "effective_rank": rank,
-            "vectors": v, "products": hv}
+    fro = frobenius(hv)
+    rank = trace.value ** 2 / hv.pow(2).sum(1).mean().item() if fro.value > 0 else 0.0
+    return {"trace": trace, "fro": fro, "effective_rank": rank, "vectors": v, "products": hv}
+
+
+def frobenius(products: torch.Tensor) -> Estimate:
+    """||A||_F = sqrt(mean_v ||A v||^2) from the products A V of Rademacher probes V (rows),
+    SE by the delta method, SE(||A v||^2 mean) / (2 ||A||_F); 0 with SE 0 when every product
+    is 0 (no spread; the delta method's 0/0 is not used)."""
+    squares = mean_and_se(products.pow(2).sum(1))
+    fro = math.sqrt(max(squares.value, 0.0))
+    return Estimate(fro, squares.standard_error / (2 * fro) if fro > 0 else 0.0)
 
 
 def per_sample_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
@@ -282,6 +289,34 @@ def per_sample_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> to
 def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
     """v^T G v = (1/n) sum_i (J_i v)^T M_i (J_i v) for each row v."""
     return per_sample_quadratic(operator, vectors).mean(1)
+
+
+def gauss_newton_products(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """G V for V of shape (m, P): G v = (1/n) sum_i J_i^T M_i (J_i v), per point chunk one
+    forward-mode JVP of the outputs (J v, batched over the probes by ``vmap``), the output
+    Hessians M_i of the loss at the outputs, and one reverse-mode VJP (J^T), ``probe_chunk``
+    rows of V at a time."""
+    def chunk_products(chunk: torch.Tensor, x: torch.Tensor, values: torch.Tensor):
+        def outputs(theta):
+            return operator.outputs(theta, x)
+
+        tangents = vmap(lambda v: jvp(outputs, (operator.theta,), (v,))[1])(chunk)
+        weighted = torch.einsum("nkl,mnl->mnk", operator.loss_fn.output_hessian(values),
+                                tangents)
+        _, pullback = vjp(outputs, operator.theta)
+        return vmap(lambda w: pullback(w)[0])(weighted) / len(operator.x)
+
+    parts = list(zip(operator.x.split(operator.point_chunk),
+                     operator.output_values.split(operator.point_chunk)))
+    return torch.cat([sum(chunk_products(chunk, x, values) for x, values in parts)
+                      for chunk in vectors.split(operator.probe_chunk)])
+
+
+def residual_frobenius(operator: HessianOperator, vectors: torch.Tensor,
+                       products: torch.Tensor) -> Estimate:
+    """||H - G||_F by Hutchinson on (H - G)^2 over the Rademacher probes ``vectors`` whose
+    products H V are ``products`` (``frobenius`` of H V - G V)."""
+    return frobenius(products - gauss_newton_products(operator, vectors))
 
 
 def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float,

@@ -6,10 +6,11 @@ its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them. 
 are per checkpoint, each HVP costing about two passes (forward and backward) over ``points``
 rows.
 
-core (always, when curvature is enabled) — ``probes`` HVPs + ``probes`` JVPs + one
-    per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian trace,
-    Hutchinson trace, Frobenius norm and effective rank from the same probes; the
-    loss-weighted Jacobian norm of the False-Friend loss bound.
+core (always, when curvature is enabled) — ``probes`` HVPs + 2 ``probes`` JVPs + ``probes``
+    VJPs + one per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian
+    trace, Hutchinson trace, Frobenius norm and effective rank from the same probes, and the
+    Frobenius norm of H - G on them; the loss-weighted Jacobian norm of the False-Friend loss
+    bound.
 hutch_plus_plus — ``probes`` HVPs: Hutch++ trace with SE.
 lanczos — ``steps`` HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2.
 relative_flatness — ``probes`` HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact.
@@ -97,6 +98,14 @@ def loss_weighted_jacobian_sq(ctx: Context) -> float:
     return (per_sample * top).mean().item()
 
 
+def _residual_frobenius(ctx: Context) -> dict:
+    """||H - G||_F (and SE) on the core's probes (``curvature.residual_frobenius``)."""
+    residual = curvature.residual_frobenius(ctx.operator, ctx.probes["vectors"],
+                                            ctx.probes["products"])
+    return {"hessian_residual_fro": residual.value,
+            "hessian_residual_fro_se": residual.standard_error}
+
+
 def core(ctx: Context) -> dict:
     outputs = ctx.operator.output_values
     gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
@@ -108,6 +117,7 @@ def core(ctx: Context) -> dict:
             "hessian_trace_hutchinson_se": ctx.probes["trace"].standard_error,
             "hessian_fro": ctx.probes["fro"].value,
             "hessian_fro_se": ctx.probes["fro"].standard_error,
+            **_residual_frobenius(ctx),
             "hessian_effective_rank": ctx.probes["effective_rank"],
             "loss_weighted_jacobian_sq": loss_weighted_jacobian_sq(ctx)}
 

@@ -414,6 +414,21 @@ def _thirty_times(name: str, y_name: str, label: str) -> Claim:
                  _adaptive_ratio(y_name))
 
 
+#: The two generalisation gaps of reference §C.9: (suffix, variable, name, definition).
+_GAPS = (("gap", "generalization_gap", "generalisation gap", "train - test accuracy"),
+         ("loss_gap", "generalization_loss_gap", "loss gap", "test - train loss"))
+
+
+def _against_gaps(name: str, statement: str, x_name: str, label: str,
+                  direction: str) -> list[Claim]:
+    """Claim A5 for one sharpness measure: its tau with each generalisation gap across runs
+    at the final checkpoint, as ``<name>_gap`` and ``<name>_loss_gap``."""
+    return [Claim(f"{name}_{suffix}", GRANZIOL, f"{statement} the {gap_name}",
+                  f"Kendall tau({label}, {definition}), final checkpoint", direction,
+                  _across_runs(x_name, gap))
+            for suffix, gap, gap_name, definition in _GAPS]
+
+
 _NO_WD = "the study does not sweep weight_decay"
 _NO_ARMS = "the study has no Adam + iterate-averaging arm beside an SGD arm"
 _THEOREMS = ["ma_ying", "mls", "nmls", "lvr_sum_min", "lvr_geometric", "nvr"]
@@ -472,22 +487,11 @@ CLAIMS: list[Claim] = [
                   "BN-train-mode tr H"),
     *_adaptive("adam_ia_generalises", "Adam with iterate averaging generalises better",
                "test_acc", "test accuracy"),
-    Claim("scaled_sharpness_gap", GRANZIOL,
-          "scale-normalised sharpness lambda_max ||theta||^2 predicts the generalisation gap",
-          "Kendall tau(lambda_max ||theta||^2, train - test accuracy), final checkpoint",
-          "positive", _across_runs("hessian_lambda_max_scaled", "generalization_gap")),
-    Claim("scaled_sharpness_loss_gap", GRANZIOL,
-          "scale-normalised sharpness lambda_max ||theta||^2 predicts the loss gap",
-          "Kendall tau(lambda_max ||theta||^2, test - train loss), final checkpoint",
-          "positive", _across_runs("hessian_lambda_max_scaled", "generalization_loss_gap")),
-    Claim("raw_sharpness_gap", GRANZIOL,
-          "raw sharpness lambda_max does not predict the generalisation gap",
-          "Kendall tau(lambda_max, train - test accuracy), final checkpoint",
-          "nonpositive", _across_runs("hessian_lambda_max", "generalization_gap")),
-    Claim("raw_sharpness_loss_gap", GRANZIOL,
-          "raw sharpness lambda_max does not predict the loss gap",
-          "Kendall tau(lambda_max, test - train loss), final checkpoint",
-          "nonpositive", _across_runs("hessian_lambda_max", "generalization_loss_gap")),
+    *_against_gaps("scaled_sharpness",
+                   "scale-normalised sharpness lambda_max ||theta||^2 predicts",
+                   "hessian_lambda_max_scaled", "lambda_max ||theta||^2", "positive"),
+    *_against_gaps("raw_sharpness", "raw sharpness lambda_max does not predict",
+                   "hessian_lambda_max", "lambda_max", "nonpositive"),
     Claim("rank_bounded", GRANZIOL, "the Hessian rank is at most (K - 1) sum_l n_in,l",
           "violation rate of rank_hessian_layers", "bound", _violations(["rank_hessian_layers"])),
     Claim("gauss_newton_at_interpolation", MA_YING,

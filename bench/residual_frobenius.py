@@ -1,15 +1,17 @@
 """Benchmark: what ||H - G||_F adds to the curvature core of one checkpoint.
 
 The core (``flatrep.measures.suite.core``) pushes its ``probes`` Rademacher vectors through
-three operators over the same curvature points: H V (``HessianOperator``: the Hutchinson
-trace, ||H||_F, effective rank), v^T G v (``curvature.gauss_newton_quadratic``: the control
-variate) and, since 2026-12-06, G V (``curvature.gauss_newton_products``: ||H - G||_F, Ma &
-Ying's B1). This times the three side by side, interleaved, best of ``--repeats`` rounds, in
-float64 as the measures run, at the paper studies' core settings (256 points, 24 probes) on
-the quick study's MLP 40-256-256-10 (MNIST-1D shape) and the reference code's small VGG-11
-(CIFAR shape, 10 outputs), both at initialisation with random inputs and MSE targets; and
-prints the cost of G V relative to H V and to the core's probe passes without it (H V +
-v^T G v; the core's per-sample Jacobian pass, unchanged, is not timed).
+two operators over the same curvature points: H V (``HessianOperator``: the Hutchinson
+trace, ||H||_F, effective rank) and G V (``curvature.gauss_newton_products``: ||H - G||_F,
+Ma & Ying's B1, and v^T G v = v . G v for the control variate). Before B1 the control
+variate took v^T G v from JVPs alone (``curvature.gauss_newton_quadratic``); session 17 added
+G V beside it; since session 18 G V serves both. This times the three passes side by side,
+interleaved, best of ``--repeats`` rounds, in float64 as the measures run, at the paper
+studies' core settings (256 points, 24 probes) on the quick study's MLP 40-256-256-10
+(MNIST-1D shape) and the reference code's small VGG-11 (CIFAR shape, 10 outputs), both at
+initialisation with random inputs and MSE targets; and prints the core's probe passes now
+(H V + G V) and in session 17 (H V + v^T G v + G V), each relative to those before B1
+(H V + v^T G v; the core's per-sample Jacobian pass, unchanged, is not timed).
 
     python bench/residual_frobenius.py [--threads 2] [--repeats 3] [--device cpu]
 """
@@ -72,15 +74,15 @@ def main() -> None:
                    else f"cpu, {args.threads} threads")
     print(f"device: {device_name}; {args.points} points, {args.probes} probes, float64, "
           f"best of {args.repeats}\n")
-    print("| net | P | H V (s) | v^T G v (s) | G V (s) | G V / H V | (H V + v^T G v + G V) / (H V + v^T G v) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| net | P | H V (s) | v^T G v (s) | G V (s) | G V / H V "
+          "| now: (H V + G V) / before B1 | session 17: (H V + v^T G v + G V) / before B1 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in NETS:
         t = time_core(name, args.points, args.probes, args.repeats, args.device)
-        without = t["H V"] + t["v^T G v"]
+        before = t["H V"] + t["v^T G v"]
         print(f"| {name} | {t['params']} | {t['H V']:.3f} | {t['v^T G v']:.3f} | "
               f"{t['G V']:.3f} | {t['G V'] / t['H V']:.2f} | "
-              f"{(without + t['G V']) / without:.2f} |")
-
+              f"{(t['H V'] + t['G V']) / before:.2f} | {(before + t['G V']) / before:.2f} |")
 
 if __name__ == "__main__":
     main()

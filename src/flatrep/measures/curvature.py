@@ -258,16 +258,22 @@ def hutchinson(operator, probes: int, generator: torch.Generator) -> dict:
     v = rademacher(probes, operator.dim, generator, operator.dtype, operator.device)
     hv = operator(v)
     trace = mean_and_se((v * hv).sum(1))
-    fro = frobenius(hv)
-    rank = trace.value ** 2 / hv.pow(2).sum(1).mean().item() if fro.value > 0 else 0.0
+    squares = squared_frobenius(hv)
+    fro = frobenius(squares)
+    rank = trace.value ** 2 / squares.value if fro.value > 0 else 0.0
     return {"trace": trace, "fro": fro, "effective_rank": rank, "vectors": v, "products": hv}
 
 
-def frobenius(products: torch.Tensor) -> Estimate:
-    """||A||_F = sqrt(mean_v ||A v||^2) from the products A V of Rademacher probes V (rows),
-    SE by the delta method, SE(||A v||^2 mean) / (2 ||A||_F); 0 with SE 0 when every product
-    is 0 (no spread; the delta method's 0/0 is not used)."""
-    squares = mean_and_se(products.pow(2).sum(1))
+def squared_frobenius(products: torch.Tensor) -> Estimate:
+    """||A||_F^2 = E ||A v||^2, estimated by the mean of ||A v||^2 over the products A V of
+    Rademacher probes V (rows), with its standard error."""
+    return mean_and_se(products.pow(2).sum(1))
+
+
+def frobenius(squares: Estimate) -> Estimate:
+    """||A||_F = sqrt(||A||_F^2) from ``squared_frobenius``'s estimate, SE by the delta method,
+    SE(||A v||^2 mean) / (2 ||A||_F); 0 with SE 0 when every product is 0 (no spread; the
+    delta method's 0/0 is not used)."""
     fro = math.sqrt(max(squares.value, 0.0))
     return Estimate(fro, squares.standard_error / (2 * fro) if fro > 0 else 0.0)
 
@@ -291,43 +297,58 @@ def gauss_newton_quadratic(operator: HessianOperator, vectors: torch.Tensor) -> 
     return per_sample_quadratic(operator, vectors).mean(1)
 
 
-def gauss_newton_products(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
-    """G V for V of shape (m, P): G v = (1/n) sum_i J_i^T M_i (J_i v), per point chunk one
-    forward-mode JVP of the outputs (J v, batched over the probes by ``vmap``), the output
-    Hessians M_i of the loss at the outputs, and one reverse-mode VJP (J^T), ``probe_chunk``
-    rows of V at a time."""
-    def chunk_products(chunk: torch.Tensor, x: torch.Tensor, values: torch.Tensor):
-        def outputs(theta):
-            return operator.outputs(theta, x)
+def _gauss_newton_part(operator: HessianOperator, x: torch.Tensor, values: torch.Tensor):
+    """V -> G_c V for the point chunk c (inputs ``x``, outputs ``values``),
+    G_c = (1/n) sum_{i in c} J_i^T M_i J_i: a forward-mode JVP of the outputs (J v, batched
+    over the rows of V by ``vmap``), the loss's output Hessians M_i at the outputs, and one
+    reverse-mode VJP (J^T) whose pullback is built once for every V the part is applied to."""
+    def outputs(theta):
+        return operator.outputs(theta, x)
 
-        tangents = vmap(lambda v: jvp(outputs, (operator.theta,), (v,))[1])(chunk)
-        weighted = torch.einsum("nkl,mnl->mnk", operator.loss_fn.output_hessian(values),
-                                tangents)
-        _, pullback = vjp(outputs, operator.theta)
+    _, pullback = vjp(outputs, operator.theta)
+    output_hessians = operator.loss_fn.output_hessian(values)
+
+    def apply(vectors: torch.Tensor) -> torch.Tensor:
+        tangents = vmap(lambda v: jvp(outputs, (operator.theta,), (v,))[1])(vectors)
+        weighted = torch.einsum("nkl,mnl->mnk", output_hessians, tangents)
         return vmap(lambda w: pullback(w)[0])(weighted) / len(operator.x)
 
-    parts = list(zip(operator.x.split(operator.point_chunk),
-                     operator.output_values.split(operator.point_chunk)))
-    return torch.cat([sum(chunk_products(chunk, x, values) for x, values in parts)
-                      for chunk in vectors.split(operator.probe_chunk)])
+    return apply
 
 
-def residual_frobenius(operator: HessianOperator, vectors: torch.Tensor,
-                       products: torch.Tensor) -> Estimate:
-    """||H - G||_F by Hutchinson on (H - G)^2 over the Rademacher probes ``vectors`` whose
-    products H V are ``products`` (``frobenius`` of H V - G V)."""
-    return frobenius(products - gauss_newton_products(operator, vectors))
+def gauss_newton_products(operator: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
+    """G V for V of shape (m, P): G v = (1/n) sum_i J_i^T M_i (J_i v) = sum_c G_c v over the
+    point chunks c (``_gauss_newton_part``), ``probe_chunk`` rows of V at a time."""
+    products = torch.zeros_like(vectors)
+    for x, values in zip(operator.x.split(operator.point_chunk),
+                         operator.output_values.split(operator.point_chunk)):
+        part = _gauss_newton_part(operator, x, values)
+        for start in range(0, len(vectors), operator.probe_chunk):
+            rows = slice(start, start + operator.probe_chunk)
+            products[rows] += part(vectors[rows])
+    return products
+
+
+def residual_frobenius(hessian_products: torch.Tensor,
+                       gauss_newton_products: torch.Tensor) -> Estimate:
+    """||H - G||_F by Hutchinson on (H - G)^2 over Rademacher probes V from their products
+    H V and G V: sqrt(mean_v ||H v - G v||^2), SE by the delta method (``frobenius``)."""
+    return frobenius(squared_frobenius(hessian_products - gauss_newton_products))
 
 
 def control_variate_trace(operator: HessianOperator, gauss_newton_trace: float,
-                          vectors: torch.Tensor, products: torch.Tensor | None = None) -> Estimate:
+                          vectors: torch.Tensor, products: torch.Tensor | None = None,
+                          gauss_newton_products: torch.Tensor | None = None) -> Estimate:
     """Tr H = Tr G (exact, given) + Hutchinson on H - G over the Rademacher probes ``vectors``.
 
-    ``products`` (H V), when given, are reused instead of recomputed (e.g. from ``hutchinson``).
+    ``products`` (H V), when given, are reused instead of recomputed (e.g. from ``hutchinson``);
+    ``gauss_newton_products`` (G V), when given, give v^T G v = v . (G v) without the JVPs of
+    ``gauss_newton_quadratic``.
     """
     products = operator(vectors) if products is None else products
-    residual = (vectors * products).sum(1) - gauss_newton_quadratic(operator, vectors)
-    rest = mean_and_se(residual)
+    quadratic = (gauss_newton_quadratic(operator, vectors) if gauss_newton_products is None
+                 else (vectors * gauss_newton_products).sum(1))
+    rest = mean_and_se((vectors * products).sum(1) - quadratic)
     return Estimate(gauss_newton_trace + rest.value, rest.standard_error)
 
 

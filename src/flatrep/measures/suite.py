@@ -98,26 +98,26 @@ def loss_weighted_jacobian_sq(ctx: Context) -> float:
     return (per_sample * top).mean().item()
 
 
-def _residual_frobenius(ctx: Context) -> dict:
-    """||H - G||_F (and SE) on the core's probes (``curvature.residual_frobenius``)."""
-    residual = curvature.residual_frobenius(ctx.operator, ctx.probes["vectors"],
-                                            ctx.probes["products"])
-    return {"hessian_residual_fro": residual.value,
-            "hessian_residual_fro_se": residual.standard_error}
-
-
 def core(ctx: Context) -> dict:
+    """Tr H by the Gauss-Newton control variate and ||H - G||_F, both from the core's probes V,
+    their products H V and one pass of G V (v^T G v = v . G v; ||H - G||_F by Hutchinson on
+    (H - G)^2, sqrt(mean ||H v - G v||^2)), beside the plain Hutchinson estimates of Tr H and
+    ||H||_F and the effective rank from the same probes."""
     outputs = ctx.operator.output_values
+    vectors, products = ctx.probes["vectors"], ctx.probes["products"]
     gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
-    controlled = curvature.control_variate_trace(ctx.operator, gauss_newton,
-                                                 ctx.probes["vectors"], ctx.probes["products"])
+    gauss_newton_products = curvature.gauss_newton_products(ctx.operator, vectors)
+    controlled = curvature.control_variate_trace(ctx.operator, gauss_newton, vectors, products,
+                                                 gauss_newton_products)
+    residual = curvature.residual_frobenius(products, gauss_newton_products)
     return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
             "hessian_gauss_newton_trace": gauss_newton,
             "hessian_trace_hutchinson": ctx.probes["trace"].value,
             "hessian_trace_hutchinson_se": ctx.probes["trace"].standard_error,
             "hessian_fro": ctx.probes["fro"].value,
             "hessian_fro_se": ctx.probes["fro"].standard_error,
-            **_residual_frobenius(ctx),
+            "hessian_residual_fro": residual.value,
+            "hessian_residual_fro_se": residual.standard_error,
             "hessian_effective_rank": ctx.probes["effective_rank"],
             "loss_weighted_jacobian_sq": loss_weighted_jacobian_sq(ctx)}
 

@@ -21,6 +21,8 @@
 #   CHECKS=blocked_jacobians: the CIFAR-100 CNN's per-sample Jacobians in row blocks against
 #     the dense path at 256 MiB to 8 GiB (row blocks take 4-37 % less time on two CPUs; is the
 #     dense default right on a GPU, and does a larger measure.memory_mb pay there?);
+#   CHECKS=residual_frobenius (about 1 min): the GPU rows of bench/residual_frobenius.py (the
+#     curvature core's probe passes H V and G V, and the v^T G v pass they replaced);
 #   CHECKS=study_wall_time STUDY=ff_cifar100_vgg16bn_adam WALL_LIMIT=500: another study's
 #     fitted wall time, which also runs its measures once at full settings on the GPU (the
 #     VGG-16-BN rehearsal that 2 CPU cores could not finish).
@@ -47,11 +49,13 @@ if [ "$DEVICE" = cuda ]; then
     MEMBERS=20; STEPS=300; STUDY=${STUDY:-chen_cifar2_vgg_correlation}; WALL_STEPS=400
     ENSEMBLE_LIMIT=270; MEMORY_STUDIES=""          # measure_memory.py's default studies
     JACOBIAN_SIZES="--points 16 --budgets-mb 256 1024 8192"
+    RESIDUAL_SIZES=""                               # residual_frobenius.py's defaults
 else                            # a smoke test of this script on a CPU machine, small sizes
     MEMBERS=3; STEPS=12; STUDY=${STUDY:-quick}; WALL_STEPS=40
     ENSEMBLE_LIMIT=450          # a cold compile of the VGG takes two minutes on 2 cores
     MEMORY_STUDIES="--studies quick"
     JACOBIAN_SIZES="--points 1 --budgets-mb 256 1024"
+    RESIDUAL_SIZES="--points 16 --probes 4 --repeats 1"
 fi
 WALL_LIMIT=${WALL_LIMIT:-180}
 SUMMARY="$OUT/summary.md"
@@ -112,6 +116,9 @@ wants measure_memory && check measure_memory 300 "$PY" bench/measure_memory.py \
 # shellcheck disable=SC2086
 wants blocked_jacobians && check blocked_jacobians 240 "$PY" bench/blocked_jacobians.py \
     --case cnn --device "$DEVICE" --threads 1 $JACOBIAN_SIZES
+# shellcheck disable=SC2086
+wants residual_frobenius && check residual_frobenius 120 "$PY" bench/residual_frobenius.py \
+    --device "$DEVICE" --threads 1 $RESIDUAL_SIZES
 wants hvp_compile && check hvp_compile 400 "$PY" bench/hvp_compile.py --device "$DEVICE" \
     --threads 1
 

@@ -84,5 +84,6 @@ def main() -> None:
               f"{t['G V']:.3f} | {t['G V'] / t['H V']:.2f} | "
               f"{(t['H V'] + t['G V']) / before:.2f} | {(before + t['G V']) / before:.2f} |")
 
+
 if __name__ == "__main__":
     main()

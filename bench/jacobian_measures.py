@@ -25,7 +25,7 @@ def flatrep_measures(model, x, chunk_size=50):
     jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=())  # same work as the loop
     out = jacobian.input_jacobian_measures(jac["input"])
     return {"mls": out["mls"], "log_lvr": out["log_lvr"], "local_dim": out["local_dim"],
-            "nmls": jacobian.layer_sensitivities(jacobian.layer_gram_spectra(jac["layer"])).sum(1),
+            "nmls": jacobian.layer_measures(jac["layer"])["layer_mls"].sum(1),
             "sharpness": jac["param_sq"].mean().reshape(1)}
 
 

@@ -472,3 +472,23 @@ def test_gauss_newton_at_interpolation_follows_the_train_loss_within_runs():
     assert claim.measure(claims.Evidence(cube.drop_vars("hessian_residual_fro"), bound_ds, CFG,
                                          FIGURES)) == (
         "the study does not measure hessian_residual_fro")
+
+
+def test_log_volume_claims_count_their_rank_deficient_points_and_runs():
+    """Two runs each have one training point with log LVR = -inf: the note says so, and
+    tau ranks those runs lowest instead of dropping them."""
+    cube, bound_ds = synthetic_study()
+    log_lvr = cube["log_lvr"].copy()
+    final = log_lvr["step"].values[-1]
+    low_runs = cube["run"].values[np.argsort(cube["sharpness"].isel(step=-1).values)[:2]]
+    for run in low_runs:
+        log_lvr.loc[{"run": run, "step": final, "subset": "train", "sample": 0}] = -np.inf
+    cube["log_lvr"] = log_lvr
+    table = claims.evaluate(cube, bound_ds, CFG, FIGURES)
+    note = str(table["claim_note"].sel(claim="sharpness_lvr").item())
+    points = cube.sizes["run"] * cube.sizes["sample"]
+    assert (f"log_lvr = -inf (numerically rank-deficient Jacobian) at 2 of {points} train "
+            f"points, in 2 of {cube.sizes['run']} runs") in note
+    assert int(table["claim_n"].sel(claim="sharpness_lvr")) == cube.sizes["run"]
+    assert table["claim_verdict"].sel(claim="sharpness_lvr").item() == claims.SUPPORTED
+    assert "0 of" in str(table["claim_note"].sel(claim="sharpness_nvr").item())

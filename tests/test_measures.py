@@ -50,7 +50,7 @@ def test_deep_linear_layer_sensitivities():
     w1, w2 = torch.randn(5, 3), torch.randn(2, 5)
     x = torch.randn(4, 3)
     jac = jacobian.per_sample_jacobians(linear_net(w1, w2), x)
-    sens = jacobian.layer_sensitivities(jacobian.layer_gram_spectra(jac["layer"]))
+    sens = jacobian.layer_measures(jac["layer"])["layer_mls"]
     assert torch.allclose(jac["input"], (w2 @ w1).expand(4, 2, 3))
     assert torch.allclose(sens[:, 0], torch.linalg.matrix_norm(w2 @ w1, ord=2).expand(4))
     assert torch.allclose(sens[:, 1], torch.linalg.matrix_norm(w2, ord=2).expand(4))
@@ -60,7 +60,10 @@ def test_deep_linear_layer_sensitivities():
 def test_local_dim_of_known_spectra():
     s = torch.tensor([[3.0, 1.0, 1.0], [2.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
     assert torch.allclose(jacobian.local_dim(s), torch.tensor([121 / 83, 3.0, 0.0]))
-    assert jacobian.log_lvr(s)[2] == -math.inf
+    rank = jacobian.numerical_rank(s, (3, 3))
+    assert rank.tolist() == [3, 3, 0]
+    assert jacobian.log_volume(s, rank)[2] == -math.inf
+    assert jacobian.log_pseudo_volume(s, rank)[2] == -math.inf
 
 
 def test_linear_regression_sharpness_is_trace_of_xtx_over_n():
@@ -310,15 +313,18 @@ def test_auto_picks_generic_when_a_parameter_is_outside_linear_layers():
     assert torch.equal(auto["param_sq"], generic["param_sq"])
 
 
-def test_layer_spectra_give_top_singular_value_and_log_volume_for_wide_and_tall_jacobians():
+def test_layer_measures_give_top_singular_value_and_log_volume_for_wide_and_tall_jacobians():
     torch.manual_seed(9)
     for shape in ((5, 3, 40), (5, 40, 3)):
-        j = torch.randn(*shape)
+        j = torch.randn(*shape, dtype=torch.float64)
         s = torch.linalg.svdvals(j)
-        spectra = jacobian.layer_gram_spectra([j])
-        assert torch.allclose(jacobian.layer_sensitivities(spectra)[:, 0], s[:, 0], rtol=1e-12)
-        assert torch.allclose(jacobian.layer_log_volumes(spectra)[:, 0], torch.log(s).sum(1),
-                              rtol=1e-10)
+        measured = jacobian.layer_measures([j])
+        torch.testing.assert_close(measured["layer_mls"][:, 0], s[:, 0], rtol=1e-13, atol=0)
+        torch.testing.assert_close(measured["layer_log_lvr"][:, 0], torch.log(s).sum(1),
+                                   rtol=1e-13, atol=0)
+        torch.testing.assert_close(measured["layer_log_lvr_pseudo"][:, 0], torch.log(s).sum(1),
+                                   rtol=1e-13, atol=0)
+        assert measured["layer_jacobian_rank"][:, 0].tolist() == [3.0] * 5
 
 
 @pytest.mark.parametrize("method, rows", [("linear", None), ("generic", None),
@@ -341,3 +347,87 @@ def test_ma_ying_moments_of_a_single_linear_layer(method, rows):
         assert torch.allclose(jacobian.moments_of(jac["input"], (k,))[:, 0],
                               w.pow(2 * k).sum().expand(4), rtol=1e-12, atol=0)
     assert torch.allclose(jac["param_moments"][:, 1], jac["param_sq"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_numerical_rank_is_lapacks_rule_as_numpy_applies_it(dtype):
+    """Products A B of random m x r and r x n factors have rank r exactly; their SVD leaves
+    rounding noise in the other singular values. numerical_rank counts the values above
+    s_1 max(m, n) eps, as numpy.linalg.matrix_rank does (an independent implementation)."""
+    import numpy as np
+    generator = torch.Generator().manual_seed(4)
+    for m, n, r in ((10, 128, 2), (10, 40, 10), (6, 4, 3), (8, 8, 0)):
+        a = torch.randn(5, m, r, generator=generator, dtype=torch.float64)
+        b = torch.randn(5, r, n, generator=generator, dtype=torch.float64)
+        product = (a @ b).to(dtype)
+        s = jacobian.spectrum(product)
+        rank = jacobian.numerical_rank(s, (m, n))
+        assert rank.tolist() == [r] * 5
+        assert rank.tolist() == [int(np.linalg.matrix_rank(p)) for p in product.numpy()]
+
+
+def bottleneck_net(inner: int = 2, dead: int = 0) -> nn.Sequential:
+    """6 -> 8 -> ReLU -> inner (linear bottleneck) -> 4, float64. With ``dead``, the last
+    ``dead`` of the 8 ReLU units have bias -1e3 and the others +1e3: on N(0, 1) inputs the
+    former never fire and the latter always do."""
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, inner, bias=False),
+                        nn.Linear(inner, 4))
+    with torch.no_grad():
+        if dead:
+            net[0].bias.copy_(torch.tensor([1e3] * (8 - dead) + [-1e3] * dead))
+    return net.eval()
+
+
+def test_a_bottleneck_gives_the_constructed_rank_and_minus_infinite_volume():
+    """Through a width-2 bottleneck J_x = W_4 W_3 D W_1 (D the ReLU mask) has rank 2 < min(K,
+    d) = 4, so log LVR = -inf. The pseudo-volume is the product of the two nonzero singular
+    values: for J = A B with A (4 x 2) and B (2 x n) of full rank 2, the nonzero eigenvalues
+    of J^T J are those of (A^T A)(B B^T), so sum_k log s_k = (log det A^T A + log det B B^T) / 2.
+    Layers: h_1 = x; h_2, the ReLU output, df/dh_2 = W_4 W_3 of rank 2 < 4 (-inf too); h_3, the
+    bottleneck, df/dh_3 = W_4 of full rank 2 = min(K, d_3): log NVR is its log volume."""
+    import numpy as np
+
+    from flatrep import measure
+    net = bottleneck_net()
+    x = torch.randn(5, 6)
+    values = measure.point_measures(net, x, chunk_size=5, moments=(1,))
+    w1, w3, w4 = net[0].weight, net[2].weight, net[3].weight
+
+    def pseudo(b: torch.Tensor) -> float:
+        return 0.5 * (torch.logdet(w4.T @ w4) + torch.logdet(b @ b.T)).item()
+
+    assert values["jacobian_rank"].tolist() == [2.0] * 5
+    assert (values["log_lvr"] == -math.inf).all()
+    assert (values["log_lvr_top3"] == -math.inf).all()          # rank 2 < 3
+    masks = [torch.diag((net[0](x[i]) > 0).double()) for i in range(5)]
+    np.testing.assert_allclose(values["log_lvr_pseudo"], [pseudo(w3 @ m @ w1) for m in masks],
+                               rtol=1e-12)
+    assert values["layer_jacobian_rank"].tolist() == [[2.0, 2.0, 2.0]] * 5
+    np.testing.assert_array_equal(values["layer_log_lvr"][:, :2], -np.inf)
+    last = 0.5 * torch.logdet(w4.T @ w4).item()
+    np.testing.assert_allclose(values["layer_log_lvr"][:, 2], last, rtol=1e-12)
+    np.testing.assert_allclose(values["log_nvr"], last, rtol=1e-12)
+    np.testing.assert_allclose(values["layer_log_lvr_pseudo"][:, 1], pseudo(w3), rtol=1e-12)
+    np.testing.assert_allclose(values["log_nvr_pseudo"], np.logaddexp(
+        np.logaddexp(values["log_lvr_pseudo"], pseudo(w3)), last), rtol=1e-12)
+
+
+def test_dead_relu_units_cut_the_rank_and_leave_local_dimension_alone():
+    """With 6 of the 8 ReLU units dead, J_x = W_4 W_3 D W_1 has rank 2 whatever the
+    bottleneck's width (3 here, so min(K, d) = 4 and rank 2 < 3: top-3 volume -inf too); the
+    participation ratio of the full spectrum equals that of the two nonzero singular values
+    (rounding noise enters squared, below the sums' rounding). The dead units cut df/dx, not
+    df/dh_2 = W_4 W_3 (rank 3): the Jacobian after the ReLU sees no mask."""
+    from flatrep import measure
+    net = bottleneck_net(inner=3, dead=6)
+    x = torch.randn(4, 6)
+    values = measure.point_measures(net, x, chunk_size=4, moments=(1,))
+    assert values["jacobian_rank"].tolist() == [2.0] * 4
+    assert (values["log_lvr"] == -math.inf).all() and (values["log_lvr_top3"] == -math.inf).all()
+    alive = net[3].weight @ net[2].weight[:, :2] @ net[0].weight[:2]
+    s = torch.linalg.svdvals(alive)[:2]
+    assert values["local_dim"] == pytest.approx([((s ** 2).sum() ** 2 / (s ** 4).sum()).item()]
+                                                * 4, rel=1e-13)
+    assert values["log_lvr_pseudo"] == pytest.approx([torch.log(s).sum().item()] * 4, rel=1e-12)
+    assert (values["layer_jacobian_rank"][:, 1] == 3).all()     # df/dh_2 = W_4 W_3, rank 3

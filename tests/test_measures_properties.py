@@ -27,7 +27,8 @@ from flatrep.measures import curvature, jacobian, layers, suite
 
 FLOAT = torch.float64
 #: Variables whose value is -inf where a singular value vanishes (documented in the catalogue).
-LOG_VOLUMES = {"log_lvr", "log_lvr_top3", "layer_log_lvr", "log_nvr"}
+LOG_VOLUMES = {"log_lvr", "log_lvr_top3", "layer_log_lvr", "log_nvr", "log_lvr_pseudo",
+               "layer_log_lvr_pseudo", "log_nvr_pseudo"}
 #: Every curvature family, on small settings (``probes`` and ``dense_max_params`` are drawn).
 FAMILIES = {"hutch_plus_plus": True, "lanczos": {"steps": 4}, "relative_flatness": True,
             "adaptive_sharpness": {"pairs": 3},
@@ -148,6 +149,13 @@ def test_per_sample_measures_are_finite_or_a_documented_minus_infinity(spec):
     assert np.all(fro_sq <= rank * mls ** 2 * (1 + 1e-12))
     expanding = mls > 0
     np.testing.assert_array_equal(values["log_lvr"][~expanding], -np.inf)
+    jacobian_rank = values["jacobian_rank"]
+    assert np.all((jacobian_rank >= 0) & (jacobian_rank <= rank))
+    np.testing.assert_array_equal(jacobian_rank == 0, ~expanding)
+    np.testing.assert_array_equal(np.isfinite(values["log_lvr"]), jacobian_rank == rank)
+    np.testing.assert_array_equal(np.isfinite(values["log_lvr_pseudo"]), expanding)
+    full = jacobian_rank == rank
+    np.testing.assert_array_equal(values["log_lvr_pseudo"][full], values["log_lvr"][full])
     bound = rank * np.log(mls[expanding])
     assert np.all(values["log_lvr"][expanding] <= bound + 1e-9 * (1 + np.abs(bound)))
     np.testing.assert_allclose(values["layer_mls"][:, 0], mls, rtol=1e-10, atol=0)

@@ -487,3 +487,54 @@ def test_a_bound_never_evaluated_gets_nan_rates_not_an_error():
     assert int(never["evaluated"]) == 0 and np.isnan(float(never["violation_rate"]))
     assert np.isnan(float(never["violation_rate_ci_high"]))
     assert float(result["violation_rate"].sel(bound="ma_ying")) == 0.0
+
+
+def test_rank_stand_ins_keep_every_rank_and_nan():
+    values = np.array([-np.inf, 3.0, np.nan, -1e300, np.inf, 2.0, -np.inf])
+    replaced = stats.rank_stand_ins(values)
+    assert np.isfinite(replaced[[0, 1, 3, 4, 5, 6]]).all() and np.isnan(replaced[2])
+    kept = ~np.isnan(values)
+    np.testing.assert_array_equal(scipy.stats.rankdata(replaced[kept]),
+                                  scipy.stats.rankdata(values[kept]))
+    np.testing.assert_array_equal(stats.rank_stand_ins(np.array([-np.inf, -np.inf])), [-1, -1])
+
+
+def test_rank_coefficients_keep_minus_infinity_and_pearson_drops_it():
+    """A log volume is -inf at a rank-deficient Jacobian: Spearman and Kendall rank those runs
+    lowest (as scipy does with the raw -inf), Pearson uses the finite runs and says so in n."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = x + 0.5 * rng.normal(size=30)
+    y[np.argsort(x)[:4]] = -np.inf            # the four smallest x: volume 0
+    y[7] = np.nan                             # a point not measured
+    table = stats.correlate(x, y, n_boot=300, level=0.95, rng=np.random.default_rng(1),
+                            n_perm=200)
+    finite, measured = np.isfinite(y), ~np.isnan(y)
+    np.testing.assert_array_equal(table["n"], [finite.sum(), measured.sum(), measured.sum()])
+    expected = [scipy.stats.pearsonr(x[finite], y[finite])[0],
+                scipy.stats.spearmanr(x[measured], y[measured])[0],
+                scipy.stats.kendalltau(x[measured], y[measured])[0]]
+    np.testing.assert_allclose(table["estimate"], expected, rtol=1e-12)
+    assert np.isfinite(table["ci_low"]).all() and np.isfinite(table["p_perm"]).all()
+    assert (table["ci_low"] <= table["estimate"]).all()
+    assert (table["estimate"] <= table["ci_high"]).all()
+
+
+def test_within_group_correlations_drop_infinite_values_for_every_method():
+    """A residual from a group mean with a -inf member is undefined: every method drops it."""
+    x = np.arange(12.0)
+    y = x.copy()
+    y[0] = -np.inf
+    groups = np.repeat([0, 1, 2], 4)
+    table = stats.correlate(x, y, n_boot=50, level=0.9, rng=np.random.default_rng(0),
+                            n_perm=50, groups=groups)
+    np.testing.assert_array_equal(table["n"], [11, 11, 11])
+    np.testing.assert_allclose(table["estimate"], 1.0)
+
+
+def test_granulated_kendall_ranks_minus_infinity_lowest():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    y = np.array([-np.inf, 0.0, 1.0, 2.0])
+    assert stats.granulated_kendall(x, y, {"a": np.array([0, 0, 1, 1]),
+                                           "b": np.array([0, 1, 0, 1])}) == pytest.approx(
+        {"a": 1.0, "b": 1.0, "psi": 1.0})

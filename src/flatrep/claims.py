@@ -141,15 +141,34 @@ def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
                    int(row["n"][k]))
 
 
+#: Log volumes: -inf at a training point whose Jacobian is numerically rank-deficient
+#: (``jacobian.log_volume``; for log NVR, every layer's), so a run's mean is -inf there.
+LOG_VOLUMES = ("log_lvr", "log_lvr_top3", "log_nvr")
+
+
+def rank_deficiency_note(point: xr.Dataset, name: str) -> str:
+    """How many training points, and in how many runs, have a -inf log volume ``name`` in
+    ``point`` (one checkpoint per run): Kendall's tau ranks those runs below all others."""
+    values = point[name].sel(subset="train").transpose("run", "sample").values
+    deficient = np.isneginf(values)
+    return (f"{name} = -inf (numerically rank-deficient Jacobian) at "
+            f"{int(deficient.sum())} of {int((~np.isnan(values)).sum())} train points, in "
+            f"{int(deficient.any(axis=1).sum())} of {len(values)} runs (ranked lowest by tau)")
+
+
 def _across_runs(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
-    """tau of two run-level measures across runs at the final checkpoint."""
+    """tau of two run-level measures across runs at the final checkpoint; for a log volume
+    the note counts its rank-deficient points and runs (``rank_deficiency_note``)."""
     def measure(evidence: Evidence) -> Outcome | str:
         missing = _unmeasured(evidence.cube, x_name, y_name)
         if missing:
             return missing
         final = evidence.cube.isel(step=-1)
-        return _kendall(_run_value(final, x_name).values, _run_value(final, y_name).values,
-                        evidence)
+        outcome = _kendall(_run_value(final, x_name).values, _run_value(final, y_name).values,
+                           evidence)
+        if y_name in LOG_VOLUMES:
+            outcome = _noted(outcome, rank_deficiency_note(final, y_name))
+        return outcome
     return measure
 
 

@@ -30,15 +30,19 @@ def _p(value) -> str:
 
 
 def correlations(stats_ds: xr.Dataset) -> str:
-    """Pearson r and Kendall tau with CIs and Holm-adjusted permutation p, across runs."""
-    lines = ["| sharpness vs | Pearson r [CI] | Kendall τ [CI] | permutation p, Holm (τ) |",
-             "|---|---|---|---|"]
+    """Pearson r and Kendall tau with CIs, the runs each uses, and the Holm-adjusted
+    permutation p, across runs. Pearson drops runs with a non-finite value (a -inf log
+    volume); tau ranks them lowest."""
+    lines = ["| sharpness vs | Pearson r [CI] | Kendall τ [CI] | runs (r / τ) | "
+             "permutation p, Holm (τ) |", "|---|---|---|---|---|"]
     for measure in stats_ds["measure"].values:
         cells = [_interval(*(stats_ds[f"corr_{key}"].sel(measure=measure, coefficient=method)
                              for key in ("estimate", "ci_low", "ci_high")))
                  for method in ("pearson", "kendall")]
+        runs = " / ".join(str(int(stats_ds["corr_n"].sel(measure=measure, coefficient=method)))
+                          for method in ("pearson", "kendall"))
         p = stats_ds["corr_p_perm_holm"].sel(measure=measure, coefficient="kendall")
-        lines.append(f"| {measure} | {cells[0]} | {cells[1]} | {_p(p)} |")
+        lines.append(f"| {measure} | {cells[0]} | {cells[1]} | {runs} | {_p(p)} |")
     return "\n".join(lines) + "\n"
 
 

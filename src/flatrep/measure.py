@@ -84,7 +84,9 @@ def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
     ``chunk_size``), at least one, since every measure is a sample's own (VGG-16-BN's 100
     points on CIFAR-100 would hold 14 GiB).
 
-    log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf.
+    log NVR = log sum_l LVR_l = logsumexp_l log LVR_l, -inf where every layer's is -inf (each
+    layer's is -inf at a deficient numerical rank, ``jacobian.log_volume``); its pseudo form
+    sums the layers' pseudo-volumes (``jacobian.log_pseudo_volume``).
     """
     pieces = [_piece_measures(model, part, chunk_size, moments, max_bytes // 2)
               for part in x.split(points_per_piece(model, x, chunk_size, max_bytes))]
@@ -103,11 +105,10 @@ def _piece_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
     jac = jacobian.per_sample_jacobians(model, x, chunk_size, moments=moments,
                                         max_bytes=max_bytes, grams=())
     result = jacobian.input_jacobian_measures(jac["input"])
-    spectra = jacobian.layer_gram_spectra(jac["layer"])
-    result["layer_mls"] = jacobian.layer_sensitivities(spectra)
+    result.update(jacobian.layer_measures(jac["layer"]))
     result["nmls"] = result["layer_mls"].sum(1)
-    result["layer_log_lvr"] = jacobian.layer_log_volumes(spectra)
     result["log_nvr"] = torch.logsumexp(result["layer_log_lvr"], dim=1)
+    result["log_nvr_pseudo"] = torch.logsumexp(result["layer_log_lvr_pseudo"], dim=1)
     result["input_grad_moment"] = jacobian.moments_of(jac["input"], moments)
     result["param_grad_moment"] = jac["param_moments"]
     result["sample_sharpness"] = jac["param_sq"]

@@ -239,36 +239,59 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def _usable(x: np.ndarray, y: np.ndarray,
-            groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Finite pairs, restricted to the groups that keep at least two of them."""
-    keep = np.isfinite(x) & np.isfinite(y)
+def rank_stand_ins(values: np.ndarray) -> np.ndarray:
+    """``values`` with -inf replaced by a finite value below every finite one and +inf by one
+    above every finite one (NaN kept): every rank, and so every Spearman and Kendall
+    coefficient, is unchanged. A log volume is -inf where the Jacobian is numerically
+    rank-deficient (volume exactly 0, below every finite one), so rank statistics keep it."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
+    out = np.where(values == -np.inf, low - (1.0 + abs(low)), values)
+    return np.where(out == np.inf, high + (1.0 + abs(high)), out)
+
+
+def _usable(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+            infinite: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Finite pairs, restricted to the groups that keep at least two of them; with
+    ``infinite`` also the pairs with +-inf, replaced by ``rank_stand_ins`` (for rank
+    coefficients)."""
+    keep = (~np.isnan(x) & ~np.isnan(y)) if infinite else (np.isfinite(x) & np.isfinite(y))
     _, inverse, counts = np.unique(groups[keep], return_inverse=True, return_counts=True)
     keep[keep] = counts[inverse] >= 2
+    if infinite:
+        return rank_stand_ins(x[keep]), rank_stand_ins(y[keep]), groups[keep]
     return x[keep], y[keep], groups[keep]
 
 
 def correlate(x: np.ndarray, y: np.ndarray, n_boot: int, level: float,
               rng: np.random.Generator, n_perm: int,
               groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Estimate, bootstrap CI, scipy p-value and permutation p (``p_perm``) of every method.
+    """Estimate, bootstrap CI, scipy p-value, permutation p (``p_perm``) and the number of
+    pairs used (``n``) of every method.
 
-    Uses the finite pairs; NaN when n < 3. With ``groups``, every statistic is that of the
-    within-group residuals of the groups with >= 2 finite pairs, and the bootstrap and the
-    permutations stay within groups.
+    Pearson uses the finite pairs; Spearman and Kendall also those with +-inf (``_usable``):
+    a run whose log volume is -inf ranks below every other, while Pearson drops it (``n``
+    says how many remain). NaN when n < 3. With ``groups``, every statistic is that of the
+    within-group residuals of the groups with >= 2 finite pairs (a residual from an infinite
+    value is undefined, so every method drops them), and the bootstrap and the permutations
+    stay within groups.
     """
-    x, y, groups = _usable(x, y, _groups(groups, len(x)))
+    grouped = groups is not None
+    groups = _groups(groups, len(x))
     rows = {key: np.full(len(METHODS), np.nan)
             for key in ("estimate", "ci_low", "ci_high", "p_value", "p_perm")}
-    rows["n"] = np.full(len(METHODS), len(x))
-    xs, ys = _centered(x, groups), _centered(y, groups)
-    if len(x) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
-        return rows
+    rows["n"] = np.zeros(len(METHODS), dtype=int)
     for k, method in enumerate(METHODS):
+        xk, yk, gk = _usable(x, y, groups, infinite=method != "pearson" and not grouped)
+        rows["n"][k] = len(xk)
+        xs, ys = _centered(xk, gk), _centered(yk, gk)
+        if len(xk) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+            continue
         rows["estimate"][k], rows["p_value"][k] = correlation(xs, ys, method)
-        rows["ci_low"][k], rows["ci_high"][k] = bootstrap_ci(x, y, method, n_boot, level, rng,
-                                                             groups)
-        rows["p_perm"][k] = permutation_p_value(x, y, method, n_perm, rng, groups)
+        rows["ci_low"][k], rows["ci_high"][k] = bootstrap_ci(xk, yk, method, n_boot, level, rng,
+                                                             gk)
+        rows["p_perm"][k] = permutation_p_value(xk, yk, method, n_perm, rng, gk)
     return rows
 
 
@@ -365,7 +388,8 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
     """Correlations over time of sharpness with each measure, per run, after interpolation.
 
     Per run, every coefficient is computed over the checkpoints whose train loss is below
-    ``threshold`` (at least 3 needed); the per-run coefficients are summarised by their mean
+    ``threshold`` (at least 3 usable ones needed: Pearson's finite, the rank coefficients' with
+    +-inf ranked as in ``correlate``); the per-run coefficients are summarised by their mean
     with a percentile-bootstrap CI over runs.
     """
     rng = np.random.default_rng(seed)
@@ -377,9 +401,10 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
         x = run_level(run, "sharpness").values[after]
         for m, name in enumerate(PAIRED_MEASURES):
             y = run_level(run, name).values[after]
-            ok = np.isfinite(x) & np.isfinite(y)
-            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
-                per_run[r, m] = [correlation(x[ok], y[ok], method)[0] for method in METHODS]
+            for k, method in enumerate(METHODS):
+                xk, yk, _ = _usable(x, y, _groups(None, len(x)), infinite=method != "pearson")
+                if len(xk) >= 3 and np.ptp(xk) > 0 and np.ptp(yk) > 0:
+                    per_run[r, m, k] = correlation(xk, yk, method)[0]
     shape = (len(PAIRED_MEASURES), len(METHODS))
     mean, low, high, count = (np.full(shape, np.nan) for _ in range(4))
     for m, k in np.ndindex(*shape):
@@ -419,12 +444,13 @@ def granulated_kendall(x: np.ndarray, y: np.ndarray,
     For every axis i with more than one value: psi_i = (1/m_i) sum_c tau(c), c over the m_i
     cells of runs sharing the values of every other axis (seed is one more axis: Jiang et al.
     have one run per configuration), tau Kendall's tau-b of (x, y) over the cell's runs (= the
-    paper's tau when there are no ties); cells with < 2 finite pairs or a constant x or y
-    (tau undefined) are left out. Returns {axis: psi_i} and "psi": Psi = mean_i psi_i over
+    paper's tau when there are no ties); pairs with a NaN are dropped and +-inf ranked
+    (``rank_stand_ins``); cells with < 2 pairs or a constant x or y (tau undefined) are left
+    out. Returns {axis: psi_i} and "psi": Psi = mean_i psi_i over
     the axes with a defined psi_i (NaN when none).
     """
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    keep = ~np.isnan(x) & ~np.isnan(y)
+    x, y = rank_stand_ins(x[keep]), rank_stand_ins(y[keep])
     hparams = {name: np.asarray(values)[keep] for name, values in hparams.items()}
     axes = [name for name, values in hparams.items() if len(np.unique(values)) > 1]
     out = {axis: _mean_tau(x, y, _cells([v for k, v in hparams.items() if k != axis], len(x)))

@@ -18,6 +18,10 @@ class Variable:
 
 
 _PER_SAMPLE = ("subset", "sample")
+#: The numerical-rank rule of every spectrum-based volume (``jacobian.numerical_rank``).
+_RANK_TOLERANCE = "s_1 max(K, d) eps"
+_RANK_RULE = (f"singular values <= {_RANK_TOLERANCE} (eps of the Jacobian's dtype) count as 0, "
+              "since their values are rounding noise")
 
 CATALOG: dict[str, Variable] = {
     "train_loss": Variable((), "training loss on the full train split", "1",
@@ -135,13 +139,25 @@ CATALOG: dict[str, Variable] = {
     "param_norm": Variable((), "parameter norm", "1", "||theta||_2 over all parameters"),
     "layer_log_lvr": Variable(_PER_SAMPLE + ("layer",), "layer log volumetric ratio", "1",
                               "log LVR_l(x) = sum_{k=1}^{min(K,d_l)} log s_k(df/dh_l) (Chen et al. "
-                              "M5, per layer; from the eigenvalues of the smaller Gram matrix); "
-                              "-inf where an eigenvalue is 0 (round-off below 0 is clamped to "
-                              "0), e.g. a dead ReLU layer"),
+                              "M5, per layer; SVD of df/dh_l); -inf where the numerical rank "
+                              f"(layer_jacobian_rank) is below min(K, d_l): {_RANK_RULE}, e.g. "
+                              "behind a dead ReLU layer or a layer narrower than K upstream"),
+    "layer_log_lvr_pseudo": Variable(_PER_SAMPLE + ("layer",),
+                                     "layer log pseudo-volume", "1",
+                                     "sum_{k=1}^{r_l} log s_k(df/dh_l) over the r_l = "
+                                     "layer_jacobian_rank numerically nonzero singular values; "
+                                     "equals layer_log_lvr where the rank is full; -inf where "
+                                     "r_l = 0"),
+    "layer_jacobian_rank": Variable(_PER_SAMPLE + ("layer",), "numerical rank of df/dh_l", "1",
+                                    f"r_l = #{{k : s_k(df/dh_l) > {_RANK_TOLERANCE}}}, "
+                                    "d_l the layer input's size"),
     "log_nvr": Variable(_PER_SAMPLE, "log network volumetric ratio", "1",
                         "log sum_l LVR_l(x) (candidate form of Chen et al. NVR, M5; UNCONFIRMED "
                         "in the paper; the layer mean of layer_log_lvr is the other candidate); "
                         "-inf where every layer_log_lvr is -inf"),
+    "log_nvr_pseudo": Variable(_PER_SAMPLE, "log network pseudo-volume", "1",
+                               "log sum_l exp(layer_log_lvr_pseudo): log_nvr over the layers' "
+                               "pseudo-volumes; -inf where every layer's is -inf"),
     "input_grad_moment": Variable(_PER_SAMPLE + ("moment",), "input-gradient moment", "1",
                                   "sum_c sum_d (df_c/dx_d)^{2k}; Ma & Ying g_x(k) = (mean_i of "
                                   "it)^{1/(2k)} (B.6)"),
@@ -154,11 +170,20 @@ CATALOG: dict[str, Variable] = {
     "mls": Variable(_PER_SAMPLE, "maximum local sensitivity", "1",
                     "MLS(x) = s_1(df/dx) = ||J_x||_2 (Chen et al. M2)"),
     "log_lvr": Variable(_PER_SAMPLE, "log local volumetric ratio", "1",
-                        "sum_{k=1}^{min(K,d)} log s_k(df/dx); -inf where a singular value is 0 "
-                        "(Chen et al. M1, LVR = prod_k s_k)"),
+                        "sum_{k=1}^{min(K,d)} log s_k(df/dx) (Chen et al. M1, LVR = prod_k s_k); "
+                        "-inf where the numerical rank (jacobian_rank) is below min(K, d): "
+                        f"{_RANK_RULE}"),
     "log_lvr_top3": Variable(_PER_SAMPLE, "log volume, top-3 singular values", "1",
                              "sum_{k=1}^{min(3,K,d)} log s_k(df/dx), the reference code's 'log "
-                             "volume'; -inf where one of these singular values is 0"),
+                             "volume'; -inf where jacobian_rank < min(3, K, d)"),
+    "log_lvr_pseudo": Variable(_PER_SAMPLE, "log local pseudo-volume", "1",
+                               "sum_{k=1}^{r} log s_k(df/dx) over the r = jacobian_rank "
+                               "numerically nonzero singular values (the log volume of J_x on "
+                               "its row space); equals log_lvr where the rank is full; -inf "
+                               "where r = 0 (J_x = 0)"),
+    "jacobian_rank": Variable(_PER_SAMPLE, "numerical rank of the input Jacobian", "1",
+                              f"r = #{{k : s_k(df/dx) > {_RANK_TOLERANCE}}}, "
+                              "LAPACK's rule in the dtype of the Jacobian's computation"),
     "local_dim": Variable(_PER_SAMPLE, "local dimensionality (participation ratio)", "1",
                           "(sum_k s_k^2)^2 / sum_k s_k^4 of J_x J_x^T, in [1, min(K, d)], "
                           "computed from s_k / s_1 (scale-free); 0 where J_x = 0 (Chen et al. "

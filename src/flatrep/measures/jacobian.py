@@ -12,6 +12,7 @@ gives, at once,
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -341,14 +342,43 @@ def mls(singular_values: torch.Tensor) -> torch.Tensor:
     return singular_values[..., 0]
 
 
-def log_lvr(singular_values: torch.Tensor, top: int | None = None) -> torch.Tensor:
-    """log LVR(x) = sum_k log s_k(J) over all min(K, d) singular values (Chen et al. M1).
+def numerical_rank(singular_values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Numerical rank of each m x n matrix from its singular values (descending, last dim):
+    r = #{k : s_k > s_1 max(m, n) eps}, eps the machine epsilon of the singular values' dtype,
+    which is the dtype the Jacobian was computed and decomposed in (LAPACK's rule, numpy's
+    ``matrix_rank`` default).
 
-    ``top=3`` gives the reference code's "log volume" (top three singular values only).
-    A zero singular value gives -inf (the local volume collapses).
+    A singular value at or below that tolerance is indistinguishable from the rounding of an
+    exactly rank-deficient matrix: its value depends on the BLAS kernel, not on the network.
+    r = 0 where s_1 = 0 (J = 0). Returns an integer tensor of the leading shape.
     """
-    kept = singular_values if top is None else singular_values[..., :top]
-    return torch.log(kept).sum(-1)
+    tolerance = singular_values[..., :1] * max(shape) * torch.finfo(singular_values.dtype).eps
+    return (singular_values > tolerance).sum(-1)
+
+
+def log_volume(singular_values: torch.Tensor, rank: torch.Tensor,
+               top: int | None = None) -> torch.Tensor:
+    """log LVR(x) = sum_{k=1}^{m} log s_k(J) over the m = min(K, d) singular values (Chen et
+    al. M1, LVR = prod_k s_k), or over the first m = min(top, K, d) with ``top``; ``top=3``
+    gives the reference code's plotted "log volume" (top three singular values only).
+
+    -inf where the numerical rank (``numerical_rank``) is below m: the exact volume is 0, and
+    the trailing "singular values" are rounding noise whose logs would otherwise dominate the
+    sum (a finite number that changes with the BLAS kernel).
+    """
+    count = singular_values.shape[-1] if top is None else min(top, singular_values.shape[-1])
+    full = torch.log(singular_values[..., :count]).sum(-1)
+    return torch.where(rank >= count, full, -math.inf)
+
+
+def log_pseudo_volume(singular_values: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """log of the pseudo-volume prod_{k=1}^{r} s_k(J) over the r = ``rank`` numerically
+    nonzero singular values: the log volume of J restricted to its row space, finite where
+    ``log_volume`` is -inf because the rank is deficient; equal to it where the rank is full.
+    -inf where r = 0 (J = 0: no direction is kept)."""
+    kept = torch.arange(singular_values.shape[-1], device=singular_values.device) < rank[..., None]
+    total = torch.where(kept, torch.log(singular_values), 0.0).sum(-1)
+    return torch.where(rank > 0, total, -math.inf)
 
 
 def local_dim(singular_values: torch.Tensor) -> torch.Tensor:
@@ -358,6 +388,8 @@ def local_dim(singular_values: torch.Tensor) -> torch.Tensor:
     LD = (sum_k r_k^2)^2 / sum_k r_k^4, which neither underflows nor overflows for any finite
     s_1 > 0 (s_k^4 alone does beyond s_1 ~ 1e-77 or 1e77), and 1 <= LD <= min(K, d).
     Defined as 0 where J = 0 (s_1 = 0: no direction is expanded).
+    Well-conditioned at a deficient rank: a rounding-noise value s_k <= s_1 max(K, d) eps enters
+    as r_k^2 <= (max(K, d) eps)^2, below the rounding of the sums, so no rank cut is needed.
     """
     top = singular_values[..., :1]
     power = (singular_values / torch.where(top > 0, top, 1.0)).pow(2)
@@ -367,41 +399,49 @@ def local_dim(singular_values: torch.Tensor) -> torch.Tensor:
 
 
 def spectrum(jacobians: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending) of each Jacobian in a batch (n, K, d) -> (n, min(K, d))."""
+    """Singular values (descending) of each Jacobian in a batch (n, K, d) -> (n, min(K, d)),
+    by SVD of J itself: absolute error ~ eps s_1, so every value above ``numerical_rank``'s
+    tolerance is resolved (eigenvalues of J J^T would resolve only s_k / s_1 >> sqrt(eps))."""
     return torch.linalg.svdvals(jacobians)
 
 
-def input_jacobian_measures(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MLS, log LVR (all and top-3), local dimensionality and ||J||_F^2 per sample."""
+def volume_measures(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The spectrum of each Jacobian (n, K, d) and what the volume measures need of it:
+    ``singular_values`` (n, min(K, d)), ``rank`` (``numerical_rank``), ``log_volume``
+    (``log_volume``, -inf at a deficient rank) and ``log_pseudo_volume``."""
     s = spectrum(jacobians)
-    return {"mls": mls(s), "log_lvr": log_lvr(s), "log_lvr_top3": log_lvr(s, top=3),
+    rank = numerical_rank(s, tuple(jacobians.shape[1:]))
+    return {"singular_values": s, "rank": rank, "log_volume": log_volume(s, rank),
+            "log_pseudo_volume": log_pseudo_volume(s, rank)}
+
+
+def input_jacobian_measures(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MLS, log LVR (all, top-3 and over the nonzero singular values), the numerical rank,
+    local dimensionality and ||J||_F^2 per sample."""
+    volumes = volume_measures(jacobians)
+    s, rank = volumes["singular_values"], volumes["rank"]
+    return {"mls": mls(s), "log_lvr": volumes["log_volume"],
+            "log_lvr_top3": log_volume(s, rank, top=3),
+            "log_lvr_pseudo": volumes["log_pseudo_volume"],
+            "jacobian_rank": rank.to(s.dtype),
             "local_dim": local_dim(s), "jacobian_fro_sq": s.pow(2).sum(-1)}
 
 
-def layer_gram_spectra(layer_jacobians: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Squared singular values s_k^2 of each df/dh_l, ascending, (n, min(K, d_l)) per layer.
+def layer_measures(layer_jacobians: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per sample and measured layer l, shape (n, L), from the spectrum of df/dh_l (K x d_l):
+    ``layer_mls`` s_1(df/dh_l) (NMLS is its sum over l, M4), ``layer_log_lvr`` log LVR_l =
+    sum_k log s_k(df/dh_l) over all min(K, d_l) values (M5; -inf at a deficient rank, e.g.
+    behind a dead ReLU layer), ``layer_log_lvr_pseudo`` over the nonzero ones and
+    ``layer_jacobian_rank``."""
+    per_layer = [volume_measures(j) for j in layer_jacobians]
 
-    They are the eigenvalues of the smaller Gram matrix (J J^T or J^T J), K x K instead of an
-    SVD of K x d_l. Absolute error ~ eps * s_1^2, so log s_k is accurate while
-    s_k / s_1 >> 1e-8 (float64).
-    """
-    def gram(j: torch.Tensor) -> torch.Tensor:
-        return j @ j.transpose(1, 2) if j.shape[1] <= j.shape[2] else j.transpose(1, 2) @ j
-    return [torch.linalg.eigvalsh(gram(j)).clamp_min(0) for j in layer_jacobians]
+    def stacked(key: str) -> torch.Tensor:
+        return torch.stack([v[key] for v in per_layer], dim=1)
 
-
-def layer_sensitivities(spectra: list[torch.Tensor]) -> torch.Tensor:
-    """s_1(df/dh_l) per sample and layer, shape (n, L); NMLS is its sum over l (M4)."""
-    return torch.stack([eig[:, -1].sqrt() for eig in spectra], dim=1)
-
-
-def layer_log_volumes(spectra: list[torch.Tensor]) -> torch.Tensor:
-    """log LVR_l(x) = sum_k log s_k(df/dh_l), all min(K, d_l) values, shape (n, L) (M5).
-
-    -inf where an eigenvalue s_k^2 is 0 (``layer_gram_spectra`` clamps round-off below 0 to 0),
-    e.g. behind a dead ReLU layer.
-    """
-    return torch.stack([0.5 * torch.log(eig).sum(1) for eig in spectra], dim=1)
+    return {"layer_mls": torch.stack([v["singular_values"][:, 0] for v in per_layer], dim=1),
+            "layer_log_lvr": stacked("log_volume"),
+            "layer_log_lvr_pseudo": stacked("log_pseudo_volume"),
+            "layer_jacobian_rank": stacked("rank").to(per_layer[0]["singular_values"].dtype)}
 
 
 def moments_of(jacobians: torch.Tensor, moments: tuple[int, ...]) -> torch.Tensor:

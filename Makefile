@@ -1,12 +1,21 @@
 # `make run`: set up .venv and run the whole pipeline on the embedded default.
-# `make test`: set up .venv and run the test suite.
+# `make test`: set up .venv and run the test suite, then the measure tests under other kernels.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 TEST_WORKERS ?= 2
 
-.PHONY: setup run test report restamp clean
+# The measure tests, run again by `make test` under other CPU kernels: MKL's bitwise-compatible
+# and AVX2 code paths, and ATen's baseline (no-AVX) kernels. Rounding differs between them as it
+# does between users' CPUs, so a test that holds for one kernel's rounding only fails here.
+MEASURE_TESTS := tests/test_measures.py tests/test_measures_properties.py tests/test_suite.py \
+	tests/test_curvature.py tests/test_spectrum.py tests/test_invariant.py tests/test_conv.py \
+	tests/test_output_curvature.py tests/test_batchnorm_train.py tests/test_models.py \
+	tests/test_losses.py
+KERNEL_PATHS := "MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default" "MKL_CBWR=AVX2"
+
+.PHONY: setup run test test-kernels report restamp clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +33,14 @@ report: run
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(MAKE) --no-print-directory test-kernels
+
+test-kernels: setup
+	@for kernels in $(KERNEL_PATHS); do \
+	    echo "== measure tests under $$kernels"; \
+	    env $$kernels PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q \
+	        -n $(TEST_WORKERS) --dist loadgroup $(MEASURE_TESTS) || exit 1; \
+	done
 
 # After `dvc pull` on a fresh clone: record Snakemake's provenance of the pulled outputs, so
 # `snakemake` reruns nothing (only while `dvc status` is clean: the pulled files match the code).

@@ -5,6 +5,7 @@ Dry runs only (seconds): no cluster, no `sbatch`, no `kubectl`, no kube config i
 import copy
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_project
+from conftest import REPO, make_project
 
 pytestmark = pytest.mark.workflow
 
@@ -146,3 +147,19 @@ def test_kubernetes_profile_requests_nvidia_gpus_with_a_remote_default_storage(p
         for res in resources:
             # needed by the plugin for every job declaring `gpu`, and limits = requests
             assert res["gpu_manufacturer"] == "nvidia" and res["scale"] == "0", rule
+
+
+def test_the_default_profile_prints_a_failed_jobs_log_on_the_console(tmp_path):
+    """With the project's workflow profile (profiles/default), a job that fails shows its log,
+    where every rule sends its command's one-line error, on the console."""
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    # printf joins the two words, so the joined line is in the log, not in the command text
+    # that Snakemake prints for every failed job anyway
+    (tmp_path / "Snakefile").write_text(
+        'rule fails:\n    output: "out.txt"\n    log: "logs/fails.log"\n'
+        '    shell: "printf \'%s %s\\\\n\' \'flatrep measure:\' \'error: x.pt is corrupt\' '
+        '> {log}; exit 2"\n')
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "flatrep measure: error: x.pt is corrupt" in result.stdout + result.stderr

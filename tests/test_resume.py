@@ -202,13 +202,13 @@ def test_finding_the_resume_point_unpickles_one_checkpoint(uninterrupted, data_r
     monkeypatch.setattr(checkpoint, "verified_payload",
                         lambda path, original=checkpoint.verified_payload:
                         verified.append(Path(path).name) or original(path))
-    monkeypatch.setattr(checkpoint, "unpack", lambda payload, original=checkpoint.unpack:
-                        unpacked.append(len(payload)) or original(payload))
+    monkeypatch.setattr(checkpoint, "unpack", lambda payload, path, original=checkpoint.unpack:
+                        unpacked.append(Path(path).name) or original(payload, path))
     step, content = resume.latest(run_dir, config.checkpoint_steps(study["train"]),
                                   train.belongs_to("resume", study, runs[0]))
     assert (step, content["meta"]["step"]) == (40, 40)
     assert verified == [f"step_{k}.pt" for k in (0, 10, 25, 40)]
-    assert len(unpacked) == 1
+    assert unpacked == ["step_40.pt"]
 
 def test_stale_or_damaged_scratch_is_not_resumed(uninterrupted, data_root, tmp_path):
     """Scratch checkpoints of another configuration are discarded; a damaged last one makes

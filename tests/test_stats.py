@@ -538,3 +538,26 @@ def test_granulated_kendall_ranks_minus_infinity_lowest():
     assert stats.granulated_kendall(x, y, {"a": np.array([0, 0, 1, 1]),
                                            "b": np.array([0, 1, 0, 1])}) == pytest.approx(
         {"a": 1.0, "b": 1.0, "psi": 1.0})
+
+
+def test_summary_tables_count_the_runs_a_minus_infinite_volume_drops():
+    """Two runs' log volumes are -inf (rank-deficient Jacobians; LHS volume 0): the
+    correlation table gives Pearson 6 runs and tau 8, the bounds table the final log-log fit's
+    6 of 8 runs."""
+    rng = np.random.default_rng(2)
+    hparams = _seeded_grid(seeds=1)
+    sharp = np.exp(rng.normal(size=8))
+    volume = np.log(sharp)
+    volume[:2] = -np.inf
+    cube = _grid_cube(sharp, volume, hparams)
+    rhs = np.exp(rng.normal(size=8)) + 1
+    lhs = np.exp(volume)
+    bound_ds = _bounds({"ma_ying": lhs, "a": lhs}, {"ma_ying": rhs, "a": rhs})
+    cfg = {"bootstrap": 50, "ci_level": 0.95, "seed": 0, "interpolation_loss": 0.2,
+           "permutations": 50}
+    result = stats.study_statistics(cube, bound_ds, cfg)
+    np.testing.assert_array_equal(result["corr_n"].sel(measure="log_lvr"), [6, 8, 8])
+    rows = {line.split(" | ")[0]: line for line in markdown.correlations(result).splitlines()}
+    assert " | 6 / 8 | " in rows["| log_lvr"]
+    bounds_rows = markdown.bounds(result).splitlines()
+    assert bounds_rows[2].startswith("| ma_ying |") and bounds_rows[2].endswith(" | 6 of 8 |")

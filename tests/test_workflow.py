@@ -96,6 +96,21 @@ def test_rerun_is_a_no_op_and_code_edit_remeasures_without_retraining(snakemake_
     assert planned_jobs(snakemake_project) == {}
 
 
+def test_every_documented_output_is_a_target_of_rule_all(snakemake_project, tmp_path):
+    """A deleted cube.nc, bounds.nc or stats.nc is planned again by a plain `snakemake`
+    (before, the files made from them kept it at "Nothing to be done"). Each is moved aside
+    and back, mtime kept, leaving the shared project as it was."""
+    for name, rule in (("cube.nc", "cube"), ("bounds.nc", "bounds"), ("stats.nc", "stats")):
+        path, aside = snakemake_project / "results/tiny" / name, tmp_path / name
+        path.rename(aside)
+        try:
+            planned = planned_jobs(snakemake_project)
+        finally:
+            aside.rename(path)
+        assert planned.get(rule) == 1, (name, planned)
+    assert planned_jobs(snakemake_project) == {}
+
+
 def test_a_fresh_project_measures_runs_identically(snakemake_project, tmp_path):
     """Data preparation, training and measurement from scratch in another project give
     every variable and attribute of the runs' measure files exactly (two of the six runs,

@@ -54,10 +54,14 @@ def _blame(row: xr.Dataset) -> str:
 
 def bounds(stats_ds: xr.Dataset) -> str:
     """Violations (exact CI) over all points and where the bound's assumptions hold, the
-    assumptions that failed where violations occurred, and the median final tightness."""
+    assumptions that failed where violations occurred, the median final tightness and the
+    runs the final log-log regression keeps (it drops a zero LHS, e.g. the volume of a
+    rank-deficient Jacobian, whose log is -inf)."""
     lines = ["| bound | violations / evaluated | violation rate CI | assumptions met: "
              "violations / evaluated | violations where an assumption failed | "
-             "median final LHS/RHS |", "|---|---|---|---|---|---|"]
+             "median final LHS/RHS | runs in the final log-log fit |",
+             "|---|---|---|---|---|---|---|"]
+    healthy = stats_ds.attrs["n_runs"] - stats_ds.attrs["n_diverged_runs"]
     for name in stats_ds["bound"].values:
         row = stats_ds.sel(bound=name)
         evaluated = int(row["evaluated"])
@@ -66,7 +70,8 @@ def bounds(stats_ds: xr.Dataset) -> str:
         met = (f"{int(row['violations_assumptions_met'])} / "
                f"{int(row['evaluated_assumptions_met'])}")
         lines.append(f"| {name} | {int(row['violations'])} / {evaluated} | {interval} | "
-                     f"{met} | {_blame(row)} | {_p(row['tightness_final_median'])} |")
+                     f"{met} | {_blame(row)} | {_p(row['tightness_final_median'])} | "
+                     f"{int(row['final_n'])} of {healthy} |")
     return "\n".join(lines) + "\n"
 
 

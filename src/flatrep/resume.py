@@ -74,7 +74,7 @@ def latest(run_dir: str | Path, steps: list[int],
             break
     if found is None:
         return None
-    step, content = found[0], checkpoint.unpack(found[1])
+    step, content = found[0], checkpoint.unpack(found[1], folder / f"step_{found[0]}.pt")
     if not belongs(content["meta"]):
         log.warning("ignoring %s: its checkpoints belong to another configuration", folder)
         discard(run_dir)

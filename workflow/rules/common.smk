@@ -91,11 +91,16 @@ def cube_sections_json(wildcards):
 
 
 def study_targets(names):
-    """The targets built for each selected study."""
+    """The targets built for each selected study: every documented output, so that a plain
+    `snakemake` rebuilds a deleted cube.nc or bounds.nc, not only the files made from them."""
     return [
         path
         for name in names
         for path in (
+            f"results/{name}/cube.nc",
+            f"results/{name}/bounds.nc",
+            f"results/{name}/stats.nc",
+            f"results/{name}/summary.md",
             f"results/{name}/summary.json",
             f"results/{name}/figures/trajectories.png",
             f"results/{name}/figures/bounds.png",

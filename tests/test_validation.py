@@ -79,6 +79,8 @@ def set_key(params: dict, key_path: str, value) -> None:
      "> 0"),
     ("train.grid.0.lr.1", -0.2, "studies.tiny.train.grid[0].lr[1] = -0.2: must be a number > 0"),
     ("train.lr", 0, "studies.tiny.train.lr = 0: must be a number > 0"),
+    ("train.grid.0.lr.0", "1e-3", "studies.tiny.train.grid[0].lr[0] = '1e-3': must be a number "
+     "> 0 (YAML reads 1e-3 without a decimal point as text: write 0.001 or 1.0e-3)"),
     ("train.grid.1.batch_size.0", 0, "studies.tiny.train.grid[1].batch_size[0] = 0: must be an "
      "integer >= 1"),
     ("train.batch_size", -8, "studies.tiny.train.batch_size = -8: must be an integer >= 1"),
@@ -145,6 +147,9 @@ def test_semantic_errors_name_the_entry_and_the_allowed_range():
                                 "train.lr_schedule.hold = 0.5: a run with "
                                 "lr_schedule.averaged_final decays to it by averaging_start")
     params["studies"]["tiny"]["train"]["grid"] = [{"lr": [0.1], "averaging_start": [1.0, 0.6]}]
+    assert error_of(params) == ("studies.tiny: run lr0.1_ia1.0_seed0 has no batch_size; set "
+                                "train.batch_size or sweep it in train.grid")
+    params["studies"]["tiny"]["train"]["batch_size"] = 20
     validation.check_params(params)
     params = tiny_params()
     params["studies"]["tiny"]["stats"]["claims"]["ratio_band"] = [90, 10]
@@ -154,6 +159,76 @@ def test_semantic_errors_name_the_entry_and_the_allowed_range():
     params["run_studies"] = ["tiyn"]
     assert error_of(params) == ("run_studies[0]: unknown study 'tiyn' (did you mean 'tiny'?); "
                                 "studies in params: ['tiny']")
+
+
+TINY_DATA = ("dataset mnist1d {'num_samples': 400, 'train_split': 0.75, 'seed': 3, "
+             "'classes': None, 'scale': 'none'}: train 300, test 100")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["measure"].update(points=101),
+     f"studies.tiny.measure.points = 101: more than the 100 samples of the test split "
+     f"({TINY_DATA}); allowed: 1..100"),
+    (lambda s: s["measure"]["curvature"].update(points=301),
+     f"studies.tiny.measure.curvature.points = 301: more than the 300 samples of the train "
+     f"split ({TINY_DATA}); allowed: 1..300"),
+    (lambda s: s["train"]["grid"][1].update(batch_size=[301]),
+     f"studies.tiny: run lr0.1_bs301_seed0's batch_size = 301: more than the 300 samples of "
+     f"the train split ({TINY_DATA}); allowed: 1..300"),
+    (lambda s: s["train"].update(checkpoints={"count": 302, "spacing": "linear"}),
+     "studies.tiny.train.checkpoints.count = 302: linear spacing over 300 iterations gives "
+     "only 301 distinct steps; use a smaller count (at most iterations + 1) or list the steps"),
+    (lambda s: s["train"].update(checkpoints={"count": 40, "spacing": "log"}),
+     "studies.tiny.train.checkpoints.count = 40: log spacing over 300 iterations gives only 34 "
+     "distinct steps; use a smaller count (at most iterations + 1) or list the steps"),
+])
+def test_values_that_cannot_fit_the_data_are_refused_before_any_job(change, message):
+    """Each of these passed validation and failed in a job, after its retries (or was
+    silently clamped, or gave fewer checkpoints than asked)."""
+    params = tiny_params()
+    change(params["studies"]["tiny"])
+    assert error_of(params) == message
+
+
+def test_the_largest_values_that_fit_the_data_pass():
+    params = tiny_params()
+    study = params["studies"]["tiny"]
+    study["measure"].update(points=100)
+    study["measure"]["curvature"].update(points=300)
+    study["train"]["grid"][1].update(batch_size=[300])
+    study["train"].update(checkpoints={"count": 301, "spacing": "linear"})
+    validation.check_params(params)
+
+
+def test_split_sizes_from_the_options_equal_the_prepared_data(data_root, tiny_study, tmp_path):
+    """Before the file exists the sizes come from MNIST-1D's generation options, after from
+    its labels; both are the loaded splits' lengths. A class subset of MNIST-1D is known only
+    from the file."""
+    cfg = tiny_study["data"]
+    loaded = {split: len(data.load_study_split(cfg, split, data_root)[1])
+              for split in ("train", "test")}
+    assert data.split_sizes(cfg, tmp_path / "nothing") == loaded == {"train": 300, "test": 100}
+    assert data.split_sizes(cfg, data_root) == loaded
+    subset = {**cfg, "classes": [0, 3]}
+    assert data.split_sizes(subset, tmp_path / "nothing") is None
+    assert data.split_sizes(subset, data_root) == {
+        split: len(data.load_study_split(subset, split, data_root)[1])
+        for split in ("train", "test")}
+
+
+@pytest.mark.parametrize("name, train, test", [("mnist", 60000, 10000),
+                                               ("fashion_mnist", 60000, 10000),
+                                               ("cifar10", 50000, 10000),
+                                               ("cifar100", 50000, 10000)])
+def test_torchvision_split_sizes_add_up_to_the_releases(tmp_path, name, train, test):
+    """The per-class counts sum to each release's split sizes (as its description states);
+    a class subset and ``num_train`` cut them."""
+    assert f"{train} train / {test} test" in data.spec(name).description
+    assert data.split_sizes({"name": name}, tmp_path) == {"train": train, "test": test}
+    counts = data.CLASS_COUNTS[name]
+    assert data.split_sizes({"name": name, "classes": [0, 1]}, tmp_path) == {
+        split: counts[split][0] + counts[split][1] for split in ("train", "test")}
+    assert data.split_sizes({"name": name, "num_train": 1000}, tmp_path)["train"] == 1000
 
 
 def test_crop_augmentation_of_one_dimensional_data_is_rejected_up_front():

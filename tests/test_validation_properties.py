@@ -11,7 +11,7 @@ from conftest import TINY_PARAMS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flatrep import config, validation
+from flatrep import config, data, validation
 
 TINY = yaml.safe_load(TINY_PARAMS.read_text())
 FAST = settings(max_examples=150, deadline=None)
@@ -90,10 +90,16 @@ def is_count(x, least: int) -> bool:
 @FAST
 @given(st.lists(numbers, min_size=1, max_size=4), st.lists(numbers, min_size=1, max_size=4))
 def test_learning_rates_and_batch_sizes_get_the_right_verdict(rates, batch_sizes):
+    """Positive rates and batch sizes of at most the training rows pass; a batch size above
+    them is named with its run; anything else with its grid entry."""
     study = mutated(("train", "grid"), [{"lr": rates, "batch_size": batch_sizes}])
     message = verdict(study)
+    train_rows = data.split_sizes(study["data"])["train"]
     if all(map(is_positive_number, rates)) and all(is_count(b, 1) for b in batch_sizes):
-        assert message is None
+        if max(batch_sizes) <= train_rows:
+            assert message is None
+        else:
+            assert message.startswith("studies.tiny: run ") and "'s batch_size = " in message
     else:
         assert message.startswith("studies.tiny.train.grid[0].")
 

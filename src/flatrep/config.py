@@ -291,7 +291,8 @@ def _check_curvature(name: str, curvature: dict) -> None:
 
 
 def _check_checkpoints(name: str, train: dict) -> None:
-    """Explicit checkpoint steps must lie inside the training length; a count needs >= 2."""
+    """Explicit checkpoint steps must lie inside the training length; a count needs >= 2
+    and as many distinct steps (none collapse in rounding)."""
     total = int(train["iterations"])
     spec = train["checkpoints"]
     prefix = f"studies.{name}.train.checkpoints"
@@ -303,6 +304,12 @@ def _check_checkpoints(name: str, train: dict) -> None:
                                   f"0..{total}")
     elif int(spec["count"]) < 2:
         raise ConfigError(f"{prefix}.count = {spec['count']}: must be >= 2 (start and end)")
+    elif len(checkpoint_steps(train)) < int(spec["count"]):
+        spacing = spec.get("spacing", "linear")
+        raise ConfigError(f"{prefix}.count = {spec['count']}: {spacing} spacing over "
+                          f"{total} iterations gives only {len(checkpoint_steps(train))} "
+                          "distinct steps; use a smaller count (at most iterations + 1) or "
+                          "list the steps")
 
 
 def _check_classes(name: str, classes, dataset_classes: int) -> None:

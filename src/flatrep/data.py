@@ -438,6 +438,53 @@ def _mean_std(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
     return mean, np.sqrt(squares / count)
 
 
+#: Samples per class in each split of the torchvision datasets' fixed releases: with them a
+#: study's split sizes, class subset included, are known before any file is read.
+CLASS_COUNTS = {
+    "mnist": {"train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)},
+    "fashion_mnist": {"train": (6000,) * 10, "test": (1000,) * 10},
+    "cifar10": {"train": (5000,) * 10, "test": (1000,) * 10},
+    "cifar100": {"train": (500,) * 100, "test": (100,) * 100},
+}
+
+
+def split_sizes(data_cfg: dict, prepared_dir: str | Path = "data") -> dict[str, int] | None:
+    """``{"train": n, "test": m}``: the samples of each split a study trains and measures on
+    (after class subsetting), before any job runs. From the prepared file's labels when it
+    exists; else from the options: MNIST-1D keeps N = (num_samples // 10) * 10 samples and
+    puts int(N train_split) of them in train (the ``mnist1d`` package's split), the torchvision
+    datasets have ``CLASS_COUNTS`` (train cut to ``num_train``). None where only the file can
+    tell: a class subset of MNIST-1D (its shuffle decides each class's share of train) or of
+    the first ``num_train`` images."""
+    name = data_cfg["name"]
+    options = {key: value for key, value in data_cfg.items() if key != "name"}
+    classes = options.get("classes")
+    path = prepared_path(name, prepared_dir, **options)
+    if path.is_file():
+        with np.load(path) as arrays:
+            return {split: int(len(_subset(arrays[f"y_{split}"], arrays[f"y_{split}"],
+                                           classes)[1])) for split in ("train", "test")}
+    if name == "mnist1d":
+        if classes is not None:
+            return None
+        from mnist1d.data import get_dataset_args
+
+        defaults = get_dataset_args()
+        total = options.get("num_samples", defaults.num_samples) // 10 * 10
+        train = int(total * options.get("train_split", defaults.train_split))
+        return {"train": train, "test": total - train}
+    counts = CLASS_COUNTS[name]
+    num_train = options.get("num_train")
+    if num_train is not None and classes is not None:
+        return None
+    chosen = range(len(counts["train"])) if classes is None else classes
+    sizes = {split: sum(counts[split][c] for c in chosen) for split in ("train", "test")}
+    if num_train is not None:
+        sizes["train"] = min(num_train, sizes["train"])
+    return sizes
+
+
 def load_study_split(data_cfg: dict, split: str, prepared_dir: str | Path = "data"):
     """``load`` with a study's ``data`` section (``name`` plus options)."""
     options = {key: value for key, value in data_cfg.items() if key != "name"}

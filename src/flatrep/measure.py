@@ -42,11 +42,12 @@ def curvature_config(measure_cfg: dict) -> dict:
     return measure_cfg.get("curvature", {"enabled": False})
 
 
-def measurement_indices(n_available: int, n_points: int, seed: int) -> np.ndarray:
-    """The rows measured: the first ``n_points`` of a seeded permutation, in ascending order."""
+def measurement_indices(n_available: int, n_points: int, seed: int,
+                        key: str = "measure.points") -> np.ndarray:
+    """The rows measured: the first ``n_points`` of a seeded permutation, in ascending order;
+    more than ``n_available`` is an error naming the params ``key``."""
     if n_points > n_available:
-        raise ValueError(f"measure.points = {n_points} exceeds the {n_available} samples "
-                         "of the split")
+        raise ValueError(f"{key} = {n_points} exceeds the {n_available} samples of the split")
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(n_available)[:n_points])
 
@@ -209,8 +210,8 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     if curvature_cfg["enabled"]:
         n_train = len(splits["train"][1])
         points["curvature"] = measurement_indices(
-            n_train, min(curvature_cfg.get("points") or n_train, n_train),
-            determinism.sub_seed(seed, "curvature"))
+            n_train, curvature_cfg.get("points") or n_train,
+            determinism.sub_seed(seed, "curvature"), "measure.curvature.points")
     template = None
     for path in tqdm(checkpoint_paths, desc="measure", mininterval=10, leave=False):
         model, meta = checkpoint.load(path)

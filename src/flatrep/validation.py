@@ -73,8 +73,37 @@ def check_studies(studies: dict) -> None:
         except (data.DataError, models.ModelError, schedules.ScheduleError) as err:
             raise config.ConfigError(f"studies.{name}: {err}") from None
         config.ensemble_groups(study)
+        _check_sizes(name, study, data.split_sizes(study["data"]))
         _check_ensemble_options(name, study)
         _check_ratio_band(name, study["stats"]["claims"]["ratio_band"])
+
+
+def _check_sizes(name: str, study: dict, sizes: dict[str, int] | None) -> None:
+    """Values that must fit the data: ``measure.points`` in both splits (a subset of each),
+    ``measure.curvature.points`` in train, every run's batch size in train
+    (``data.split_sizes``; nothing to check where the sizes are unknown before the data
+    file is prepared, and the job then says the same)."""
+    if sizes is None:
+        return
+    measure = study.get("measure", {})
+    prefix = f"studies.{name}"
+    smaller = min(sizes, key=sizes.get)
+    limits = [(f"{prefix}.measure.points", measure.get("points"), smaller),
+              (f"{prefix}.measure.curvature.points",
+               measure.get("curvature", {}).get("points"), "train")]
+    for run in config.expand_runs(study):
+        batch_size = config.hyperparameters(study["train"], run).get("batch_size")
+        if batch_size is None:
+            raise config.ConfigError(f"{prefix}: run {run.run_id} has no batch_size; set "
+                                     "train.batch_size or sweep it in train.grid")
+        limits.append((f"{prefix}: run {run.run_id}'s batch_size", batch_size, "train"))
+    for key, value, split in limits:
+        if value is not None and value > sizes[split]:
+            options = {k: v for k, v in study["data"].items() if k != "name"}
+            raise config.ConfigError(
+                f"{key} = {value}: more than the {sizes[split]} samples of the {split} split "
+                f"(dataset {study['data']['name']} {options}: train {sizes['train']}, test "
+                f"{sizes['test']}); allowed: 1..{sizes[split]}")
 
 
 def _check_ratio_band(name: str, band: list[float]) -> None:
@@ -220,7 +249,22 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         return (f"{where} = {value}: unknown value"
                 f"{config.did_you_mean(error.instance, error.validator_value)}; allowed: "
                 f"{error.validator_value}")
-    return f"{where} = {value}: must be {_describe(error.schema)}"
+    return f"{where} = {value}: must be {_describe(error.schema)}{_yaml_number_hint(error)}"
+
+
+def _yaml_number_hint(error: jsonschema.ValidationError) -> str:
+    """How to write a number that YAML read as text: YAML 1.1 (PyYAML, Snakemake) takes
+    ``1e-3`` (no decimal point) for a string, so ``lr: [1e-3]`` arrives as '1e-3'."""
+    instance, expected = error.instance, _resolve(error.schema).get("type")
+    if error.validator != "type" or expected not in ("number", "integer") or \
+            not isinstance(instance, str):
+        return ""
+    try:
+        number = float(instance)
+    except ValueError:
+        return ""
+    return (f" (YAML reads {instance} without a decimal point as text: write {number!r} or "
+            f"{instance.lower().replace('e', '.0e', 1)})" if "e" in instance.lower() else "")
 
 
 def _forbidden_message(error: jsonschema.ValidationError, parts: list) -> str:

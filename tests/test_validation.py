@@ -81,6 +81,8 @@ def set_key(params: dict, key_path: str, value) -> None:
     ("train.lr", 0, "studies.tiny.train.lr = 0: must be a number > 0"),
     ("train.grid.0.lr.0", "1e-3", "studies.tiny.train.grid[0].lr[0] = '1e-3': must be a number "
      "> 0 (YAML reads 1e-3 without a decimal point as text: write 0.001 or 1.0e-3)"),
+    ("train.iterations", "2e2", "studies.tiny.train.iterations = '2e2': must be an integer >= "
+     "1 (YAML reads 2e2 as text: write 200)"),
     ("train.grid.1.batch_size.0", 0, "studies.tiny.train.grid[1].batch_size[0] = 0: must be an "
      "integer >= 1"),
     ("train.batch_size", -8, "studies.tiny.train.batch_size = -8: must be an integer >= 1"),
@@ -355,6 +357,26 @@ def test_snakemake_reports_bad_params_in_one_line_before_any_job(project, args):
     result = run(["snakemake", *args], project)
     assert_one_line_failure(result, f"flatrep: error: {NEGATIVE_LR}")
     assert not (project / "results").exists() and not (project / "data").exists()
+
+
+def test_a_nested_config_override_is_read_as_params_yaml_is(project):
+    """`--config` parses nested values as strings ('200'); they are read as YAML numbers, so
+    the override validates and changes the plan (checkpoints now end at step 200); a value
+    that is no number is still refused in one line."""
+    result = run(["snakemake", "-n", "--config",
+                  "studies={tiny: {train: {iterations: 200}}}"], project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step_200.pt" in result.stdout and "step_300.pt" not in result.stdout
+    result = run(["snakemake", "-n", "--config", "studies={tiny: {train: {iterations: 2e2}}}"],
+                 project)
+    assert_one_line_failure(result, "flatrep: error: studies.tiny.train.iterations = '2e2': "
+                                    "must be an integer >= 1 (YAML reads 2e2 as text: write 200)")
+
+
+def test_config_overrides_become_the_scalars_yaml_reads():
+    assert config.typed_overrides({"a": {"b": "200", "c": ["0.5", "x", "true", "null"]},
+                                   "d": "1e-3", "e": "[1"}) == {
+        "a": {"b": 200, "c": [0.5, "x", True, None]}, "d": "1e-3", "e": "[1"}
 
 
 def test_snakemake_reports_a_duplicate_study_name(project):

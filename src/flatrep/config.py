@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,26 @@ def _check_unique_keys(path: Path, node: yaml.Node, parts: tuple = ()) -> None:
                               "rename or merge them")
         first_lines[key] = line
         _check_unique_keys(path, value_node, (*parts, name))
+
+
+def typed_overrides(value):
+    """``snakemake --config`` values with every scalar read as YAML reads it in params.yaml.
+
+    Snakemake parses ``--config key=value`` with YAML's base loader, which leaves each nested
+    scalar a string (``studies={tiny: {train: {iterations: 200}}}`` gives '200'), so no
+    numeric nested override could pass validation. A string that YAML reads as a number,
+    boolean or null becomes that; any other string stays as it is."""
+    if isinstance(value, Mapping):
+        return {key: typed_overrides(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_overrides(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
 
 
 def load_params(path: str | Path) -> dict:

@@ -263,8 +263,13 @@ def _yaml_number_hint(error: jsonschema.ValidationError) -> str:
         number = float(instance)
     except ValueError:
         return ""
+    if "e" not in instance.lower():
+        return ""
+    if expected == "integer":
+        return (f" (YAML reads {instance} as text: write {int(number)})"
+                if number.is_integer() else "")
     return (f" (YAML reads {instance} without a decimal point as text: write {number!r} or "
-            f"{instance.lower().replace('e', '.0e', 1)})" if "e" in instance.lower() else "")
+            f"{instance.lower().replace('e', '.0e', 1)})")
 
 
 def _forbidden_message(error: jsonschema.ValidationError, parts: list) -> str:

@@ -7,8 +7,11 @@ from flatrep import config as study_config
 from flatrep import data as datasets
 from flatrep import sources, validation
 from flatrep.cli import cube_config
+from snakemake.utils import update_config
 
 
+# `--config` overrides arrive with every nested scalar a string: read them as params.yaml is read
+update_config(config, study_config.typed_overrides(dict(workflow.config_settings.config)))
 try:
     validation.check_workflow(config, workflow.configfiles)
 except (study_config.ConfigError, OSError) as err:

@@ -32,3 +32,21 @@ def test_trajectories_of_a_study_with_optimiser_arms_only(measured_run, tmp_path
     report.trajectories(arms, {"lr_row_batch_size": 20, "batch_row_lr": 0.1},
                         tmp_path / "trajectories.png")
     assert (tmp_path / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_log_volume_panel_averages_the_full_rank_points(measured_run):
+    """Where some points' log LVR is -inf (rank-deficient J_x), the panel's value per run and
+    step is the mean over the other points, not -inf; where every point's is -inf (the tiny
+    MLP's 16-unit ReLU layers at these points) there is no value (NaN, a gap in the curve);
+    other panels are stats.run_level unchanged."""
+    ds, _ = measured_run
+    assert np.isneginf(ds["log_lvr"].sel(subset="train")).all()
+    values = report.panel_values(ds, "log_lvr")
+    assert values.isnull().all()
+    mixed = ds["log_lvr_pseudo"].copy()
+    mixed.loc[{"subset": "train", "sample": 0}] = -np.inf
+    values = report.panel_values(ds.assign(log_lvr=mixed), "log_lvr")
+    expected = ds["log_lvr_pseudo"].sel(subset="train").isel(sample=slice(1, None))
+    np.testing.assert_allclose(values, expected.mean("sample"), rtol=1e-15)
+    xr.testing.assert_identical(report.panel_values(ds, "mls"),
+                                report.stats.run_level(ds, "mls"))

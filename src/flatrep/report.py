@@ -22,10 +22,11 @@ def _save(fig, path: str | Path) -> None:
     plt.close(fig)
 
 #: (variable, y label, transform) of the six trajectory panels of Chen et al. Fig. 1/2.
+#: Per-sample values are averaged over a run's training points (``panel_values``).
 PANELS = (("train_loss", "train loss", None),
           ("nmls", "NMLS", None),
           ("sharpness", "sharpness S", None),
-          ("log_lvr", "log volume (log LVR)", None),
+          ("log_lvr", "log volume (log LVR), full-rank points", None),
           ("mls", "MLS", None),
           ("local_dim", "log local dimension", np.log))
 
@@ -58,6 +59,16 @@ def _text(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float, np.number)) else str(value)
 
 
+def panel_values(cube: xr.Dataset, name: str) -> xr.DataArray:
+    """A trajectory panel's value per run and step: ``stats.run_level``, except that a
+    per-sample -inf (the log volume of a numerically rank-deficient Jacobian) is left out of
+    the mean over the training points, which would otherwise be -inf and leave no curve."""
+    values = cube[name]
+    if "sample" in values.dims:
+        values = values.where(~np.isneginf(values))
+    return stats.run_level(cube.assign({name: values}), name)
+
+
 def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
     """Six panels vs iteration; mean over seeds per config, with a min-max band."""
     rows = _rows(cube, rows_cfg)
@@ -69,7 +80,7 @@ def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
         for level, colour in zip(levels, colours):
             group = runs.where(runs[key] == level, drop=True)
             for (name, label, transform), ax in zip(PANELS, row_axes):
-                values = stats.run_level(group, name)
+                values = panel_values(group, name)
                 if transform is not None:
                     values = transform(values)
                 steps = group["step"].values

@@ -197,12 +197,13 @@ def test_the_rank_bound_bites_with_one_output_per_class_of_a_subset(tiny_study, 
     {0, 1, 2} of MNIST-1D (d = 40) and ``data.outputs: classes``, so K = C = 3 and
     P = 3 (d + 1) = 123. H = (1/n) sum_i M(p_i) (x) x~_i x~_i^T with M(p) 1 = 0, so the 41
     directions 1 (x) v are in its null space and rank H <= (C - 1)(d + 1) = 82 < P: the
-    bound is not vacuous and, with n ~ 90 > d + 1 points in general position, attained."""
+    bound is not vacuous and, with all n ~ 90 > d + 1 training points (curvature.points null)
+    in general position, attained."""
     study = copy.deepcopy(tiny_study)
     study["data"].update(classes=[0, 1, 2], outputs="classes")
     study["model"] = {"name": "logreg"}
     study["train"].update(loss="cross_entropy", iterations=40, checkpoints={"count": 2})
-    study["measure"]["curvature"] = {"enabled": True, "points": 100, "probes": 4,
+    study["measure"]["curvature"] = {"enabled": True, "points": None, "probes": 4,
                                      "lanczos": False, "rank": {"points": 10,
                                                                 "dense_max_params": 200}}
     run = config.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})

@@ -218,6 +218,17 @@ def test_split_sizes_from_the_options_equal_the_prepared_data(data_root, tiny_st
         for split in ("train", "test")}
 
 
+def test_a_job_names_the_key_of_a_value_validation_could_not_check():
+    """A class subset of MNIST-1D has split sizes only the prepared file knows: a curvature
+    point count above the training rows then stops the measure job naming its key (it was
+    clamped silently, while the cube recorded the number asked for)."""
+    from flatrep import measure
+
+    with pytest.raises(ValueError, match=r"^measure.curvature.points = 100 exceeds the 95 "):
+        measure.measurement_indices(95, 100, 0, "measure.curvature.points")
+    assert len(measure.measurement_indices(95, 95, 0, "measure.curvature.points")) == 95
+
+
 @pytest.mark.parametrize("name, train, test", [("mnist", 60000, 10000),
                                                ("fashion_mnist", 60000, 10000),
                                                ("cifar10", 50000, 10000),

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -136,3 +137,28 @@ def test_identical_state_gives_identical_bytes_whatever_the_file(measured_run, t
         checkpoint.save(path, model, meta)
     assert first.read_bytes() == second.read_bytes()
     assert b"step_" not in first.read_bytes()
+
+
+def test_a_deterministic_failure_is_not_run_again_by_a_later_attempt(
+        measured_run, tmp_path, data_root, capsys, monkeypatch):
+    """Attempt 1 of a measure job fails on a crafted checkpoint and records it; attempt 2 of
+    the same command fails at once with that error (the file, meanwhile replaced by a good
+    one, is not read: a retry would have measured it); a new first attempt clears the record
+    and measures. A command that never failed deterministically is run by every attempt."""
+    monkeypatch.chdir(tmp_path)
+    _, paths = measured_run
+    path = crafted(tmp_path / "step_10.pt", tmp_path / "created")
+    job = ["measure", "--checkpoints", str(path), "--measure-json",
+           '{"points": 4, "point_seed": 0, "chunk_size": 4}', "--data-root", str(data_root),
+           "--out", str(tmp_path / "m.nc")]
+    assert cli.main(["--attempt", "1", *job]) == 2
+    first = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "refuses to unpickle" in first
+    shutil.copy(paths[-1], path)
+    assert cli.main(["--attempt", "2", *job]) == 2
+    second = capsys.readouterr().err.strip().splitlines()[-1]
+    assert second.startswith(first) and "attempt 2: not run again" in second
+    assert not (tmp_path / "m.nc").exists()
+    assert cli.main(["--attempt", "1", *job]) == 0 and (tmp_path / "m.nc").exists()
+    other = [*job[:-1], str(tmp_path / "n.nc")]
+    assert cli.main(["--attempt", "2", *other]) == 0 and (tmp_path / "n.nc").exists()

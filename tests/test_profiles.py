@@ -93,6 +93,8 @@ def check_requests(jobs, attempt=1):
     assert sorted(res["gpu"] for res in measure) == ["0"] * 6 + ["1"] * 12
     for res in measure:
         assert (res["mem_mb"], res["runtime"]) == (f"{4000 * attempt}", f"{60 * attempt}")
+    # the attempt reaches the command (`flatrep --attempt`: no rerun of a deterministic failure)
+    assert {res["attempt"] for res in run + ens + cpu + measure} == {str(attempt)}
     for rule in ("prepare_data", "cube", "bounds", "stats", "figures"):
         for res in jobs[rule]:
             assert int(res["mem_mb"]) >= 4000 * attempt and int(res["runtime"]) >= 30 * attempt

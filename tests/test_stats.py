@@ -18,7 +18,7 @@ def _grid_cube(sharpness, measure, hparams, diverged=None):
     n = len(sharpness)
     per_run = {name: (("run", "step"), np.asarray(values, dtype=float)[:, None])
                for name, values in [("sharpness", sharpness), ("train_loss", np.zeros(n)),
-                                    ("test_acc", np.ones(n))]}
+                                    ("train_acc", np.ones(n)), ("test_acc", np.ones(n))]}
     per_run.update({name: (("run", "step"), np.asarray(measure, dtype=float)[:, None])
                     for name in stats.PAIRED_MEASURES})
     flags = np.zeros(n) if diverged is None else diverged
@@ -320,6 +320,7 @@ def test_within_run_correlations_use_only_interpolated_checkpoints():
     mls = np.array([9.0, 8.0, 7.0, 4.5, 4.0, 3.5, 3.0, 2.5])  # decreases with sharpness after
     cube = xr.Dataset(
         {"train_loss": (("run", "step"), np.stack([loss, loss])),
+         "train_acc": (("run", "step"), np.ones((2, 8))),
          "sharpness": (("run", "step"), np.stack([sharp, sharp])),
          "diverged": (("run", "step"), np.zeros((2, 8), dtype=np.int8))},
         coords={"run": ["a", "b"], "step": steps})
@@ -334,6 +335,16 @@ def test_within_run_correlations_use_only_interpolated_checkpoints():
     everything = stats.within_runs(cube, threshold=2.0, n_boot=100, level=0.95, seed=0)
     assert (everything["within_run_corr"].sel(coefficient="spearman") < 0).all()
     assert (result["within_run_n_runs"] == 2).all()
+    # Below the loss threshold at accuracy < 1 is not interpolation: run b's late phase starts
+    # at step 5, where the 3 checkpoints left track MLS the same way.
+    cube["train_acc"][1, :5] = 0.99
+    partial = stats.within_runs(cube, threshold=0.1, n_boot=100, level=0.95, seed=0)
+    np.testing.assert_allclose(partial["within_run_corr"].sel(coefficient="spearman"), 1.0,
+                               rtol=1e-12)
+    cube["train_acc"][1, :6] = 0.99       # two late checkpoints: too few for a coefficient
+    short = stats.within_runs(cube, threshold=0.1, n_boot=100, level=0.95, seed=0)
+    assert np.isnan(short["within_run_corr"].sel(run="b")).all()
+    assert (short["within_run_n_runs"] == 1).all()
 
 
 def test_granulated_kendall_by_hand_on_a_2x2x2_grid():

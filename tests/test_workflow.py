@@ -48,8 +48,11 @@ def test_outputs_of_every_stage_exist(snakemake_project):
     summary = json.loads((results / "summary.json").read_text())
     assert summary["n_runs"] == 6
     assert set(summary["correlation_across_runs"]) == {
-        "sharpness~mls", "sharpness~log_lvr", "sharpness~nmls", "sharpness~log_nvr",
-        "sharpness~local_dim"}
+        "sharpness~mls", "sharpness~log_lvr", "sharpness~log_lvr_top3", "sharpness~nmls",
+        "sharpness~log_nvr", "sharpness~local_dim"}
+    assert set(summary["late_phase"]) == {"runs", "interpolated", "falls",
+                                          "final_over_peak_median"}
+    assert summary["late_phase"]["runs"] == 6
     with xr.open_dataset(results / "bounds.nc") as b:
         theorems = b["holds"].where(b["kind"] == "theorem", drop=True)
         evaluated = theorems.notnull().any(("run", "step"))

@@ -93,16 +93,13 @@ def _safe_load(source, path: Path, what: str) -> object:
     saying the file is corrupt. Both name the file."""
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if _REFUSED in str(err):
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        if isinstance(err, pickle.UnpicklingError) and _REFUSED in str(err):
             raise CheckpointError(
                 f"checkpoint {path}: its {what} holds objects other than tensors and plain "
                 "data, which flatrep refuses to unpickle because that could run code (the file "
                 "was not written by flatrep, or was crafted; its sha256 checks integrity, not "
                 f"who wrote it); {_regenerate_hint(path)}") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err}); "
-                              f"{_regenerate_hint(path)}") from err
-    except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err}); "
                               f"{_regenerate_hint(path)}") from err
 

@@ -37,6 +37,14 @@ implicit Sobolev regularisation: g_x rises with g_W; test accuracy falls with g_
 would count one test twice in Holm's family. A2 and B2-B4 are bounds
 of ``flatrep.bounds`` with their own violation statistics in stats.nc.
 
+Chen et al.'s volume claims are judged on two log volumes: ``log_lvr`` sums the logs of all
+K singular values of the input Jacobian (the LVR of the theorem), ``log_lvr_top3`` the top 3
+(the "log volume" the authors plot, reference ``paper_chen2023.md``); the two can disagree in
+sign. Their trajectory claims (Fig. 1/2) are judged within runs over the late phase
+(``flatrep.late_phase``): ``late_sharpness_falls`` (tau of the iteration with S) and
+``late_<measure>_follows`` (tau of S with MLS, each log volume and NMLS), with local
+dimensionality's "not bounded" form ``late_local_dim_unbounded``.
+
 Granziol's comparisons of arms by Kendall tau (weight decay; Adam/AdamW + iterate averaging
 vs SGD) are made twice, on the same statistic and verdict rule, differing only in the
 checkpoint read per run (``Checkpoint``); the "30x" ratios only at the end of training:
@@ -66,7 +74,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep import bounds, stats
+from flatrep import bounds, late_phase, stats
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
@@ -156,16 +164,30 @@ def rank_deficiency_note(point: xr.Dataset, name: str) -> str:
             f"{int(deficient.any(axis=1).sum())} of {len(values)} runs (ranked lowest by tau)")
 
 
+def paper_axes_note(sharpness: np.ndarray, y: np.ndarray, y_name: str) -> str:
+    """Pearson r of y with sqrt(S), the paper's sharpness axis (``flatrep.conventions``), over
+    the runs where both are finite: tau is unchanged by the square root, r is not."""
+    x = np.sqrt(sharpness)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() < 3 or np.ptp(x[finite]) == 0 or np.ptp(y[finite]) == 0:
+        return ""
+    r = scipy.stats.pearsonr(x[finite], y[finite]).statistic
+    return f"on the paper's axes Pearson r(√S, {y_name}) = {r:.2f} ({int(finite.sum())} runs)"
+
+
 def _across_runs(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
     """tau of two run-level measures across runs at the final checkpoint; for a log volume
-    the note counts its rank-deficient points and runs (``rank_deficiency_note``)."""
+    the note counts its rank-deficient points and runs (``rank_deficiency_note``); against
+    sharpness it adds Pearson's r on the paper's axes (``paper_axes_note``)."""
     def measure(evidence: Evidence) -> Outcome | str:
         missing = _unmeasured(evidence.cube, x_name, y_name)
         if missing:
             return missing
         final = evidence.cube.isel(step=-1)
-        outcome = _kendall(_run_value(final, x_name).values, _run_value(final, y_name).values,
-                           evidence)
+        x, y = _run_value(final, x_name).values, _run_value(final, y_name).values
+        outcome = _kendall(x, y, evidence)
+        if x_name == "sharpness":
+            outcome = _noted(outcome, paper_axes_note(x, y, y_name))
         if y_name in LOG_VOLUMES:
             outcome = _noted(outcome, rank_deficiency_note(final, y_name))
         return outcome
@@ -190,13 +212,22 @@ def _along(axis: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
     return measure
 
 
+def _checkpoint_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall tau-b of one run's checkpoints, over those where neither value is NaN (a -inf
+    log volume ranks lowest); NaN with fewer than 3 such checkpoints."""
+    kept = ~(np.isnan(x) | np.isnan(y))
+    if kept.sum() < 3:
+        return np.nan
+    return scipy.stats.kendalltau(x[kept], y[kept]).statistic
+
+
 def _within_runs(x: xr.DataArray, y: xr.DataArray, evidence: Evidence,
                  note: str) -> Outcome | str:
-    """Per run, Kendall tau over its checkpoints of ``x`` with ``y`` (both (run, step)); the
-    mean over the runs where it is defined, a bootstrap CI over runs and a Wilcoxon
-    signed-rank p."""
+    """Per run, Kendall tau over its checkpoints of ``x`` with ``y`` (both (run, step); NaN
+    marks a checkpoint out, ``_checkpoint_tau``); the mean over the runs where it is defined,
+    a bootstrap CI over runs and a Wilcoxon signed-rank p."""
     x, y = x.transpose("run", "step").values, y.transpose("run", "step").values
-    taus = np.array([scipy.stats.kendalltau(a, b).statistic for a, b in zip(x, y)])
+    taus = np.array([_checkpoint_tau(a, b) for a, b in zip(x, y)])
     taus = taus[np.isfinite(taus)]
     if len(taus) < 3:
         return "fewer than 3 runs with a defined trend"
@@ -226,6 +257,37 @@ def _gauss_newton_at_interpolation(evidence: Evidence) -> Outcome | str:
     ratio = cube["hessian_residual_fro"] / cube["hessian_fro"]
     return _within_runs(cube["train_loss"], ratio, evidence,
                         "mean over runs of tau(train loss, ||H - G||_F / ||H||_F)")
+
+
+def _late_phase_trend(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
+    """Per run, Kendall tau of ``x_name`` (``step``: the iteration) with ``y_name`` over the
+    run's checkpoints in its late phase (``late_phase.late_phase``: at and after the first with
+    train accuracy 1 and train loss < ``interpolation_loss``; Chen et al. Fig. 1/2), summarised
+    over the runs with at least 3 such checkpoints (``_within_runs``)."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        cube = evidence.cube
+        names = [name for name in (x_name, y_name) if name != "step"]
+        missing = _unmeasured(cube, *names, "train_acc", "train_loss")
+        if missing:
+            return missing
+        late = late_phase.late_phase(cube, evidence.cfg["interpolation_loss"])
+        counts = late.sum("step").values
+        x = (cube["step"].broadcast_like(late) if x_name == "step"
+             else _run_value(cube, x_name)).where(late)
+        y = _run_value(cube, y_name).where(late)
+        note = (f"{int((counts > 0).sum())} of {len(counts)} runs interpolate, "
+                f"{int((counts >= 3).sum())} with >= 3 checkpoints after it; mean over them of "
+                f"tau({x_name}, {y_name})")
+        outcome = _within_runs(x, y, evidence, note)
+        if isinstance(outcome, str):
+            return f"{outcome} after interpolation ({note.split('; ')[0]})"
+        if y_name in LOG_VOLUMES:
+            values = y.values
+            outcome = _noted(outcome, f"{y_name} = -inf at {int(np.isneginf(values).sum())} of "
+                                      f"{int((~np.isnan(values)).sum())} late run x checkpoint "
+                                      "means (ranked lowest)")
+        return outcome
+    return measure
 
 
 def _violations(names: list[str]) -> Callable[[Evidence], Outcome | str]:
@@ -467,9 +529,24 @@ CLAIMS: list[Claim] = [
     Claim("sharpness_nvr", CHEN, "flatter minima have smaller network volumes (NVR)",
           "Kendall tau(S, mean log NVR), final checkpoint", "positive",
           _across_runs("sharpness", "log_nvr")),
+    Claim("sharpness_lvr_top3", CHEN, "flatter minima have smaller top-3 log volumes (the "
+          "paper's plotted log volume)", "Kendall tau(S, mean top-3 log volume), final "
+          "checkpoint", "positive", _across_runs("sharpness", "log_lvr_top3")),
     Claim("local_dim_unbounded", CHEN, "local dimensionality is not bounded by sharpness",
           "Kendall tau(S, mean local dimension), final checkpoint", "none",
           _across_runs("sharpness", "local_dim")),
+    Claim("late_sharpness_falls", CHEN, "after interpolation, sharpness falls",
+          "mean over runs of Kendall tau(step, S) after interpolation", "negative",
+          _late_phase_trend("step", "sharpness")),
+    *[Claim(f"late_{name}_follows", CHEN, f"after interpolation, {label} falls with sharpness",
+            f"mean over runs of Kendall tau(S, mean {label}) after interpolation", "positive",
+            _late_phase_trend("sharpness", name))
+      for name, label in (("mls", "MLS"), ("log_lvr", "log LVR"),
+                          ("log_lvr_top3", "top-3 log volume"), ("nmls", "NMLS"))],
+    Claim("late_local_dim_unbounded", CHEN,
+          "after interpolation, local dimensionality does not follow sharpness",
+          "mean over runs of Kendall tau(S, mean local dimension) after interpolation", "none",
+          _late_phase_trend("sharpness", "local_dim")),
     Claim("lr_flatter", CHEN, "a larger learning rate gives flatter minima",
           "Kendall tau(lr, S) at the lr row's batch size", "negative", _along("lr", "sharpness")),
     Claim("lr_compressed", CHEN, "a larger learning rate gives more compressed representations",

@@ -108,7 +108,7 @@ def cmd_figures(args) -> None:
     report.trajectories(the_cube, _section(args, "figures"), args.trajectories)
     report.bound_panels(the_bounds, args.bound_plot)
     the_stats = cube.read(args.stats)
-    report.correlation_pairs(the_cube, the_stats, args.correlations)
+    report.correlation_pairs(the_cube, the_stats, args.correlations, _section(args, "figures"))
     report.tightness_distributions(the_bounds, args.tightness)
     report.claims_table(the_stats, args.claims_table)
 
@@ -138,6 +138,9 @@ def cmd_rehearse(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flatrep", description=__doc__)
+    top.add_argument("--attempt", type=int, help="Snakemake's attempt number of this job: a "
+                     "later attempt of a job whose first failed deterministically fails at "
+                     "once (flatrep.attempts)")
     sub = top.add_subparsers(dest="command", required=True)
 
     def command(name, func, help_text, sections=()):
@@ -219,16 +222,45 @@ def _library_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
+def _without_attempt(argv: list[str]) -> list[str]:
+    """The command line without ``--attempt N`` (what identifies the job across attempts)."""
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--attempt":
+            skip = True
+        elif not word.startswith("--attempt="):
+            kept.append(word)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand; an error meant for the user (bad input, a missing file, an unwritable
-    folder) is one line on stderr and exit status 2, not a traceback."""
+    folder) is one line on stderr and exit status 2, not a traceback. With ``--attempt``,
+    such an error is recorded, and a later attempt of the same job fails at once with it
+    (``flatrep.attempts``)."""
+    from flatrep import attempts
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    job = _without_attempt(argv)
+    if args.attempt is not None:
+        earlier = attempts.recorded(job, args.attempt)
+        if earlier is not None:
+            print(f"flatrep {args.command}: error: {earlier} (attempt {args.attempt}: not run "
+                  "again, the first attempt failed with this error, which a retry cannot "
+                  "change)", file=sys.stderr)
+            return 2
     try:
         status = args.func(args)
     except (config.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
         # one line: messages quoting torch or file lists may span several
-        print(f"flatrep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        message = " ".join(str(err).split())
+        print(f"flatrep {args.command}: error: {message}", file=sys.stderr)
+        if args.attempt is not None:
+            attempts.record(job, message)
         return 2
     return status or 0
 

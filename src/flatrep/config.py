@@ -325,10 +325,10 @@ def _check_checkpoints(name: str, train: dict) -> None:
                                   f"0..{total}")
     elif int(spec["count"]) < 2:
         raise ConfigError(f"{prefix}.count = {spec['count']}: must be >= 2 (start and end)")
-    elif len(checkpoint_steps(train)) < int(spec["count"]):
+    elif len(steps := checkpoint_steps(train)) < int(spec["count"]):
         spacing = spec.get("spacing", "linear")
         raise ConfigError(f"{prefix}.count = {spec['count']}: {spacing} spacing over "
-                          f"{total} iterations gives only {len(checkpoint_steps(train))} "
+                          f"{total} iterations gives only {len(steps)} "
                           "distinct steps; use a smaller count (at most iterations + 1) or "
                           "list the steps")
 

@@ -125,16 +125,22 @@ class Ensemble:
                             self.setup.learning_rate(self.base_lr, step, self.averaging_start),
                             self.active)
 
+    def member(self, m: int) -> nn.Module:
+        """Member ``m``'s module, its weights and buffers copied out of the stack."""
+        module = self.members[m]
+        with torch.no_grad():
+            for name, tensor in module.named_parameters():
+                tensor.copy_(self.params[name][m])
+            for name, tensor in module.named_buffers():
+                tensor.copy_(self.buffers[name][m])
+        return module
+
     def save(self, step: int, out_root: Path) -> list[Path]:
         """Copy each member out of the stack into its module and write its checkpoint."""
         diverged = [value if value >= 0 else None for value in self.diverged_at.tolist()]
         written = []
-        for m, (run, hp, module) in enumerate(zip(self.runs, self.hparams, self.members)):
-            with torch.no_grad():
-                for name, tensor in module.named_parameters():
-                    tensor.copy_(self.params[name][m])
-                for name, tensor in module.named_buffers():
-                    tensor.copy_(self.buffers[name][m])
+        for m, (run, hp) in enumerate(zip(self.runs, self.hparams)):
+            module = self.member(m)
             meta = train.run_meta(self.study_name, self.study, run, step, self.setup,
                                   diverged[m], self.average.count_of(m))
             single = train.make_optimizer(hp["optimizer"], module.parameters(), hp["lr"],

@@ -1,6 +1,7 @@
 """``summary.md``: the study's headline results as Markdown, beside its cubes.
 
-Three tables from stats.nc: the claims with their verdicts (``flatrep.claims``), the
+The phase of training the runs reach and whether the two log volumes agree, then three
+tables from stats.nc: the claims with their verdicts (``flatrep.claims``), the
 across-runs correlations of sharpness with each compression measure, and every bound's
 violation rate (over all points and where its assumptions hold), the assumptions blamed
 for its violations, and its tightness.
@@ -15,6 +16,7 @@ import xarray as xr
 
 from flatrep import claims
 from flatrep.bounds import ASSUMPTIONS
+from flatrep.late_phase import FALL_FRACTION, LATE_SHARE
 
 
 def _interval(estimate, low, high, digits: int = 2) -> str:
@@ -86,11 +88,51 @@ def diverged_note(stats_ds: xr.Dataset) -> str:
             f"{named}.\n\n")
 
 
+def phase(stats_ds: xr.Dataset) -> str:
+    """Which phase of training the study reaches (``flatrep.late_phase``): how many runs
+    interpolate and how many end at S <= FALL_FRACTION x a peak reached after interpolation,
+    the late phase of Chen et al. Fig. 1/2 that their trajectory claims speak about."""
+    if "late_phase_fall" not in stats_ds:
+        return ""
+    runs = int(stats_ds["late_phase_fall"].size)
+    interpolated = int(stats_ds["interpolation_step"].notnull().sum())
+    falls = int(stats_ds["late_phase_fall"].sum())
+    ratio = float(stats_ds["sharpness_final_over_peak"].median()) if runs else np.nan
+    text = (f"**Phase.** {interpolated} of {runs} runs interpolate (train accuracy 1, train loss "
+            f"< {stats_ds.attrs['interpolation_loss']:g}); {falls} end at sharpness <= "
+            f"{FALL_FRACTION:g} x a peak reached after interpolation (median final / peak "
+            f"{ratio:.2f}).")
+    if falls < LATE_SHARE * runs:
+        text += (f" Fewer than {LATE_SHARE:.0%} of the runs reach the late phase in which Chen "
+                 "et al. report that sharpness falls: the late-phase claims below are judged "
+                 "on what the runs reach, and say how many interpolate.")
+    return text + "\n\n"
+
+
+def volumes(claims_table: xr.Dataset) -> str:
+    """The theorem's log volume against the figures' (``sharpness_lvr`` vs
+    ``sharpness_lvr_top3``): whether their taus with S agree in sign."""
+    names = ("sharpness_lvr", "sharpness_lvr_top3")
+    if not set(names) <= set(claims_table["claim"].values):
+        return ""
+    taus = [float(claims_table["claim_estimate"].sel(claim=name)) for name in names]
+    if not all(np.isfinite(taus)):
+        return ""
+    agree = "agree in sign" if np.sign(taus[0]) == np.sign(taus[1]) else (
+        "**disagree in sign**: the figure's volume and the theorem's move in opposite "
+        "directions with sharpness here, so a verdict on one says nothing of the other")
+    return (f"**Two log volumes.** `log_lvr` (all K singular values of df/dx) is the LVR of "
+            f"Chen et al.'s theorem; `log_lvr_top3` (the top 3) is the log volume their "
+            f"figures plot. Their Kendall τ with S across runs, {taus[0]:.2f} and {taus[1]:.2f},"
+            f" {agree}.\n\n")
+
+
 def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) -> str:
     """The whole ``summary.md`` of one study."""
     return (f"# {study}: summary\n\n{stats_ds.attrs['n_runs']} runs "
             f"({stats_ds.attrs['n_diverged_runs']} diverged, excluded), "
             f"{stats_ds.attrs['ci_level']:.0%} CIs.\n\n{diverged_note(stats_ds)}"
+            f"{phase(stats_ds)}{volumes(claims_table)}"
             f"## Claims\n\n{claims.markdown(claims_table)}\n"
             f"## Correlations across runs, final checkpoint\n\n{correlations(stats_ds)}\n"
             f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}")

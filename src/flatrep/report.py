@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import atomic, config, stats  # noqa: E402
+from flatrep import atomic, config, conventions, stats  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -20,16 +20,6 @@ def _save(fig, path: str | Path) -> None:
     with atomic.destination(path, suffix=Path(path).suffix) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
-
-#: (variable, y label, transform) of the six trajectory panels of Chen et al. Fig. 1/2.
-#: Per-sample values are averaged over a run's training points (``panel_values``).
-PANELS = (("train_loss", "train loss", None),
-          ("nmls", "NMLS", None),
-          ("sharpness", "sharpness S", None),
-          ("log_lvr", "log volume (log LVR), full-rank points", None),
-          ("mls", "MLS", None),
-          ("local_dim", "log local dimension", np.log))
-
 
 def _rows(cube: xr.Dataset, rows_cfg: dict) -> list[tuple[str, xr.Dataset, str]]:
     """(title, runs, colour key): runs at the fixed batch coloured by lr, and vice versa; a
@@ -70,26 +60,26 @@ def panel_values(cube: xr.Dataset, name: str) -> xr.DataArray:
 
 
 def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
-    """Six panels vs iteration; mean over seeds per config, with a min-max band."""
+    """The six panels of Chen et al. Fig. 1/2 vs iteration (``conventions.PANELS`` under
+    ``figures.conventions``); mean over seeds per config, with a min-max band."""
     rows = _rows(cube, rows_cfg)
-    fig, axes = plt.subplots(len(rows), len(PANELS), figsize=(3.2 * len(PANELS), 3 * len(rows)),
+    panels = conventions.PANELS[rows_cfg.get("conventions", "flatrep")]
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(3.2 * len(panels), 3 * len(rows)),
                              squeeze=False, constrained_layout=True)
     for (title, runs, key), row_axes in zip(rows, axes):
         levels = np.unique(runs[key].values)
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(levels)))
         for level, colour in zip(levels, colours):
             group = runs.where(runs[key] == level, drop=True)
-            for (name, label, transform), ax in zip(PANELS, row_axes):
-                values = panel_values(group, name)
-                if transform is not None:
-                    values = transform(values)
+            for axis, ax in zip(panels, row_axes):
+                values = conventions.apply(axis, panel_values(group, axis.variable))
                 steps = group["step"].values
                 label_text = _text(level) if key == "configuration" else f"{key}={_text(level)}"
                 ax.plot(steps, values.mean("run"), color=colour, label=label_text)
                 ax.fill_between(steps, values.min("run"), values.max("run"), color=colour,
                                 alpha=0.2, linewidth=0)
                 ax.set_xlabel("iteration")
-                ax.set_ylabel(label)
+                ax.set_ylabel(axis.label, fontsize=8)
         row_axes[0].set_yscale("log")
         row_axes[0].set_title(title, loc="left", fontsize=9)
         row_axes[0].legend(fontsize=7)
@@ -128,32 +118,44 @@ def bound_panels(bounds: xr.Dataset, path: str | Path) -> None:
     _save(fig, path)
 
 
-def _annotation(stats_ds: xr.Dataset, measure: str) -> str:
-    """'r = .. [lo, hi]  tau = .. [lo, hi]' from the across-runs correlations of stats.nc."""
+def _annotation(stats_ds: xr.Dataset, measure: str, x: np.ndarray, y: np.ndarray,
+                sharpness: conventions.Axis) -> str:
+    """'r = .. [lo, hi]  tau = .. [lo, hi]' from the across-runs correlations of stats.nc (of
+    S); where the x axis is a transform of S, Pearson's r on the plotted values instead
+    (without CI: stats.nc's bootstrap is of S), tau being unchanged by a monotone map."""
     parts = []
     for method, symbol in (("pearson", "r"), ("kendall", "τ")):
+        if method == "pearson" and sharpness.transform is not None:
+            finite = np.isfinite(x) & np.isfinite(y)
+            estimate = (stats.correlation(x[finite], y[finite], method)[0]
+                        if finite.sum() >= 3 else np.nan)
+            parts.append(f"{symbol} (on these axes) = {estimate:.2f}")
+            continue
         cell = stats_ds.sel(measure=measure, coefficient=method)
         parts.append(f"{symbol} = {float(cell['corr_estimate']):.2f} "
                      f"[{float(cell['corr_ci_low']):.2f}, {float(cell['corr_ci_high']):.2f}]")
     return "\n".join(parts)
 
 
-def correlation_pairs(cube: xr.Dataset, stats_ds: xr.Dataset, path: str | Path) -> None:
+def correlation_pairs(cube: xr.Dataset, stats_ds: xr.Dataset, path: str | Path,
+                      figures_cfg: dict | None = None) -> None:
     """Sharpness against each compression measure across runs at the final checkpoint,
-    coloured by lr, annotated with Pearson r and Kendall tau and their bootstrap CIs."""
+    coloured by lr, annotated with Pearson r and Kendall tau and their bootstrap CIs; the
+    sharpness axis under ``figures.conventions`` (``conventions.sharpness_axis``)."""
     final = cube.isel(step=-1).where(stats.healthy_runs(cube), drop=True)
     measures = list(stats_ds["measure"].values)
     fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.4),
                              squeeze=False, constrained_layout=True)
-    sharpness = stats.run_level(final, "sharpness").values
+    axis = conventions.sharpness_axis((figures_cfg or {}).get("conventions", "flatrep"))
+    sharpness = conventions.apply(axis, stats.run_level(final, "sharpness").values)
     colour = final["lr"].values if "lr" in final.coords else None
     for ax, measure in zip(axes[0], measures):
-        points = ax.scatter(sharpness, stats.run_level(final, measure).values, c=colour, s=18,
-                            cmap="viridis")
-        ax.set_xlabel("sharpness S")
+        values = stats.run_level(final, measure).values
+        points = ax.scatter(sharpness, values, c=colour, s=18, cmap="viridis")
+        ax.set_xlabel(axis.label, fontsize=8)
         ax.set_ylabel(f"{measure} (train mean)")
-        ax.text(0.03, 0.97, _annotation(stats_ds, measure), transform=ax.transAxes,
-                va="top", fontsize=8)
+        ax.text(0.03, 0.97, _annotation(stats_ds, measure, sharpness, values, axis),
+                transform=ax.transAxes, va="top", fontsize=8)
     if colour is not None:
         fig.colorbar(points, ax=axes, label="lr", shrink=0.8)
     _save(fig, path)

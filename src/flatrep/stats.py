@@ -28,10 +28,11 @@ import xarray as xr
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from flatrep.bounds import ASSUMPTIONS, assumption_flags
+from flatrep.late_phase import late_phase, phase_statistics
 
 METHODS = ("pearson", "spearman", "kendall")
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
-PAIRED_MEASURES = ("mls", "log_lvr", "nmls", "log_nvr", "local_dim")
+PAIRED_MEASURES = ("mls", "log_lvr", "log_lvr_top3", "nmls", "log_nvr", "local_dim")
 #: Permutations of each permutation p-value when the params give no ``stats.permutations``.
 DEFAULT_PERMUTATIONS = 2000
 #: A permuted |r| counts as "at least as extreme" when >= |r_obs| (1 - _TIE_RTOL): a
@@ -387,17 +388,18 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
                 seed: int) -> xr.Dataset:
     """Correlations over time of sharpness with each measure, per run, after interpolation.
 
-    Per run, every coefficient is computed over the checkpoints whose train loss is below
-    ``threshold`` (at least 3 usable ones needed: Pearson's finite, the rank coefficients' with
-    +-inf ranked as in ``correlate``); the per-run coefficients are summarised by their mean
-    with a percentile-bootstrap CI over runs.
+    Per run, every coefficient is computed over the checkpoints of its late phase
+    (``flatrep.late_phase.late_phase``: at and after the first with train accuracy 1 and train
+    loss below ``threshold``; at least 3 usable ones needed: Pearson's finite, the rank
+    coefficients' with +-inf ranked as in ``correlate``); the per-run coefficients are
+    summarised by their mean with a percentile-bootstrap CI over runs.
     """
     rng = np.random.default_rng(seed)
     healthy = cube.where(healthy_runs(cube), drop=True)
     per_run = np.full((healthy.sizes["run"], len(PAIRED_MEASURES), len(METHODS)), np.nan)
+    late = late_phase(healthy, threshold).values
     for r in range(healthy.sizes["run"]):
-        run = healthy.isel(run=r)
-        after = run["train_loss"].values < threshold
+        run, after = healthy.isel(run=r), late[r]
         x = run_level(run, "sharpness").values[after]
         for m, name in enumerate(PAIRED_MEASURES):
             y = run_level(run, name).values[after]
@@ -757,6 +759,7 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
     ds = xr.merge([across_runs(cube, n_boot, level, seed, n_perm),
                    within_configs(cube, n_boot, level, seed, n_perm),
                    within_runs(cube, threshold, n_boot, level, seed),
+                   phase_statistics(cube.where(healthy_runs(cube), drop=True), threshold),
                    granulated_statistics(cube, bounds),
                    bound_statistics(bounds, cube, threshold, level),
                    sample_bound_statistics(bounds, cube, level),
@@ -806,6 +809,11 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
     for bound in stats["bound"].values:
         out["bounds"][str(bound)] = {key: _number(stats[key].sel(bound=bound))
                                      for key in (*_BOUND_KEYS, *vs_keys)}
+    out["late_phase"] = {"runs": int(stats["late_phase_fall"].size),
+                         "interpolated": int(stats["interpolation_step"].notnull().sum()),
+                         "falls": int(stats["late_phase_fall"].sum()),
+                         "final_over_peak_median": _number(
+                             stats["sharpness_final_over_peak"].median())}
     out["per_sample_bounds"] = {
         str(bound): {key: _number(stats[f"sample_bound_{key}"].sel(sample_bound=bound))
                      for key in ("violation_rate", "violation_rate_ci_high", "evaluated",

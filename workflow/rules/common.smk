@@ -52,6 +52,13 @@ def by_attempt(base):
     return get
 
 
+def attempt_number(wildcards, attempt):
+    """Snakemake's attempt number as a resource, so that a job's command can pass it on
+    (`flatrep --attempt {resources.attempt}`: a deterministic failure is not run again,
+    flatrep.attempts)."""
+    return attempt
+
+
 def run_ids(name):
     return [run.run_id for run in study_config.expand_runs(study(name))]
 

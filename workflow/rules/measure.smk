@@ -21,6 +21,7 @@ rule measure:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(60),
         gpu=lambda wildcards: gpus(wildcards.study, "measure"),
+        attempt=attempt_number,
     shell:
-        "flatrep measure --measure-json {params.measure:q} --checkpoints {input.checkpoints} "
-        "--out {output} --threads {threads} > {log} 2>&1"
+        "flatrep --attempt {resources.attempt} measure --measure-json {params.measure:q} "
+        "--checkpoints {input.checkpoints} --out {output} --threads {threads} > {log} 2>&1"

@@ -32,9 +32,11 @@ for _name in config["studies"]:
                 mem_mb=by_attempt(2000),
                 runtime=by_attempt(60),
                 gpu=gpus(_name),
+                attempt=attempt_number,
             shell:
-                "flatrep train --study {params.study} --study-json {params.config:q} "
-                "--run {wildcards.run} --hparams-json {params.hparams:q} "
+                "flatrep --attempt {resources.attempt} train --study {params.study} "
+                "--study-json {params.config:q} --run {wildcards.run} "
+                "--hparams-json {params.hparams:q} "
                 "--out-dir results/{params.study}/runs/{wildcards.run} --threads {threads} "
                 "> {log} 2>&1"
 
@@ -66,7 +68,8 @@ for _name in config["studies"]:
                 mem_mb=by_attempt(4000),
                 runtime=by_attempt(120),
                 gpu=gpus(_name),
+                attempt=attempt_number,
             shell:
-                "flatrep train-ensemble --study {params.study} --study-json {params.config:q} "
-                "--runs-json {params.runs:q} --out-root results/{params.study}/runs "
-                "--threads {threads} > {log} 2>&1"
+                "flatrep --attempt {resources.attempt} train-ensemble --study {params.study} "
+                "--study-json {params.config:q} --runs-json {params.runs:q} "
+                "--out-root results/{params.study}/runs --threads {threads} > {log} 2>&1"

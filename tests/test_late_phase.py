@@ -171,8 +171,12 @@ def test_phase_statistics_and_the_summary_paragraph():
 def test_the_summary_says_whether_the_two_log_volumes_agree(taus, agree):
     from flatrep import markdown
 
-    table = xr.Dataset({"claim_estimate": ("claim", np.array(taus))},
-                       coords={"claim": ["sharpness_lvr", "sharpness_lvr_top3"]})
+    table = xr.Dataset({"claim_estimate": ("claim", np.array([*taus, 0.9, -0.8]))},
+                       coords={"claim": ["sharpness_lvr", "sharpness_lvr_top3",
+                                         "late_log_lvr_follows", "late_log_lvr_top3_follows"]})
     text = markdown.volumes(table)
-    assert f"{taus[0]:.2f} and {taus[1]:.2f}" in text
-    assert ("disagree in sign" in text) != agree
+    verdict = "agree in sign" if agree else "**disagree in sign**"
+    assert f"across runs at the final checkpoint τ = {taus[0]:.2f} and {taus[1]:.2f}, " \
+           f"{verdict}" in text
+    assert "within runs after interpolation τ = 0.90 and -0.80, **disagree in sign**" in text
+    assert markdown.volumes(table.isel(claim=[0])) == ""

@@ -538,7 +538,8 @@ CLAIMS: list[Claim] = [
     Claim("late_sharpness_falls", CHEN, "after interpolation, sharpness falls",
           "mean over runs of Kendall tau(step, S) after interpolation", "negative",
           _late_phase_trend("step", "sharpness")),
-    *[Claim(f"late_{name}_follows", CHEN, f"after interpolation, {label} falls with sharpness",
+    *[Claim(f"late_{name}_follows", CHEN,
+            f"after interpolation, {label} follows sharpness (Chen et al.: both fall)",
             f"mean over runs of Kendall tau(S, mean {label}) after interpolation", "positive",
             _late_phase_trend("sharpness", name))
       for name, label in (("mls", "MLS"), ("log_lvr", "log LVR"),

@@ -109,22 +109,33 @@ def phase(stats_ds: xr.Dataset) -> str:
     return text + "\n\n"
 
 
+#: Where the theorem's and the figures' log volume are compared: (where, the claim on log_lvr,
+#: the claim on log_lvr_top3).
+VOLUME_PAIRS = (("across runs at the final checkpoint", "sharpness_lvr", "sharpness_lvr_top3"),
+                ("within runs after interpolation", "late_log_lvr_follows",
+                 "late_log_lvr_top3_follows"))
+
+
 def volumes(claims_table: xr.Dataset) -> str:
-    """The theorem's log volume against the figures' (``sharpness_lvr`` vs
-    ``sharpness_lvr_top3``): whether their taus with S agree in sign."""
-    names = ("sharpness_lvr", "sharpness_lvr_top3")
-    if not set(names) <= set(claims_table["claim"].values):
+    """The theorem's log volume against the figures' (``VOLUME_PAIRS``): whether their taus
+    with S agree in sign, across runs and within runs."""
+    claims_named = set(claims_table["claim"].values)
+    parts = []
+    for where, theorem, figure in VOLUME_PAIRS:
+        if not {theorem, figure} <= claims_named:
+            continue
+        taus = [float(claims_table["claim_estimate"].sel(claim=name))
+                for name in (theorem, figure)]
+        if all(np.isfinite(taus)):
+            agree = ("agree in sign" if np.sign(taus[0]) == np.sign(taus[1])
+                     else "**disagree in sign**")
+            parts.append(f"{where} τ = {taus[0]:.2f} and {taus[1]:.2f}, {agree}")
+    if not parts:
         return ""
-    taus = [float(claims_table["claim_estimate"].sel(claim=name)) for name in names]
-    if not all(np.isfinite(taus)):
-        return ""
-    agree = "agree in sign" if np.sign(taus[0]) == np.sign(taus[1]) else (
-        "**disagree in sign**: the figure's volume and the theorem's move in opposite "
-        "directions with sharpness here, so a verdict on one says nothing of the other")
-    return (f"**Two log volumes.** `log_lvr` (all K singular values of df/dx) is the LVR of "
-            f"Chen et al.'s theorem; `log_lvr_top3` (the top 3) is the log volume their "
-            f"figures plot. Their Kendall τ with S across runs, {taus[0]:.2f} and {taus[1]:.2f},"
-            f" {agree}.\n\n")
+    return ("**Two log volumes.** `log_lvr` (all K singular values of df/dx) is the LVR of "
+            "Chen et al.'s theorem; `log_lvr_top3` (the top 3) is the log volume their figures "
+            f"plot. Their Kendall τ with S: {'; '.join(parts)}. Where they disagree, a verdict "
+            "on one volume says nothing of the other.\n\n")
 
 
 def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) -> str:

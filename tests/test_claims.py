@@ -492,3 +492,39 @@ def test_log_volume_claims_count_their_rank_deficient_points_and_runs():
     assert int(table["claim_n"].sel(claim="sharpness_lvr")) == cube.sizes["run"]
     assert table["claim_verdict"].sel(claim="sharpness_lvr").item() == claims.SUPPORTED
     assert "0 of" in str(table["claim_note"].sel(claim="sharpness_nvr").item())
+
+
+ROUNDING = {**RULES, "rounding": {"estimate": 0.05, "p_factor": 1.5}}
+
+
+@pytest.mark.parametrize("direction,outcome,p_holm,is_fragile", [
+    # p 0.04 x 1.5 = 0.06 crosses alpha = 0.05
+    ("positive", claims.Outcome(0.5, 0.3, 0.7, 0.01, 40), 0.04, True),
+    ("positive", claims.Outcome(0.5, 0.3, 0.7, 0.001, 40), 0.004, False),
+    # the CI's lower end 0.02 moves below 0
+    ("positive", claims.Outcome(0.5, 0.02, 0.7, 0.001, 40), 0.004, True),
+    # |estimate| 0.22 moves below min_effect 0.2
+    ("negative", claims.Outcome(-0.22, -0.4, -0.1, 0.001, 40), 0.004, True),
+    # "none": the CI end 0.27 moves past margin 0.3
+    ("none", claims.Outcome(0.0, -0.2, 0.27, 0.6, 40), 1.0, True),
+    ("none", claims.Outcome(0.0, -0.2, 0.2, 0.6, 40), 1.0, False),
+    # bound and band claims have no Holm p and are left alone
+    ("bound", claims.Outcome(0.0, 0.0, 0.0099, np.nan, 900), np.nan, False),
+    ("positive", "the study does not sweep it", np.nan, False),
+])
+def test_a_verdict_within_rounding_of_its_threshold_is_fragile(direction, outcome, p_holm,
+                                                               is_fragile):
+    assert claims.fragile(claim(direction), outcome, p_holm, ROUNDING) == is_fragile
+    assert not claims.fragile(claim(direction), outcome, p_holm, RULES)   # no rounding given
+
+
+def test_fragile_verdicts_are_marked_in_the_table_and_the_summary():
+    cube, bound_ds = synthetic_study()
+    rules = {**RULES, "rounding": {"estimate": 0.05, "p_factor": 1.0e6}}   # every p crosses
+    table = claims.evaluate(cube, bound_ds, {**CFG, "claims": rules}, FIGURES)
+    assert table["claim_fragile"].sel(claim="sharpness_mls").item()
+    assert not table["claim_fragile"].sel(claim="bounds_hold").item()
+    assert "**supported** (fragile)" in claims.markdown(table)
+    assert claims.summary(table)["sharpness_mls"]["fragile"] is True
+    plain = claims.evaluate(cube, bound_ds, CFG, FIGURES)
+    assert not plain["claim_fragile"].any() and "(fragile)" not in claims.markdown(plain)

@@ -72,6 +72,16 @@ def test_the_paper_panels_plot_the_top3_volume_and_the_log_mean_local_dimension(
         "train_loss", "nmls", "sharpness", "log_lvr", "mls", "local_dim"]
 
 
+@pytest.mark.parametrize("loss_name,torch_name", [("mse", "torch MSELoss"),
+                                                   ("cross_entropy", "torch CrossEntropyLoss")])
+def test_the_train_loss_axis_names_the_studys_torch_loss(loss_name, torch_name):
+    for name in conventions.CONVENTIONS:
+        axis = conventions.PANELS[name][0]
+        assert axis.variable == "train_loss"
+        assert conventions.label(axis, loss_name) == f"train loss ({torch_name})"
+    assert set(conventions.TORCH_LOSSES) == set(losses.LOSSES)      # every loss is named
+
+
 def test_comparison_table_names_every_variable_it_converts(measured_run):
     ds, _ = measured_run
     table = conventions.comparison_markdown()

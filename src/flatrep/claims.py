@@ -21,6 +21,10 @@ before the data are seen):
   it lies wholly outside (above high or below low); otherwise *inconclusive*.
 * *not tested* when the study has no data for the claim (e.g. no weight-decay variation).
 
+A verdict is marked *fragile* when moving its estimate, CI ends and Holm p by as much as
+rounding moves them (``stats.claims.rounding``, measured on two runs of the study that differ
+only in floating-point rounding) could change it (``fragile``).
+
 Holm's correction runs over the p-values of every tested association claim of the study
 (bound and band claims have none).
 
@@ -67,6 +71,7 @@ checkpoint read per run (``Checkpoint``); the "30x" ratios only at the end of tr
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -639,6 +644,26 @@ def verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
     return CONTRADICTED if _significant(outcome, p_holm, rules, -sign) else INCONCLUSIVE
 
 
+def fragile(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) -> bool:
+    """Whether an association claim's verdict changes within rounding: ``rules["rounding"]``
+    = {estimate: d, p_factor: f} moves the estimate and each CI end by up to d (independently)
+    and scales the Holm p by up to f, the largest changes measured between two runs of a study
+    that differ only in rounding (workflow/analysis/verdict_flips.py). Without ``rounding``,
+    and for bound and band claims, never."""
+    band = rules.get("rounding")
+    if band is None or isinstance(outcome, str) or claim.direction in ("bound", "band"):
+        return False
+    nominal = verdict(claim, outcome, p_holm, rules)
+    shifts = (-band["estimate"], 0.0, band["estimate"])
+    for d_estimate, d_low, d_high in itertools.product(shifts, repeat=3):
+        moved = replace(outcome, estimate=outcome.estimate + d_estimate,
+                        ci_low=outcome.ci_low + d_low, ci_high=outcome.ci_high + d_high)
+        for factor in (1 / band["p_factor"], band["p_factor"]):
+            if verdict(claim, moved, p_holm * factor, rules) != nominal:
+                return True
+    return False
+
+
 def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
              figures_cfg: dict) -> xr.Dataset:
     """The claims table (dim ``claim``) of one study."""
@@ -661,10 +686,16 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
     data = {f"claim_{key}": ("claim", np.asarray(values, dtype=float))
             for key, values in numbers.items()}
     data["claim_p_holm"] = ("claim", p_holm)
+    data["claim_fragile"] = ("claim", np.array([fragile(c, o, p, rules) for c, o, p
+                                                in zip(CLAIMS, outcomes, p_holm)]))
     data.update({f"claim_{key}": ("claim", values) for key, values in text.items()})
     ds = xr.Dataset(data, coords={"claim": [c.name for c in CLAIMS]})
     ds.attrs["claims_rules"] = repr(sorted(rules.items()))
     return ds
+
+
+def _fragile_mark(row: xr.Dataset) -> str:
+    return " (fragile)" if "claim_fragile" in row and bool(row["claim_fragile"]) else ""
 
 
 def markdown(table: xr.Dataset) -> str:
@@ -685,7 +716,8 @@ def markdown(table: xr.Dataset) -> str:
         lines.append(f"| {text(row, 'statement')} | {text(row, 'source')} | "
                      f"{text(row, 'statistic')} | {estimate} | "
                      f"{f'{p:.3g}' if np.isfinite(p) else '—'} | "
-                     f"**{row['claim_verdict'].item()}**{' — ' + note if note else ''} |")
+                     f"**{row['claim_verdict'].item()}**{_fragile_mark(row)}"
+                     f"{' — ' + note if note else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -696,6 +728,8 @@ def summary(table: xr.Dataset) -> dict:
         return value if np.isfinite(value) else None
 
     return {str(name): {"verdict": str(row["claim_verdict"].item()),
+                        "fragile": bool(row["claim_fragile"]) if "claim_fragile" in row
+                        else False,
                         **{key: number(row[f"claim_{key}"])
                            for key in ("estimate", "ci_low", "ci_high", "p_holm")}}
             for name, row in ((n, table.sel(claim=n)) for n in table["claim"].values)}

@@ -43,19 +43,28 @@ def _identity(values):
 
 #: The trajectory panels (Chen et al. Fig. 1/2) under each convention.
 PANELS = {
-    "flatrep": (Axis("train_loss", "train loss (torch MSELoss or CrossEntropyLoss)"),
+    "flatrep": (Axis("train_loss", "train loss ({loss})"),
                 Axis("nmls", "NMLS = sum_l MLS_l"),
                 Axis("sharpness", "sharpness S = mean_i ||df/dθ||_F²"),
                 Axis("log_lvr", "log LVR = sum_k log s_k(df/dx), full-rank points"),
                 Axis("mls", "MLS = mean_i ||df/dx||_F²"),
                 Axis("local_dim", "log(mean local dimension)", np.log)),
-    "paper": (Axis("train_loss", "train loss (torch MSELoss or CrossEntropyLoss)"),
+    "paper": (Axis("train_loss", "train loss ({loss})"),
               Axis("nmls", "NMLS = sum_l MLS_l"),
               Axis("sharpness", "√S = (mean_i ||df/dθ||_F²)^½", np.sqrt),
               Axis("log_lvr_top3", "log volume = sum_{k≤3} log s_k(df/dx)"),
               Axis("mls", "MLS = mean_i ||df/dx||_F²"),
               Axis("local_dim", "log(mean local dimension)", np.log)),
 }
+
+
+#: The torch loss each ``train.loss`` trains on, for the train-loss axis ("{loss}" in a label).
+TORCH_LOSSES = {"mse": "torch MSELoss", "cross_entropy": "torch CrossEntropyLoss"}
+
+
+def label(axis: Axis, loss_name: str) -> str:
+    """``axis``'s label, naming the study's training loss where it plots it."""
+    return axis.label.replace("{loss}", TORCH_LOSSES.get(loss_name, loss_name))
 
 
 def sharpness_axis(conventions: str) -> Axis:

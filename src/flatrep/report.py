@@ -79,7 +79,7 @@ def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
                 ax.fill_between(steps, values.min("run"), values.max("run"), color=colour,
                                 alpha=0.2, linewidth=0)
                 ax.set_xlabel("iteration")
-                ax.set_ylabel(axis.label, fontsize=8)
+                ax.set_ylabel(conventions.label(axis, cube.attrs.get("loss", "mse")), fontsize=8)
         row_axes[0].set_yscale("log")
         row_axes[0].set_title(title, loc="left", fontsize=9)
         row_axes[0].legend(fontsize=7)

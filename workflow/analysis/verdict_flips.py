@@ -5,7 +5,11 @@
 Two runs of the same study whose training rounds differently (eager against ``train.compile``,
 two CPUs, float32 against float64) should reach the same verdicts. This prints every claim
 whose verdict differs, with both runs' estimates and Holm-adjusted p-values, and the count of
-flips among the claims either run tested. Exits 1 when a verdict flips.
+flips among the claims both runs tested; then how far rounding moved the claims: the largest
+change of an estimate or CI end, and the largest ratio of Holm p-values, over the association
+claims both tested. Those two numbers are what ``stats.claims.rounding`` takes, to mark the
+verdicts within rounding of their thresholds as fragile (``flatrep.claims.fragile``). Exits 1
+when a verdict flips.
 """
 
 import argparse
@@ -20,6 +24,18 @@ def flips(first: dict, second: dict) -> tuple[list[str], int]:
               (first[name]["verdict"], second[name]["verdict"])]
     return [name for name in tested if first[name]["verdict"] != second[name]["verdict"]], \
         len(tested)
+
+
+def rounding(first: dict, second: dict) -> dict:
+    """{estimate: largest |change| of an estimate or CI end, p_factor: largest ratio of the
+    Holm p-values} over the claims both runs tested with a p-value (association claims)."""
+    names = [name for name in first if name in second
+             and None not in (first[name]["p_holm"], second[name]["p_holm"])]
+    moved = [abs(first[name][key] - second[name][key]) for name in names
+             for key in ("estimate", "ci_low", "ci_high")]
+    ratios = [max(a, b) / min(a, b) for a, b in ((first[n]["p_holm"], second[n]["p_holm"])
+                                                 for n in names) if min(a, b) > 0]
+    return {"estimate": max(moved, default=0.0), "p_factor": max(ratios, default=1.0)}
 
 
 def _cell(claim: dict) -> str:
@@ -37,6 +53,11 @@ def main() -> None:
                                                                          args.second))
     changed, tested = flips(first, second)
     print(f"{len(changed)} of {tested} tested verdicts differ")
+    band = rounding(first, second)
+    print(f"rounding moved estimates and CI ends by up to {band['estimate']:.3g} and Holm "
+          f"p-values by a factor of up to {band['p_factor']:.3g} "
+          f"(stats.claims.rounding: {{estimate: {band['estimate']:.3g}, "
+          f"p_factor: {band['p_factor']:.3g}}})")
     if changed:
         print(f"\n| claim | {args.first} | {args.second} |\n|---|---|---|")
         for name in changed:

@@ -51,7 +51,8 @@ def test_summary_number_matches_summary_json_and_fails_on_a_mismatch(snakemake_p
 
 def test_verdict_flips_counts_flips_and_measures_the_rounding(tmp_path):
     """Two summaries: one verdict flips; the largest move of an estimate or CI end and the
-    largest ratio of Holm p-values are read off the claims both tested."""
+    largest ratio of Holm p-values are read off the claims both tested, the ratio where
+    neither p is capped at 1 (claim e's 1.0 against 0.1 does not count)."""
     def claim(verdict, estimate, low, high, p):
         return {"verdict": verdict, "estimate": estimate, "ci_low": low, "ci_high": high,
                 "p_holm": p}
@@ -59,8 +60,10 @@ def test_verdict_flips_counts_flips_and_measures_the_rounding(tmp_path):
     first = {"a": claim("supported", 0.5, 0.3, 0.7, 0.04),
              "b": claim("inconclusive", 0.1, -0.2, 0.4, 0.5),
              "c": claim("supported", 0.0, 0.0, 0.001, None),             # a bound: no p
-             "d": claim("not tested", None, None, None, None)}
-    second = {"a": claim("inconclusive", 0.45, 0.28, 0.72, 0.06),
+             "d": claim("not tested", None, None, None, None),
+             "e": claim("inconclusive", 0.1, -0.1, 0.3, 1.0)}               # Holm-capped p
+    second = {"e": claim("inconclusive", 0.12, -0.08, 0.32, 0.1),
+              "a": claim("inconclusive", 0.45, 0.28, 0.72, 0.06),
               "b": claim("inconclusive", 0.1, -0.1, 0.4, 0.25),
               "c": claim("supported", 0.0, 0.0, 0.002, None),
               "d": claim("not tested", None, None, None, None)}
@@ -68,11 +71,11 @@ def test_verdict_flips_counts_flips_and_measures_the_rounding(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps({"claims": claims}))
     result = analysis("verdict_flips.py", "first.json", "second.json", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert result.stdout.startswith("1 of 3 tested verdicts differ\n")
+    assert result.stdout.startswith("1 of 4 tested verdicts differ\n")
     assert "estimate: 0.1, p_factor: 2}" in result.stdout       # b's CI end; b's p 0.5 / 0.25
     assert "| a | supported (τ 0.5, p 0.04) | inconclusive (τ 0.45, p 0.06) |" in result.stdout
     same = analysis("verdict_flips.py", "first.json", "first.json", cwd=tmp_path)
-    assert same.returncode == 0 and same.stdout.startswith("0 of 3 tested verdicts differ")
+    assert same.returncode == 0 and same.stdout.startswith("0 of 4 tested verdicts differ")
     assert "estimate: 0, p_factor: 1}" in same.stdout
 
 

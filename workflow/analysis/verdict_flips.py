@@ -28,13 +28,15 @@ def flips(first: dict, second: dict) -> tuple[list[str], int]:
 
 def rounding(first: dict, second: dict) -> dict:
     """{estimate: largest |change| of an estimate or CI end, p_factor: largest ratio of the
-    Holm p-values} over the claims both runs tested with a p-value (association claims)."""
+    Holm p-values} over the claims both runs tested with a p-value (association claims); the
+    ratio only where both p-values are below 1, since Holm's adjustment caps p at 1 and a
+    capped value says nothing of how far rounding moved it."""
     names = [name for name in first if name in second
              and None not in (first[name]["p_holm"], second[name]["p_holm"])]
     moved = [abs(first[name][key] - second[name][key]) for name in names
              for key in ("estimate", "ci_low", "ci_high")]
     ratios = [max(a, b) / min(a, b) for a, b in ((first[n]["p_holm"], second[n]["p_holm"])
-                                                 for n in names) if min(a, b) > 0]
+                                                 for n in names) if 0 < min(a, b) <= max(a, b) < 1]
     return {"estimate": max(moved, default=0.0), "p_factor": max(ratios, default=1.0)}
 
 

@@ -15,7 +15,7 @@ the peak S, the final S and final / peak (``flatrep.late_phase.fall``), and how 
 the late-phase fall: peak at or after interpolation and final <= ``--fraction`` x peak (the
 default study's target is 80 % of runs at 0.8).
 
-    .venv/bin/python bench/regime_scan.py --design quick_now --design n1000_w32x2_1m
+    .venv/bin/python bench/regime_scan.py --design quick --design n1000_w32x2_1m
     .venv/bin/python bench/regime_scan.py --list
 """
 
@@ -31,31 +31,36 @@ import torch
 
 from flatrep import config, data, late_phase, train
 from flatrep.ensemble import Ensemble
+from flatrep.measure import evaluate
 from flatrep.measures import jacobian
 
 #: Candidate designs: dotted overrides of the base study, whose grid, loss and optimizer each
 #: keeps (for ``quick``: the paper's lr x batch cross, lr {0.05, 0.1, 0.2} at batch 20 and
-#: batch {8, 32} at lr 0.1, with MSE and plain SGD).
+#: batch {8, 32} at lr 0.1, with MSE and plain SGD). Each names its data split in full, so that
+#: it stays the design of its name when the base study changes.
+_ROWS_1000 = {"data.num_samples": 1250, "data.train_split": 0.8}
+_ROWS_500 = {"data.num_samples": 625, "data.train_split": 0.8}
 DESIGNS = {
-    "quick_now": {},
-    "n1000_w64x2_400k": {"data.num_samples": 1250, "model.hidden": [64, 64],
-                         "train.iterations": 400_000},
-    "n1000_w32x2_1m": {"data.num_samples": 1250, "model.hidden": [32, 32],
-                       "train.iterations": 1_000_000},
-    "n500_w64x3_400k": {"data.num_samples": 625, "model.hidden": [64, 64, 64],
+    "quick": {},
+    "quick_former": {"data.num_samples": 5000, "data.train_split": 0.8,
+                     "model.hidden": [256, 256], "train.iterations": 50_000},
+    "n1000_w64x2_400k": {**_ROWS_1000, "model.hidden": [64, 64], "train.iterations": 400_000},
+    "n1000_w32x2_1m": {**_ROWS_1000, "model.hidden": [32, 32], "train.iterations": 1_000_000},
+    "n500_w64x3_400k": {**_ROWS_500, "model.hidden": [64, 64, 64],
                         "train.iterations": 400_000},
-    "n1000_w128x3_200k": {"data.num_samples": 1250, "model.hidden": [128, 128, 128],
+    "n1000_w128x3_200k": {**_ROWS_1000, "model.hidden": [128, 128, 128],
                           "train.iterations": 200_000},
-    "n4000_w512x2_100k": {"model.hidden": [512, 512], "train.iterations": 100_000},
-    "n1000_w64x2_tanh_400k": {"data.num_samples": 1250, "model.hidden": [64, 64],
+    "n4000_w512x2_100k": {"data.num_samples": 5000, "data.train_split": 0.8,
+                          "model.hidden": [512, 512], "train.iterations": 100_000},
+    "n1000_w64x2_tanh_400k": {**_ROWS_1000, "model.hidden": [64, 64],
                               "model.activation": "tanh", "train.iterations": 400_000},
     # False-Friend designs (use with --base false_friend_l2 / false_friend_adam): cross-entropy
     # runs that must end at a minimum (train accuracy >= 99 %)
-    "ff_now": {},
-    "ff_n500_20k": {"data.num_samples": 625},
-    "ff_n1000_40k": {"data.num_samples": 1250, "train.iterations": 40_000},
-    "ff_n1000_w64_40k": {"data.num_samples": 1250, "model.hidden": [64],
-                         "train.iterations": 40_000},
+    "ff_former": {"data.num_samples": 5000, "data.train_split": 0.8,
+                  "train.iterations": 20_000},
+    "ff_n500_20k": {**_ROWS_500, "train.iterations": 20_000},
+    "ff_n1000_40k": {**_ROWS_1000, "train.iterations": 40_000},
+    "ff_n1000_w64_40k": {**_ROWS_1000, "model.hidden": [64], "train.iterations": 40_000},
 }
 
 
@@ -75,13 +80,11 @@ def design_study(base: dict, overrides: dict, checkpoints: int, seeds: list[int]
     return study
 
 
-def measure_member(model: torch.nn.Module, setup: train.Setup, points: int) -> dict:
-    """Train accuracy and loss over the training split, and S over its first ``points`` rows."""
-    with torch.no_grad():
-        outputs = model(setup.x)
-        loss = float(setup.loss.training(outputs, setup.targets))
-        labels = setup.targets.argmax(1) if setup.targets.ndim == 2 else setup.targets
-        acc = float((outputs.argmax(1) == labels).double().mean())
+def measure_member(model: torch.nn.Module, setup: train.Setup, labels: torch.Tensor,
+                   points: int) -> dict:
+    """Train accuracy and loss over the training split as the measure job computes them
+    (``flatrep.measure.evaluate``), and S over its first ``points`` rows."""
+    loss, acc, _ = evaluate(model, setup.x, labels, setup.num_outputs, setup.loss)
     sharpness = jacobian.per_sample_jacobians(model, setup.x[:points], grams=(), moments=(),
                                               input_jacobians=False)["param_sq"].mean()
     return {"train_acc": acc, "train_loss": loss, "sharpness": float(sharpness)}
@@ -94,6 +97,7 @@ def scan_design(study: dict, data_root: str, threads: int, points: int) -> dict:
     trajectories, seconds = {}, 0.0
     for runs in config.ensemble_groups(study).values():
         setup = train.prepare(study, data_root, threads)
+        labels = data.load_study_split(study["data"], "train", data_root)[1].to(setup.device)
         ensemble = Ensemble("scan", study, runs, setup)
         records = {run.run_id: [] for run in runs}
         clock = [time.perf_counter()]
@@ -103,7 +107,7 @@ def scan_design(study: dict, data_root: str, threads: int, points: int) -> dict:
             seconds += time.perf_counter() - clock[0]
             for m, run in enumerate(runs):
                 records[run.run_id].append({"step": step, **measure_member(
-                    ensemble.member(m), setup, points)})
+                    ensemble.member(m), setup, labels, points)})
             clock[0] = time.perf_counter()
 
         def advance(step: int) -> bool:
@@ -113,7 +117,8 @@ def scan_design(study: dict, data_root: str, threads: int, points: int) -> dict:
         train.drive(setup, 0, False, lambda step: None, record, advance, f"{len(runs)} runs")
         seconds += time.perf_counter() - clock[0]
         trajectories.update(records)
-    return {"seconds": seconds, "runs": trajectories}
+    return {"seconds": seconds, "runs": trajectories,
+            "train_rows": data.split_sizes(study["data"], data_root)["train"]}
 
 
 def summarise(result: dict, threshold: float, fraction: float) -> list[dict]:
@@ -132,12 +137,13 @@ def summarise(result: dict, threshold: float, fraction: float) -> list[dict]:
     return rows
 
 
-def markdown(name: str, study: dict, seconds: float, rows: list[dict], fraction: float) -> str:
+def markdown(name: str, study: dict, result: dict, rows: list[dict], fraction: float) -> str:
     """One design's header line and per-run table."""
+    seconds = result["seconds"]
     member_steps = len(rows) * study["train"]["iterations"]
     falls = sum(row["falls"] for row in rows)
-    lines = [f"### {name}: n = {int(study['data']['num_samples'] * study['data']['train_split'])}"
-             f" train rows, MLP 40-{'-'.join(map(str, study['model']['hidden']))}-10 "
+    widths = "-".join(map(str, study["model"]["hidden"]))
+    lines = [f"### {name}: n = {result['train_rows']} train rows, MLP 40-{widths}-10 "
              f"{study['model']['activation']}, {study['train']['iterations']:,} iterations",
              "",
              f"training {seconds:.0f} s ({member_steps / seconds:,.0f} member-steps/s); "
@@ -185,7 +191,7 @@ def main() -> None:
             study["train"]["iterations"] = args.iterations
         result = scan_design(study, args.data_root, args.threads, args.points)
         rows = summarise(result, threshold, args.fraction)
-        print(markdown(name, study, result["seconds"], rows, args.fraction), flush=True)
+        print(markdown(name, study, result, rows, args.fraction), flush=True)
         results[name] = {"overrides": DESIGNS[name], **result, "summary": rows}
     if args.json:
         with open(args.json, "w") as handle:

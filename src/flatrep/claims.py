@@ -695,7 +695,7 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
 
 
 def _fragile_mark(row: xr.Dataset) -> str:
-    return " (fragile)" if "claim_fragile" in row and bool(row["claim_fragile"]) else ""
+    return " (fragile)" if bool(row["claim_fragile"]) else ""
 
 
 def markdown(table: xr.Dataset) -> str:
@@ -728,8 +728,7 @@ def summary(table: xr.Dataset) -> dict:
         return value if np.isfinite(value) else None
 
     return {str(name): {"verdict": str(row["claim_verdict"].item()),
-                        "fragile": bool(row["claim_fragile"]) if "claim_fragile" in row
-                        else False,
+                        "fragile": bool(row["claim_fragile"]),
                         **{key: number(row[f"claim_{key}"])
                            for key in ("estimate", "ci_low", "ci_high", "p_holm")}}
             for name, row in ((n, table.sel(claim=n)) for n in table["claim"].values)}

@@ -96,3 +96,13 @@ def phase_statistics(cube: xr.Dataset, threshold: float) -> xr.Dataset:
         "late_phase_fall": [f.falls(FALL_FRACTION) for f in falls]}
     return xr.Dataset({name: ("run", np.asarray(values)) for name, values in columns.items()},
                       coords={"run": cube["run"].values})
+
+
+def counts(phase: xr.Dataset) -> dict:
+    """The study-level summary of ``phase_statistics``: runs, how many interpolate, how many
+    fall, and the median final / peak sharpness (NaN without runs)."""
+    runs = int(phase["late_phase_fall"].size)
+    return {"runs": runs, "interpolated": int(phase["interpolation_step"].notnull().sum()),
+            "falls": int(phase["late_phase_fall"].sum()),
+            "final_over_peak_median": (float(phase["sharpness_final_over_peak"].median())
+                                       if runs else np.nan)}

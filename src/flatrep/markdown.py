@@ -14,9 +14,8 @@ import json
 import numpy as np
 import xarray as xr
 
-from flatrep import claims
+from flatrep import claims, late_phase
 from flatrep.bounds import ASSUMPTIONS
-from flatrep.late_phase import FALL_FRACTION, LATE_SHARE
 
 
 def _interval(estimate, low, high, digits: int = 2) -> str:
@@ -92,20 +91,16 @@ def phase(stats_ds: xr.Dataset) -> str:
     """Which phase of training the study reaches (``flatrep.late_phase``): how many runs
     interpolate and how many end at S <= FALL_FRACTION x a peak reached after interpolation,
     the late phase of Chen et al. Fig. 1/2 that their trajectory claims speak about."""
-    if "late_phase_fall" not in stats_ds:
-        return ""
-    runs = int(stats_ds["late_phase_fall"].size)
-    interpolated = int(stats_ds["interpolation_step"].notnull().sum())
-    falls = int(stats_ds["late_phase_fall"].sum())
-    ratio = float(stats_ds["sharpness_final_over_peak"].median()) if runs else np.nan
-    text = (f"**Phase.** {interpolated} of {runs} runs interpolate (train accuracy 1, train loss "
-            f"< {stats_ds.attrs['interpolation_loss']:g}); {falls} end at sharpness <= "
-            f"{FALL_FRACTION:g} x a peak reached after interpolation (median final / peak "
-            f"{ratio:.2f}).")
-    if falls < LATE_SHARE * runs:
-        text += (f" Fewer than {LATE_SHARE:.0%} of the runs reach the late phase in which Chen "
-                 "et al. report that sharpness falls: the late-phase claims below are judged "
-                 "on what the runs reach, and say how many interpolate.")
+    count = late_phase.counts(stats_ds)
+    text = (f"**Phase.** {count['interpolated']} of {count['runs']} runs interpolate (train "
+            f"accuracy 1, train loss < {stats_ds.attrs['interpolation_loss']:g}); "
+            f"{count['falls']} end at sharpness <= {late_phase.FALL_FRACTION:g} x a peak "
+            f"reached after interpolation (median final / peak "
+            f"{count['final_over_peak_median']:.2f}).")
+    if count["falls"] < late_phase.LATE_SHARE * count["runs"]:
+        text += (f" Fewer than {late_phase.LATE_SHARE:.0%} of the runs reach the late phase "
+                 "in which Chen et al. report that sharpness falls: the late-phase claims below "
+                 "are judged on what the runs reach, and say how many interpolate.")
     return text + "\n\n"
 
 

@@ -28,7 +28,7 @@ import xarray as xr
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from flatrep.bounds import ASSUMPTIONS, assumption_flags
-from flatrep.late_phase import late_phase, phase_statistics
+from flatrep.late_phase import counts as late_phase_counts, late_phase, phase_statistics
 
 METHODS = ("pearson", "spearman", "kendall")
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
@@ -809,11 +809,9 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
     for bound in stats["bound"].values:
         out["bounds"][str(bound)] = {key: _number(stats[key].sel(bound=bound))
                                      for key in (*_BOUND_KEYS, *vs_keys)}
-    out["late_phase"] = {"runs": int(stats["late_phase_fall"].size),
-                         "interpolated": int(stats["interpolation_step"].notnull().sum()),
-                         "falls": int(stats["late_phase_fall"].sum()),
-                         "final_over_peak_median": _number(
-                             stats["sharpness_final_over_peak"].median())}
+    phase = late_phase_counts(stats)
+    out["late_phase"] = {**phase, "final_over_peak_median": _number(
+        phase["final_over_peak_median"])}
     out["per_sample_bounds"] = {
         str(bound): {key: _number(stats[f"sample_bound_{key}"].sel(sample_bound=bound))
                      for key in ("violation_rate", "violation_rate_ci_high", "evaluated",

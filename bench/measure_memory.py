@@ -20,7 +20,7 @@ and reports how far the process's memory rises during it, beside the part B boun
 * ``points``: ``measure.point_measures`` on the study's ``measure.points`` (capped by
   ``--jacobian-points``); bounded part one piece's input and layer Jacobians and one of its
   chunks' parameter Jacobian (dense) or row block, each within half the budget.
-* ``lanczos``: one batch of output-curvature Lanczos runs (``output_curvature.rows_per_batch``
+* ``lanczos``: one batch of output-curvature Lanczos runs (``krylov.batch_rows``
   rows); bounded part (steps + ROW_VECTORS) * P floats a row.
 
 Each pass runs in a fresh process after the same pass on one point (lazy initialisation,
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from flatrep import config, data, losses, measure, models
-from flatrep.measures import curvature, jacobian, output_curvature
+from flatrep.measures import curvature, jacobian, krylov, output_curvature
 
 #: Sample shapes of the datasets the shipped studies use.
 SAMPLE_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
@@ -163,8 +163,8 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
         return (run, points, f"pieces of {piece}",
                 min(piece, points) * jacobian.input_jacobian_bytes(model, x) + block)
     steps = min(setup["lanczos_steps"], num_params)
-    rows = output_curvature.rows_per_batch(num_params, steps, itemsize,
-                                           setup["lanczos_point_chunk"], k, budget)
+    rows = krylov.batch_rows(num_params, steps, itemsize, setup["lanczos_point_chunk"] * k,
+                             budget)
     points = math.ceil(rows / k)
 
     def run(count):
@@ -174,7 +174,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
             operator, steps, torch.Generator().manual_seed(0),
             setup["lanczos_point_chunk"], budget)
     return (run, points, f"{rows} rows x {steps} steps",
-            rows * (steps + output_curvature.ROW_VECTORS) * num_params * itemsize)
+            rows * (steps + krylov.ROW_VECTORS) * num_params * itemsize)
 
 
 def one_pass(args) -> dict:

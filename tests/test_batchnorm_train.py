@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flatrep import losses
-from flatrep.measures import batchnorm_train, curvature, suite
+from flatrep.measures import batchnorm_train, curvature, krylov, suite
 
 
 def network() -> nn.Sequential:
@@ -57,7 +57,7 @@ def test_train_mode_hessian_is_the_dense_hessian_of_the_batched_loss(batch_size)
     op = batchnorm_train.operator(model, x, y, losses.get("mse"), batch_size)
     vectors = torch.randn(5, op.dim, dtype=torch.float64)
     torch.testing.assert_close(op(vectors), vectors @ dense, rtol=1e-10, atol=1e-12)
-    ritz = curvature.lanczos(op, op.dim, torch.Generator().manual_seed(0))
+    ritz = krylov.lanczos(op, op.dim, torch.Generator().manual_seed(0))
     eigenvalues = torch.linalg.eigvalsh(dense)
     assert ritz.lambda_max == pytest.approx(eigenvalues[-1].item(), rel=1e-8)
     assert ritz.lambda_min == pytest.approx(eigenvalues[0].item(), rel=1e-8, abs=1e-10)

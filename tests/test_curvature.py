@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import hessian
 
 from flatrep import losses, models
-from flatrep.measures import curvature, jacobian
+from flatrep.measures import curvature, jacobian, krylov
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -94,7 +94,7 @@ def test_lanczos_extreme_eigenvalues_match_eigvalsh():
     x, y = torch.randn(30, 4), torch.randn(30, 3)
     operator = curvature.HessianOperator(model, x, y)
     eig = torch.linalg.eigvalsh(dense(operator))
-    result = curvature.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
+    result = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
     assert result.lambda_max == pytest.approx(eig[-1].item(), rel=1e-9)
     assert result.lambda_min == pytest.approx(eig[0].item(), abs=1e-9 * eig.abs().max().item())
     assert result.residuals[-1] < 1e-6
@@ -105,7 +105,7 @@ def test_lanczos_residual_bounds_the_error_of_few_steps():
     model, x, y = linear_regression(d=12)
     operator = curvature.HessianOperator(model, x, y)
     top = torch.linalg.eigvalsh(x.T @ x / len(x))[-1].item()
-    result = curvature.lanczos(operator, 5, torch.Generator().manual_seed(1))
+    result = krylov.lanczos(operator, 5, torch.Generator().manual_seed(1))
     assert abs(result.lambda_max - top) <= result.residuals[-1].item() + 1e-12
     assert result.lambda_max <= top + 1e-12   # Ritz values interlace from inside
 
@@ -334,5 +334,5 @@ def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices(poin
         expected = (torch.einsum("p,npq,q->n", top, per_sample, top) - eigenvalues[-1]).pow(2)
         assert stability.rayleigh_spread(operator, top, eigenvalues[-1].item()) == \
             pytest.approx(expected.mean().item(), rel=1e-10)
-        ritz = curvature.lanczos(operator, operator.dim, torch.Generator().manual_seed(1))
+        ritz = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(1))
         assert abs(torch.dot(ritz.top_vector, top).item()) == pytest.approx(1.0, abs=1e-8)

@@ -7,13 +7,17 @@ Every test here restores torch's global flags, thread count and ``CUBLAS_WORKSPA
 
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 
 from flatrep import checkpoint, config, determinism, ensemble, measure, train
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+INDUCTOR = "TORCHINDUCTOR_DETERMINISTIC"
 
 STRICT = {"deterministic_algorithms": True, "cudnn_deterministic": True,
           "cudnn_benchmark": False, "matmul_tf32": False, "cudnn_tf32": False}
@@ -47,11 +51,14 @@ def restore_torch_state():
     saved = flags()
     saved_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     threads = torch.get_num_threads()
-    workspace = os.environ.pop(CUBLAS, None)
+    inductor_deterministic = inductor_config.deterministic
+    environment = {name: os.environ.pop(name, None) for name in (CUBLAS, INDUCTOR)}
     yield
-    os.environ.pop(CUBLAS, None)
-    if workspace is not None:
-        os.environ[CUBLAS] = workspace
+    for name, value in environment.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+    inductor_config.deterministic = inductor_deterministic
     set_flags(saved)
     torch.use_deterministic_algorithms(saved["deterministic_algorithms"],
                                        warn_only=saved_warn_only)
@@ -73,6 +80,26 @@ def test_switching_modes_leaves_no_stale_flag():
     for mode in ("strict", "fast", "strict", "fast"):
         determinism.configure(strict=mode == "strict")
         assert flags() == MODES[mode], mode
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_compiler_loaded_before_or_after_configure_compiles_in_the_mode(strict):
+    """``configure`` sets TorchInductor's ``deterministic`` as torch.use_deterministic_algorithms
+    does, without importing TorchInductor: on the loaded module in this process, and in a
+    fresh process, where TorchInductor stays unloaded until imported afterwards."""
+    inductor_config.deterministic = not strict
+    determinism.configure(strict=strict)
+    assert inductor_config.deterministic is strict
+    script = ("import sys\n"
+              "from flatrep import determinism\n"
+              f"determinism.configure(strict={strict})\n"
+              "loaded = 'torch._inductor' in sys.modules\n"
+              "import torch, torch._inductor.config as c\n"
+              "print(loaded, c.deterministic, torch.are_deterministic_algorithms_enabled())\n")
+    environment = {name: value for name, value in os.environ.items() if name != INDUCTOR}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=environment, check=True)
+    assert result.stdout.split() == ["False", str(strict), str(strict)]
 
 
 @pytest.mark.parametrize("strict", [True, False])

@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import hessian, jacrev
 
 from flatrep import losses, models
-from flatrep.measures import curvature, jacobian
+from flatrep.measures import curvature, jacobian, krylov
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -56,7 +56,7 @@ def test_softmax_regression_hessian_is_the_kronecker_closed_form():
     gram = jacobian.per_sample_jacobians(model, x)["param_gram"]
     trace = CE.gauss_newton_trace(operator.output_values, gram)
     assert trace == pytest.approx(torch.trace(expected).item(), rel=1e-12)
-    ritz = curvature.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
+    ritz = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
     assert ritz.lambda_max == pytest.approx(eig[-1].item(), rel=1e-10)
     est = curvature.hutchinson(operator, 2000, torch.Generator().manual_seed(1))
     assert abs(est["fro"].value - expected.norm().item()) < 4 * est["fro"].standard_error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -24,12 +25,28 @@ def configure(strict: bool = True, threads: int | None = None) -> dict:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if threads:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(strict)
+    _deterministic_algorithms(strict)
     torch.backends.cudnn.benchmark = not strict
     torch.backends.cudnn.deterministic = strict
     torch.backends.cuda.matmul.allow_tf32 = not strict
     torch.backends.cudnn.allow_tf32 = not strict
     return {"mode": "strict" if strict else "fast", "threads": torch.get_num_threads()}
+
+
+def _deterministic_algorithms(strict: bool) -> None:
+    """``torch.use_deterministic_algorithms(strict)`` without importing TorchInductor.
+
+    The torch function imports ``torch._inductor`` (2.8 s of every measure job's start on the
+    2-core VM, bench/RESULTS.md) only to set its ``deterministic`` option. That option is read
+    from TORCHINDUCTOR_DETERMINISTIC when TorchInductor is first imported, so the variable is
+    set here and the option only where TorchInductor is already loaded; a later
+    ``torch.compile`` (``train.compile``, the compiled HVP) then compiles as it would have.
+    """
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1" if strict else "0"
+    inductor_config = sys.modules.get("torch._inductor.config")
+    if inductor_config is not None:
+        inductor_config.deterministic = strict
+    torch._C._set_deterministic_algorithms(strict, warn_only=False)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

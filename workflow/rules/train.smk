@@ -3,6 +3,9 @@
 # checkpoint files of every member, so the measure rules below do not change.
 # Resources (for cluster profiles, workflow/profiles/): memory in MB and runtime in minutes grow
 # with the attempt (`retries: 2`); one GPU unless the study's `train.device` is `cpu`.
+# One thread a job, ensembles included: a second thread sped the compiled `quick` ensemble up
+# by only 7 % on the 2-core VM (bench/RESULTS.md), so two jobs side by side use the cores
+# better (`snakemake --set-threads` gives a rule more).
 
 
 for _name in config["studies"]:
@@ -62,7 +65,7 @@ for _name in config["studies"]:
                 f"logs/{_name}/train/ensemble_{_group}.log",
             benchmark:
                 f"benchmarks/{_name}/train/ensemble_{_group}.tsv"
-            threads: 2
+            threads: 1
             retries: 2
             resources:
                 mem_mb=by_attempt(4000),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from flatrep.measures import curvature
+from flatrep.measures import krylov
 
 ConvLayer = nn.Conv1d | nn.Conv2d
 
@@ -57,7 +57,7 @@ def _adjoint(conv: ConvLayer, y: torch.Tensor, input_shape: tuple[int, ...]) -> 
 
 
 class NormalOperator:
-    """v -> A^T A v on flattened inputs of one shape: the operator ``curvature.lanczos`` takes.
+    """v -> A^T A v on flattened inputs of one shape: the operator ``krylov.lanczos`` takes.
 
     A is applied with ``conv1d``/``conv2d`` (the layer's stride, padding, dilation, groups, no
     bias) and A^T with ``conv_transpose1d``/``conv_transpose2d``, its adjoint. Its vectors live
@@ -82,7 +82,7 @@ def operator_norm(conv: ConvLayer, input_shape: tuple[int, ...], steps: int = 10
     """Spectral norm ||A||_2 = sqrt(lambda_max(A^T A)) of x -> conv(x) without bias.
 
     ``input_shape`` is (C_in, L) or (C_in, H, W), without batch dim. Lanczos with full
-    reorthogonalisation (``curvature.lanczos``, at most ``steps`` products with A^T A from a
+    reorthogonalisation (``krylov.lanczos``, at most ``steps`` products with A^T A from a
     Gaussian start drawn on the CPU with ``generator``, seeded 0 when None so the global RNG
     is untouched; the result is on the layer's device). Power iteration is not enough here:
     the singular values of a convolution sample the kernel's frequency response and crowd
@@ -97,7 +97,7 @@ def operator_norm(conv: ConvLayer, input_shape: tuple[int, ...], steps: int = 10
     """
     operator = NormalOperator(conv, input_shape)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    ritz = curvature.lanczos(operator, steps, generator)
+    ritz = krylov.lanczos(operator, steps, generator)
     return torch.tensor(max(ritz.lambda_max, 0.0), dtype=operator.dtype,
                         device=operator.device).sqrt()
 

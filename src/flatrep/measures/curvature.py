@@ -27,8 +27,7 @@ up to floating-point rounding.
 * Residual Frobenius norm: ||H - G||_F^2 = E[||H v - G v||^2] on the same probes, G v =
   (1/n) sum_i J_i^T M_i (J_i v) by one JVP and one VJP of the outputs (Ma & Ying's B1: the
   ratio ||H - G||_F / ||H||_F -> 0 at an MSE interpolation).
-* Lanczos with full reorthogonalisation: extreme Ritz values and their residual bounds
-  |beta_k * e_k^T y| (Golub & Van Loan §10.1).
+* Lanczos with full reorthogonalisation lives in ``flatrep.measures.krylov``.
 """
 
 from __future__ import annotations
@@ -369,57 +368,3 @@ def hutch_plus_plus(operator, matvecs: int, generator: torch.Generator) -> Estim
     residual = (g * operator(g)).sum(1)
     rest = mean_and_se(residual)
     return Estimate(exact.item() + rest.value, rest.standard_error)
-
-
-@dataclass(frozen=True)
-class LanczosResult:
-    ritz_values: torch.Tensor   # ascending
-    residuals: torch.Tensor     # |beta_k * last component of each Ritz vector|
-    weights: torch.Tensor       # squared first component of each Ritz vector (quadrature)
-    top_vector: torch.Tensor    # unit Ritz vector of the largest Ritz value, length dim
-
-    @property
-    def lambda_max(self) -> float:
-        return self.ritz_values[-1].item()
-
-    @property
-    def lambda_min(self) -> float:
-        return self.ritz_values[0].item()
-
-
-def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
-    """Lanczos tridiagonalisation with full reorthogonalisation (two Gram-Schmidt passes).
-
-    Stops early on an invariant subspace (beta below 1e-10 of the largest |alpha| seen).
-    Residual of Ritz pair (theta_j, V y_j) is ||H V y_j - theta_j V y_j|| = |beta_k y_j[k]|.
-    The weights gamma_j = y_j[1]^2 make (theta_j, gamma_j) the Gauss quadrature of the start
-    vector's spectral measure: sum_j gamma_j p(theta_j) = q^T p(H) q for every polynomial p
-    of degree < 2k (Golub & Meurant), the basis of stochastic Lanczos quadrature.
-    The Gaussian start vector is drawn on the CPU from ``generator``, then moved to the
-    operator's device; the result lives there too.
-    """
-    steps = min(steps, operator.dim)
-    q = torch.randn(operator.dim, generator=generator, dtype=operator.dtype).to(operator.device)
-    basis = [q / q.norm()]
-    alphas, betas = [], []
-    for j in range(steps):
-        w = operator(basis[j][None])[0]
-        alphas.append(torch.dot(w, basis[j]))
-        stacked = torch.stack(basis)
-        for _ in range(2):
-            w = w - stacked.T @ (stacked @ w)
-        beta = w.norm()
-        scale = max(abs(a.item()) for a in alphas)
-        if j == steps - 1 or beta <= 1e-10 * max(scale, 1e-300):
-            betas.append(beta)
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    k = len(alphas)
-    tri = torch.diag(torch.stack(alphas))
-    if k > 1:
-        off = torch.stack(betas[:k - 1])
-        tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
-    values, vectors = torch.linalg.eigh(tri)
-    return LanczosResult(values, (betas[k - 1] * vectors[-1]).abs(), vectors[0].pow(2),
-                         torch.stack(basis[:k]).T @ vectors[:, -1])

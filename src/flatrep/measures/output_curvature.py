@@ -8,10 +8,11 @@ and ||M_i||_2 <= Tr M_i = 1 - ||p_i||^2 <= 2 l_i (as 1 - p <= -log p),
 ||H||_2 <= (2/n) sum_i l_i (||J_i||_2^2 + max_c ||grad^2_theta f_c(x_i)||_2).
 
 ||A||_2 = max(|lambda_max|, |lambda_min|) of each P x P output Hessian comes from Lanczos with
-full reorthogonalisation (as ``curvature.lanczos``), batched over all (i, c) of a chunk of
-points. Ritz values are inner estimates of the extreme eigenvalues, so the norms are lower
-estimates; they are exact once the Krylov space is invariant, which happens after rank(A)
-steps for these low-rank per-sample Hessians (``steps`` >= rank suffices).
+full reorthogonalisation (``flatrep.measures.krylov.lanczos_runs``), batched over all (i, c)
+of a chunk of points. Ritz values are inner estimates of the extreme eigenvalues, so the
+norms are lower estimates; they are exact once the Krylov space is invariant, which happens
+after at most rank(A) + 1 steps for these low-rank per-sample Hessians (the range of A plus
+the start's null-space part; ``steps`` > rank suffices).
 """
 
 from __future__ import annotations
@@ -22,16 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from flatrep.measures import curvature
+from flatrep.measures import curvature, krylov
 
-
-#: Default bound on one batched Lanczos's working set (``output_hessian_norms``).
-LANCZOS_BYTES = 1 << 30
-#: P-vectors a row holds besides its ``steps`` basis vectors: its start, the gathered active
-#: column, the residual w and the temporaries of its two reorthogonalisations and of the next
-#: column, and the gradient, tangent and product of the forward-over-reverse HVP (an
-#: estimate that bench/measure_memory.py checks against the measured rise).
-ROW_VECTORS = 11
 
 @dataclass(frozen=True)
 class OutputCurvature:
@@ -50,61 +43,6 @@ def _output_hvp(operator: curvature.HessianOperator):
     return vmap(hvp)
 
 
-def _batched_lanczos(apply, starts: torch.Tensor, steps: int):
-    """Lanczos on m operators at once; ``apply(active, Q)`` gives the rows' A Q (rows active).
-
-    A row stops on an invariant subspace (beta <= 1e-10 of the largest |alpha|, beta seen):
-    its later vectors, alphas and betas are zero, so T = T_k (+) 0 keeps the exact Ritz values
-    of T_k and only adds zeros, which leave max |Ritz value| unchanged.
-    Returns (max |Ritz value|, its residual |beta_k y_j[k]|) per row.
-    """
-    m, dim = starts.shape
-    basis = starts.new_empty(m, steps, dim)  # column j is written before it is read
-    basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
-    alphas, betas = starts.new_zeros(m, steps), starts.new_zeros(m, steps)
-    scale, last_beta = starts.new_zeros(m), starts.new_zeros(m)
-    active = torch.ones(m, dtype=torch.bool, device=starts.device)
-    length = torch.zeros(m, dtype=torch.long, device=starts.device)
-    for j in range(steps):
-        w = starts.new_zeros(m, dim)
-        w[active] = apply(active, basis[active, j])
-        alphas[:, j] = (w * basis[:, j]).sum(1)
-        for _ in range(2):
-            w = w - torch.einsum("mj,mjp->mp", torch.einsum("mjp,mp->mj", basis[:, :j + 1], w),
-                                 basis[:, :j + 1])
-        beta = w.norm(dim=1)
-        length += active
-        last_beta = torch.where(active, beta, last_beta)
-        scale = torch.maximum(scale, alphas[:, j].abs())
-        if j == steps - 1:
-            break
-        active = active & (beta > 1e-10 * scale.clamp_min(1e-300))
-        if not active.any():
-            break
-        betas[:, j] = torch.where(active, beta, 0.0)
-        scale = torch.maximum(scale, betas[:, j])
-        basis[:, j + 1] = torch.where(active[:, None], w / torch.where(active, beta, 1.0)[:, None],
-                                      0.0)
-    k = int(length.max())
-    off = betas[:, :k - 1]
-    tri = torch.diag_embed(alphas[:, :k]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-    values, vectors = torch.linalg.eigh(tri)
-    top = values[:, -1].abs() >= values[:, 0].abs()
-    rows = torch.arange(m, device=starts.device)
-    column = torch.where(top, k - 1, 0)
-    residual = (last_beta * vectors[rows, length - 1, column]).abs()
-    return torch.maximum(values[:, -1].abs(), values[:, 0].abs()), residual
-
-
-def rows_per_batch(dim: int, steps: int, itemsize: int, point_chunk: int, outputs: int,
-                   max_bytes: int = LANCZOS_BYTES) -> int:
-    """How many (i, c) rows one batched Lanczos takes: point_chunk * K, fewer where their
-    working set, about (steps + ROW_VECTORS) * P floats a row, would pass ``max_bytes``
-    (at least one row)."""
-    row_bytes = (steps + ROW_VECTORS) * dim * itemsize
-    return max(1, min(point_chunk * outputs, max_bytes // row_bytes))
-
-
 def _rows(operator: curvature.HessianOperator, generator: torch.Generator, points: int):
     """(x_i, e_c, start_i) for i = 1..points, c = 1..K in that order; the standard-normal
     start of a point, shared by its K outputs, is drawn on the CPU when its first row is
@@ -119,16 +57,16 @@ def _rows(operator: curvature.HessianOperator, generator: torch.Generator, point
 
 def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
                          generator: torch.Generator, point_chunk: int = 4,
-                         max_bytes: int = LANCZOS_BYTES,
+                         max_bytes: int = krylov.LANCZOS_BYTES,
                          points: int | None = None) -> OutputCurvature:
     """||grad^2_theta f_c(x_i; theta)||_2 for the first ``points`` points x_i of ``operator``
     (all when None) and every output c.
 
     Lanczos with min(steps, P) Hessian-vector products jvp(grad(f_c(x_i; .)), theta, v) per
-    (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``rows_per_batch`` at a
-    time: point_chunk * K rows, fewer where the Lanczos bases and the forward-over-reverse
-    vectors, about (steps + ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a batch
-    may then split a point's outputs). One standard-normal start vector per point, drawn
+    (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``krylov.batch_rows`` at
+    a time: point_chunk * K rows, fewer where the Lanczos bases and the forward-over-reverse
+    vectors, about (steps + krylov.ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a
+    batch may then split a point's outputs). One standard-normal start vector per point, drawn
     point by point from ``generator`` on the CPU and moved to the operator's device, so the
     result depends neither on the batching nor on the device. The K outputs of a point share
     it: each (i, c) is a Lanczos run of its own, and a start drawn independently of the
@@ -139,16 +77,16 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape
     n = n if points is None else min(points, n)
-    batch = rows_per_batch(operator.dim, steps, operator.theta.element_size(), point_chunk, k,
-                           max_bytes)
+    batch = krylov.batch_rows(operator.dim, steps, operator.theta.element_size(), point_chunk * k,
+                              max_bytes)
     hvp = _output_hvp(operator)
     rows = _rows(operator, generator, n)
     norms, residuals = [], []
     while chunk := list(itertools.islice(rows, batch)):
         rows_x, rows_e, starts = (torch.stack(column) for column in zip(*chunk))
-        norm, residual = _batched_lanczos(
+        norm, residual = krylov.lanczos_runs(
             lambda active, q: hvp(rows_x[active], rows_e[active], q),
-            starts.to(operator.device), steps)
+            starts.to(operator.device), steps).extreme_magnitude()
         norms.append(norm)
         residuals.append(residual)
     return OutputCurvature(torch.cat(norms).reshape(n, k), torch.cat(residuals).reshape(n, k))

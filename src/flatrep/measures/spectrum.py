@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import vjp, vmap
 
-from flatrep.measures import curvature, layers
+from flatrep.measures import curvature, krylov, layers
 
 
 @dataclass(frozen=True)
@@ -82,24 +82,34 @@ class SLQResult:
         return curvature.mean_and_se(self.dim * (1 - self._mass_near_zero(eps)))
 
 
-def slq(operator, probes: int, steps: int, generator: torch.Generator) -> SLQResult:
-    """Stochastic Lanczos quadrature: ``probes`` runs of ``curvature.lanczos`` of ``steps``.
+def slq(operator, probes: int, steps: int, generator: torch.Generator,
+        max_bytes: int = krylov.LANCZOS_BYTES) -> SLQResult:
+    """Stochastic Lanczos quadrature: ``probes`` Lanczos runs of ``steps`` on ``operator``.
 
-    Each run draws its own Gaussian start vector from ``generator`` and normalises it (a
-    uniform direction). A run takes at most min(steps, P) steps (the Krylov space is then
-    the whole space); the result always has ``steps`` columns (the cube's ``slq_node``
-    coordinate), those beyond a run's length padded with NaN nodes and zero weights.
-    The start vectors are drawn on the CPU (``curvature.lanczos``); nodes and weights are
+    Each run starts from its own Gaussian vector, drawn probe by probe from ``generator`` on
+    the CPU and normalised (a uniform direction). The runs are carried together
+    (``krylov.lanczos_runs``: one batched operator call per step), ``krylov.batch_rows`` at a
+    time, so that their bases stay within ``max_bytes``; the batching changes no value beyond
+    rounding. A run takes at most min(steps, P) steps (the Krylov space is then the whole
+    space); the result always has ``steps`` columns (the cube's ``slq_node`` coordinate),
+    those beyond a run's length padded with NaN nodes and zero weights. Nodes and weights are
     collected on the CPU.
     """
     dtype = operator.dtype
     nodes = torch.full((probes, steps), math.nan, dtype=dtype)
     weights = torch.zeros((probes, steps), dtype=dtype)
-    for probe in range(probes):
-        result = curvature.lanczos(operator, steps, generator)
-        count = len(result.ritz_values)
-        nodes[probe, :count] = result.ritz_values.cpu()
-        weights[probe, :count] = result.weights.cpu()
+    starts = torch.stack([torch.randn(operator.dim, generator=generator, dtype=dtype)
+                          for _ in range(probes)]).to(operator.device)
+    batch = krylov.batch_rows(operator.dim, min(steps, operator.dim), starts.element_size(),
+                              probes, max_bytes)
+    for first in range(0, probes, batch):
+        runs = krylov.lanczos_runs(lambda active, rows: operator(rows),
+                                   starts[first:first + batch], steps)
+        for row in range(len(runs.lengths)):
+            result = runs.result(row)
+            count = len(result.ritz_values)
+            nodes[first + row, :count] = result.ritz_values.cpu()
+            weights[first + row, :count] = result.weights.cpu()
     return SLQResult(nodes, weights, operator.dim)
 
 
@@ -108,7 +118,7 @@ def density_grid(result: SLQResult, bins: int, smoothing: float) -> tuple[torch.
 
     sigma = smoothing * (max node - min node), or smoothing * max(|node|, 1) when every node
     is equal up to round-off (a spread of at most 1e-10 of the largest |node|, the relative
-    level at which ``curvature.lanczos`` declares an invariant subspace). The 3 sigma margins
+    level at which ``krylov.lanczos_runs`` declares an invariant subspace). The 3 sigma margins
     leave at most 0.135% of an extreme node's weight outside the grid. Granziol's and
     Ghorbani et al.'s tooling smooth with sigma ~ 1e-5 lambda_max on fine grids; the grid
     must resolve sigma (spacing below sigma, i.e. bins well above 1 / smoothing). The grid
@@ -124,7 +134,13 @@ def density_grid(result: SLQResult, bins: int, smoothing: float) -> tuple[torch.
     return grid, sigma
 
 
-def dense_hessian(operator, chunk: int = 64) -> torch.Tensor:
+#: Rows of I one HVP pass of the dense Hessian takes (fewer where they would pass the
+#: operator's memory budget): 4x the probes' chunk halves its time on the False-Friend MLP
+#: (bench/measure_families.py).
+DENSE_PROBE_CHUNK = 64
+
+
+def dense_hessian(operator, chunk: int = DENSE_PROBE_CHUNK) -> torch.Tensor:
     """The P x P Hessian from ``operator`` applied to ``chunk`` rows of I at a time.
 
     Returns (H + H^T) / 2, which removes the round-off asymmetry of the products.

@@ -23,7 +23,7 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
-from flatrep.measures import curvature
+from flatrep.measures import curvature, krylov
 
 
 class NonUniformityOperator:
@@ -71,7 +71,7 @@ class NonUniformityOperator:
 def nonuniformity(operator: curvature.HessianOperator, grams: torch.Tensor, steps: int,
                   generator: torch.Generator) -> float:
     """sqrt(lambda_max((1/n) sum_i G_i^2 - G^2)) by Lanczos with ``steps`` products."""
-    ritz = curvature.lanczos(NonUniformityOperator(operator, grams), steps, generator)
+    ritz = krylov.lanczos(NonUniformityOperator(operator, grams), steps, generator)
     return math.sqrt(max(ritz.lambda_max, 0.0))
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from flatrep import config, losses
-from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, layers,
+from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
                               output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
 
@@ -84,10 +84,10 @@ class Context:
         between); probes are drawn from it on the CPU whatever the operator's device."""
         return torch.Generator().manual_seed(self.seed + offset)
 
-    def lanczos(self, steps: int) -> curvature.LanczosResult:
+    def lanczos(self, steps: int) -> krylov.LanczosResult:
         """Lanczos on H with ``steps`` products, run once per step count and shared."""
         if steps not in self.lanczos_runs:
-            self.lanczos_runs[steps] = curvature.lanczos(self.operator, steps, self.generator())
+            self.lanczos_runs[steps] = krylov.lanczos(self.operator, steps, self.generator())
         return self.lanczos_runs[steps]
 
 
@@ -162,7 +162,8 @@ def adaptive_sharpness(ctx: Context, options: dict) -> dict:
 
 
 def spectral_density(ctx: Context, options: dict) -> dict:
-    result = spectrum.slq(ctx.operator, options["probes"], options["steps"], ctx.generator(2))
+    result = spectrum.slq(ctx.operator, options["probes"], options["steps"], ctx.generator(2),
+                          ctx.max_bytes)
     grid, sigma = spectrum.density_grid(result, options["bins"], options["smoothing"])
     trace = result.trace()
     return {"spectral_density": result.density(grid, sigma).cpu().numpy(),
@@ -176,7 +177,10 @@ def rank(ctx: Context, options: dict) -> dict:
     tolerances = [float(t) for t in options["tolerances"]]
     dense = np.full(len(tolerances), np.nan)
     if ctx.operator.dim <= options["dense_max_params"]:
-        eigenvalues = torch.linalg.eigvalsh(spectrum.dense_hessian(ctx.operator))
+        wide = curvature.HessianOperator(ctx.model, ctx.x, ctx.targets, ctx.operator.method,
+                                         spectrum.DENSE_PROBE_CHUNK, loss=ctx.loss,
+                                         max_bytes=ctx.max_bytes)
+        eigenvalues = torch.linalg.eigvalsh(spectrum.dense_hessian(wide))
         dense = np.array(spectrum.numerical_rank(eigenvalues, tolerances), dtype=np.float64)
     n_rank = min(options["points"], len(ctx.x))
     subset = curvature.HessianOperator(ctx.model, ctx.x[:n_rank], ctx.targets[:n_rank],
@@ -223,7 +227,7 @@ def batchnorm_train_family(ctx: Context, options: dict) -> dict:
     operator = batchnorm_train.operator(ctx.model, ctx.x, ctx.targets, ctx.loss,
                                         options["batch_size"], ctx.operator.method,
                                         ctx.operator.probe_chunk, ctx.max_bytes)
-    ritz = curvature.lanczos(operator, options["steps"], ctx.generator())
+    ritz = krylov.lanczos(operator, options["steps"], ctx.generator())
     trace = curvature.mean_and_se((ctx.probes["vectors"]
                                    * operator(ctx.probes["vectors"])).sum(1))
     return {"hessian_bn_train_lambda_max": ritz.lambda_max,

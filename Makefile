@@ -1,5 +1,6 @@
 # `make run`: set up .venv and run the whole pipeline on the embedded default.
-# `make test`: set up .venv and run the test suite, then the measure tests under other kernels.
+# `make test`: set up .venv, run the test suite, build the docs strictly, then run the measure
+# tests under other kernels.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -15,15 +16,15 @@ TEST_WORKERS ?= 2
 MEASURE_TESTS := tests/test_measures.py tests/test_measures_properties.py tests/test_suite.py \
 	tests/test_curvature.py tests/test_spectrum.py tests/test_invariant.py tests/test_conv.py \
 	tests/test_output_curvature.py tests/test_batchnorm_train.py tests/test_models.py \
-	tests/test_losses.py
+	tests/test_losses.py tests/test_krylov.py
 KERNEL_PATHS := "MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default" "MKL_CBWR=AVX2"
 
-.PHONY: setup run test test-kernels report restamp clean
+.PHONY: setup run test test-kernels docs front-door report restamp clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,7 +37,16 @@ report: run
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory test-kernels
+
+# The docs site into site/ (mkdocs.yml); strict: a broken link or reference fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
+
+# The README's claims table and figure from the default study's last run (docs/front_door.py).
+front-door: setup
+	$(BIN)/python docs/front_door.py
 
 test-kernels: setup
 	@for kernels in $(KERNEL_PATHS); do \

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 from conftest import REPO, make_project, run
 from test_ensemble import assert_same_checkpoints
 
-from flatrep import variables
+from flatrep import cli, variables
 
 pytestmark = pytest.mark.workflow
 
@@ -162,3 +163,72 @@ def test_ensemble_mode_trains_each_configuration_in_one_job_with_the_same_checkp
     for name, single in checkpoints.items():
         together = [project / path.relative_to(snakemake_project) for path in single]
         assert_same_checkpoints(single, together)
+
+
+GROUP = ("lr0.2_bs20_seed0", "lr0.2_bs20_seed1")
+
+
+def group_copy(snakemake_project: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """The checkpoints of the runs ``GROUP`` copied into run folders under ``root``, and the
+    measures file each folder gets."""
+    checkpoints, outs = [], []
+    for name in GROUP:
+        folder = root / "runs" / name
+        folder.mkdir(parents=True)
+        for path in sorted((snakemake_project / "results/tiny/runs" / name).glob("step_*.pt")):
+            checkpoints.append(Path(shutil.copy(path, folder)))
+        outs.append(folder / "measures.nc")
+    return checkpoints, outs
+
+
+def measure_command(project: Path, checkpoints, outs) -> list[str]:
+    return ["measure", "--params", str(project / "params.yaml"), "--study", "tiny",
+            "--data-root", str(project / "data"), "--checkpoints", *map(str, checkpoints),
+            "--out", *map(str, outs)]
+
+
+def test_one_process_measures_a_group_as_per_run_jobs_do(snakemake_project, tmp_path):
+    """Two runs measured by one `flatrep measure` give each run's measures file exactly as
+    its own job wrote it, every value and attribute (but the git revision, which this process
+    reads from the repository and the project's jobs could not); the checkpoints may come in
+    any order."""
+    checkpoints, outs = group_copy(snakemake_project, tmp_path)
+    assert cli.main(measure_command(snakemake_project, checkpoints[::-1], outs)) == 0
+    where = {"git_revision", "content_sha256"}
+    for name, out in zip(GROUP, outs):
+        with xr.open_dataset(snakemake_project / "results/tiny/runs" / name / "measures.nc") as \
+                alone, xr.open_dataset(out) as together:
+            alone, together = alone.load(), together.load()
+            for ds in (alone, together):
+                ds.attrs = {key: value for key, value in ds.attrs.items() if key not in where}
+            xr.testing.assert_identical(alone, together)
+
+
+def test_a_group_refuses_a_damaged_checkpoint_before_measuring_any_run(
+        snakemake_project, tmp_path, capsys):
+    """A damaged checkpoint of the second run stops the job before the first run is
+    measured; a checkpoint outside every run folder and a folder without checkpoints are
+    named too."""
+    checkpoints, outs = group_copy(snakemake_project, tmp_path)
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:-100])
+    assert cli.main(measure_command(snakemake_project, checkpoints, outs)) == 2
+    assert str(checkpoints[-1]) in capsys.readouterr().err
+    assert not any(out.exists() for out in outs)
+    stray = tmp_path / "elsewhere.pt"
+    assert cli.main(measure_command(snakemake_project, [stray], outs)) == 2
+    assert f"checkpoint {stray} is in none of the folders" in capsys.readouterr().err
+    assert cli.main(measure_command(snakemake_project, checkpoints[:1], outs)) == 2
+    assert f"no checkpoint given in the folder of {outs[1]}" in capsys.readouterr().err
+
+
+def test_group_measure_jobs_follow_the_training_groups(tmp_path):
+    """`measure.jobs: group` in a study trained as `seeds` ensembles plans one measure job per
+    configuration, named after its training group, and no per-run measure job."""
+    project = make_project(tmp_path / "grouped")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["studies"]["tiny"]["train"]["ensemble"] = "seeds"
+    params["studies"]["tiny"]["measure"]["jobs"] = "group"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    planned = planned_jobs(project, "results/tiny/cube.nc")
+    assert {job: count for job, count in planned.items() if job.startswith("measure")} == {
+        "measure_tiny_lr0_1_bs20": 1, "measure_tiny_lr0_2_bs20": 1, "measure_tiny_lr0_1_bs8": 1}

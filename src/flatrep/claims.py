@@ -721,6 +721,23 @@ def markdown(table: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+def digest(summary_claims: dict) -> str:
+    """The tested claims of a ``summary.json`` (its ``claims``, as ``summary`` writes them) as
+    a short Markdown table for the README: statement, estimate [CI] and verdict (marked
+    fragile where ``fragile``), in catalogue order; claims not tested are left out."""
+    lines = ["| claim | estimate [CI] | verdict |", "|---|---|---|"]
+    for claim in CLAIMS:
+        entry = summary_claims.get(claim.name)
+        if entry is None or entry["verdict"] == NOT_TESTED:
+            continue
+        estimate = ("—" if entry["estimate"] is None else
+                    f"{entry['estimate']:.3g} [{entry['ci_low']:.3g}, {entry['ci_high']:.3g}]")
+        statement = claim.statement.replace("|", "\\|")
+        fragile = " (fragile)" if entry["fragile"] else ""
+        lines.append(f"| {statement} | {estimate} | **{entry['verdict']}**{fragile} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary(table: xr.Dataset) -> dict:
     """{claim: {verdict, estimate, ci_low, ci_high, p_holm}} for summary.json (None for NaN)."""
     def number(value) -> float | None:

@@ -55,11 +55,15 @@ def cmd_train_ensemble(args) -> None:
 
 
 def cmd_measure(args) -> None:
-    from flatrep import cube, measure
+    from flatrep import checkpoint, cube, measure
 
-    paths = sorted(args.checkpoints, key=lambda p: int(Path(p).stem.split("_")[1]))
-    ds = measure.measured_run(paths, _section(args, "measure"), args.data_root, args.threads)
-    cube.write(ds, args.out)
+    runs = measure.checkpoints_by_run(args.checkpoints, args.out)
+    if len(runs) > 1:   # a training group: refuse a damaged file before measuring any run
+        for path in args.checkpoints:
+            checkpoint.read(path)
+    for out, paths in runs.items():
+        cube.write(measure.measured_run(paths, _section(args, "measure"), args.data_root,
+                                        args.threads), out)
 
 
 #: The study sections a cube depends on (the params of the DVC stage ``runs``): editing
@@ -171,9 +175,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-root", required=True, help="checkpoints go to <out-root>/<run>/")
     p.add_argument("--data-root", default="data")
     p.add_argument("--threads", type=int, default=1)
-    p = command("measure", cmd_measure, "measure every checkpoint of a run", ["measure"])
+    p = command("measure", cmd_measure,
+                "measure every checkpoint of one run, or of several runs in one process",
+                ["measure"])
     p.add_argument("--checkpoints", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True,
+                   help="one measures.nc per run, in the folder of that run's checkpoints")
     p.add_argument("--data-root", default="data")
     p.add_argument("--threads", type=int, default=1)
     p = command("cube", cmd_cube, "combine per-run files into the study cube", ["study"])

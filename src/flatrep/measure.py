@@ -237,6 +237,27 @@ def device_label(device: torch.device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+def checkpoints_by_run(checkpoints: list[str | Path],
+                       outs: list[str | Path]) -> dict[Path, list[Path]]:
+    """{measures file: its run's checkpoints in step order}. Each of ``outs`` takes the
+    checkpoints in its own folder (a run's folder, ``results/<study>/runs/<run>/``);
+    ConfigError naming a checkpoint outside every such folder, or a folder without one."""
+    folders = {Path(out).parent: Path(out) for out in outs}
+    runs: dict[Path, list[Path]] = {out: [] for out in folders.values()}
+    for path in map(Path, checkpoints):
+        if path.parent not in folders:
+            raise config.ConfigError(f"checkpoint {path} is in none of the folders of the "
+                                     "measures files (--out): give each run's measures.nc in "
+                                     "the folder of its checkpoints")
+        runs[folders[path.parent]].append(path)
+    for out, paths in runs.items():
+        if not paths:
+            raise config.ConfigError(f"no checkpoint given in the folder of {out}: list its "
+                                     "run's checkpoints after --checkpoints")
+    return {out: sorted(paths, key=lambda p: int(p.stem.split("_")[1]))
+            for out, paths in runs.items()}
+
+
 def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
                  data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
     """``measure_run`` with the run dim, provenance and measurement conventions attached: the

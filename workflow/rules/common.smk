@@ -163,6 +163,19 @@ def ensemble_groups(name):
     return study_config.ensemble_groups(study(name))
 
 
+def measured_per_run(name):
+    """Whether study `name` gets one measure job per run (`measure.jobs: run`, or runs trained
+    one by one) rather than one per training group."""
+    return study(name)["measure"].get("jobs", "run") == "run" or ensemble_mode(name) == "none"
+
+
+MEASURE_CODE = code_of("flatrep.measure", "flatrep.cube")
+MEASURE_SHELL = (
+    "flatrep --attempt {resources.attempt} measure --measure-json {params.measure:q} "
+    "--checkpoints {input.checkpoints} --out {output} --threads {threads} > {log} 2>&1"
+)
+
+
 def rule_name(*parts):
     """A rule name from study and group ids (characters other than [A-Za-z0-9_] become _)."""
     return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))

@@ -64,7 +64,7 @@ class LanczosRuns:
     betas: torch.Tensor      # (m, steps): betas[r, j] couples steps j and j + 1 of run r
     last_beta: torch.Tensor  # (m,): the beta after a run's last step, its residual scale
     lengths: torch.Tensor    # (m,): steps taken
-    basis: torch.Tensor      # (m, steps, P): the orthonormal Lanczos vectors q_j
+    basis: torch.Tensor      # (m, longest run, P): the orthonormal Lanczos vectors q_j
 
     def tridiagonal(self, rows: torch.Tensor | slice, k: int) -> torch.Tensor:
         """T_k of the runs ``rows`` (all of length >= k), shape (runs, k, k)."""
@@ -113,15 +113,18 @@ def lanczos_runs(apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     """
     m, dim = starts.shape
     steps = min(steps, dim)
-    basis = starts.new_zeros(m, steps, dim)
+    basis = starts.new_empty(m, steps, dim)  # column j is written before it is read
     basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
     alphas, betas = starts.new_zeros(m, steps), starts.new_zeros(m, steps)
     scale, last_beta = starts.new_zeros(m), starts.new_zeros(m)
     active = torch.ones(m, dtype=torch.bool, device=starts.device)
     lengths = torch.zeros(m, dtype=torch.long, device=starts.device)
     for j in range(steps):
-        w = starts.new_zeros(m, dim)
-        w[active] = apply(active, basis[active, j])
+        if active.all():
+            w = apply(active, basis[:, j])
+        else:
+            w = starts.new_zeros(m, dim)
+            w[active] = apply(active, basis[active, j])
         alphas[:, j] = (w * basis[:, j]).sum(1)
         for _ in range(2):
             w = w - torch.einsum("mj,mjp->mp", torch.einsum("mjp,mp->mj", basis[:, :j + 1], w),
@@ -139,7 +142,7 @@ def lanczos_runs(apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         scale = torch.maximum(scale, betas[:, j])
         basis[:, j + 1] = torch.where(active[:, None], w / torch.where(active, beta, 1.0)[:, None],
                                       0.0)
-    return LanczosRuns(alphas, betas, last_beta, lengths, basis)
+    return LanczosRuns(alphas, betas, last_beta, lengths, basis[:, :int(lengths.max())])
 
 
 def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:

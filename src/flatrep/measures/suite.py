@@ -1,36 +1,11 @@
 """The curvature measures of one checkpoint, family by family, each switchable per study.
 
 ``measure.curvature`` in params.yaml turns the whole suite on (``enabled``) and each family
-below on or off: a family key that is absent or ``false`` is skipped, ``true`` runs it with
-its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them. All HVP counts
-are per checkpoint, each HVP costing about two passes (forward and backward) over ``points``
-rows.
-
-core (always, when curvature is enabled) — ``probes`` HVPs + 2 ``probes`` JVPs + ``probes``
-    VJPs + one per-sample Jacobian pass: exact Gauss-Newton trace, control-variate Hessian
-    trace, Hutchinson trace, Frobenius norm and effective rank from the same probes, and the
-    Frobenius norm of H - G on them; the loss-weighted Jacobian norm of the False-Friend loss
-    bound.
-hutch_plus_plus — ``probes`` HVPs: Hutch++ trace with SE.
-lanczos — ``steps`` HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2.
-relative_flatness — ``probes`` HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact.
-adaptive_sharpness — ``probes`` HVPs + JVPs, and 2 ``pairs`` loss evaluations: Tr(D H D)
-    (control variate) and its antithetic Monte-Carlo estimate at radius ``rho``.
-spectral_density — ``probes`` x ``steps`` HVPs: stochastic Lanczos quadrature density on a
-    grid of ``bins`` points, its raw nodes and weights, and the SLQ trace.
-rank — dense Hessian (P HVPs and a P x P eigendecomposition, only when P <=
-    ``dense_max_params``), the Gauss-Newton rank from the (points K)^2 Gram matrix (a
-    points x K x P Jacobian in memory), and the False-Friend rank-bound values.
-stability — ``steps`` products (3 JVPs + 3 VJPs each) for the non-uniformity, and the top
-    Ritz pair of H (shared with ``lanczos`` when on, else ``steps`` more HVPs): the
-    linear-stability ingredients of ``stability``.
-output_curvature — ``steps`` single-point HVPs per point and output (about ``steps`` x K
-    full-batch HVPs on ``points`` of the curvature points, default all), batched over
-    ``point_chunk`` points: the spectral norms of the per-sample output Hessians for the
-    False-Friend spectral loss bound.
-batchnorm_train — ``steps`` + ``probes`` HVPs over batches of ``batch_size`` points with
-    BatchNorm in train mode (``flatrep.measures.batchnorm_train``, Granziol's protocol):
-    lambda_max, lambda_min and the Hutchinson trace of that Hessian, on the core's probes.
+of ``FAMILIES`` on or off: a family key that is absent or ``false`` is skipped, ``true`` runs
+it with its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them.
+``COSTS`` says what each family computes and what it costs per checkpoint (the docs' measures
+page is generated from it), each HVP costing about two passes (forward and backward) over
+``points`` rows.
 """
 
 from __future__ import annotations
@@ -45,6 +20,38 @@ from flatrep import config, losses
 from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
                               output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
+
+#: What each family computes and its cost per checkpoint (``core`` runs whenever curvature is
+#: enabled).
+COSTS = {
+    "core": "probes HVPs + 2 probes JVPs + probes VJPs + one per-sample Jacobian pass: exact "
+            "Gauss-Newton trace, control-variate Hessian trace, Hutchinson trace, Frobenius "
+            "norm and effective rank from the same probes, the Frobenius norm of H - G on "
+            "them, and the loss-weighted Jacobian norm of the False-Friend loss bound",
+    "hutch_plus_plus": "probes HVPs: Hutch++ trace with SE",
+    "lanczos": "steps HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2",
+    "relative_flatness": "probes HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact",
+    "adaptive_sharpness": "probes HVPs + JVPs, and 2 pairs loss evaluations: Tr(D H D) "
+                          "(control variate) and its antithetic Monte-Carlo estimate at "
+                          "radius rho",
+    "spectral_density": "steps batched products of probes HVPs (the probes' Lanczos runs "
+                        "carried together): stochastic Lanczos quadrature density on a grid "
+                        "of bins points, its raw nodes and weights, and the SLQ trace",
+    "rank": "dense Hessian (P HVPs in passes of spectrum.DENSE_PROBE_CHUNK, and a P x P "
+            "eigendecomposition, only when P <= dense_max_params), the Gauss-Newton rank from "
+            "the (points K)^2 Gram matrix (a points x K x P Jacobian in memory), and the "
+            "False-Friend rank-bound values",
+    "stability": "steps products (3 JVPs + 3 VJPs each) for the non-uniformity, and the top "
+                 "Ritz pair of H (shared with lanczos when on, else steps more HVPs): the "
+                 "linear-stability ingredients of SGD",
+    "output_curvature": "steps single-point HVPs per point and output (about steps x K "
+                        "full-batch HVPs on points of the curvature points, default all), "
+                        "batched over point_chunk points: the spectral norms of the "
+                        "per-sample output Hessians for the False-Friend spectral loss bound",
+    "batchnorm_train": "steps + probes HVPs over batches of batch_size points with BatchNorm "
+                       "in train mode (Granziol's protocol): lambda_max, lambda_min and the "
+                       "Hutchinson trace of that Hessian, on the core's probes",
+}
 
 
 def coords(cfg: dict) -> dict[str, tuple[str, list]]:

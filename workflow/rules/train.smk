@@ -5,7 +5,9 @@
 # with the attempt (`retries: 2`); one GPU unless the study's `train.device` is `cpu`.
 # One thread a job, ensembles included: a second thread sped the compiled `quick` ensemble up
 # by only 7 % on the 2-core VM (bench/RESULTS.md), so two jobs side by side use the cores
-# better (`snakemake --set-threads` gives a rule more).
+# better (`snakemake --set-threads` gives a rule more). Training jobs go first (`priority`), so
+# that the long measure jobs of groups trained early overlap the training still to do instead of
+# holding it back to the end of the run.
 
 
 for _name in config["studies"]:
@@ -30,6 +32,7 @@ for _name in config["studies"]:
             benchmark:
                 f"benchmarks/{_name}/train/{{run}}.tsv"
             threads: 1
+            priority: 1
             retries: 2
             resources:
                 mem_mb=by_attempt(2000),
@@ -66,6 +69,7 @@ for _name in config["studies"]:
             benchmark:
                 f"benchmarks/{_name}/train/ensemble_{_group}.tsv"
             threads: 1
+            priority: 1
             retries: 2
             resources:
                 mem_mb=by_attempt(4000),

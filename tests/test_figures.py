@@ -4,7 +4,7 @@ sweep neither lr nor batch size."""
 import numpy as np
 import xarray as xr
 
-from flatrep import bounds, report
+from flatrep import bounds, report, views
 
 
 def test_bound_figures_with_a_bound_that_was_never_evaluated(measured_run, tmp_path):
@@ -38,7 +38,7 @@ def test_the_log_volume_panel_averages_the_full_rank_points(measured_run):
     """Where some points' log LVR is -inf (rank-deficient J_x), the panel's value per run and
     step is the mean over the other points, not -inf; where every point's is -inf (the tiny
     MLP's 16-unit ReLU layers at these points) there is no value (NaN, a gap in the curve);
-    other panels are stats.run_level unchanged."""
+    other panels are views.run_level unchanged."""
     ds, _ = measured_run
     assert np.isneginf(ds["log_lvr"].sel(subset="train")).all()
     values = report.panel_values(ds, "log_lvr")
@@ -49,4 +49,4 @@ def test_the_log_volume_panel_averages_the_full_rank_points(measured_run):
     expected = ds["log_lvr_pseudo"].sel(subset="train").isel(sample=slice(1, None))
     np.testing.assert_allclose(values, expected.mean("sample"), rtol=1e-15)
     xr.testing.assert_identical(report.panel_values(ds, "mls"),
-                                report.stats.run_level(ds, "mls"))
+                                views.run_level(ds, "mls"))

@@ -10,7 +10,7 @@ import statsmodels.formula.api as smf
 import xarray as xr
 from statsmodels.stats.multitest import multipletests
 
-from flatrep import markdown, stats
+from flatrep import correlations, markdown, regressions, stats
 
 
 def _grid_cube(sharpness, measure, hparams, diverged=None):
@@ -39,7 +39,7 @@ def test_correlate_matches_scipy_and_brackets_the_estimate():
     rng = np.random.default_rng(0)
     x = rng.normal(size=40)
     y = 2.0 * x + rng.normal(size=40)
-    table = stats.correlate(x, y, n_boot=500, level=0.95, rng=np.random.default_rng(1),
+    table = correlations.correlate(x, y, n_boot=500, level=0.95, rng=np.random.default_rng(1),
                             n_perm=300)
     expected = [scipy.stats.pearsonr(x, y)[0], scipy.stats.spearmanr(x, y)[0],
                 scipy.stats.kendalltau(x, y)[0]]
@@ -62,48 +62,48 @@ def test_batched_coefficients_equal_scipy_sample_by_sample(method, scipy_coeffic
     y = x + rng.integers(-2, 3, size=x.shape)
     x[0, 7] = 4.0                      # a constant x
     y[1, 11] = -1.0                    # a constant y
-    batched = stats.coefficients(x, y, method)
+    batched = correlations.coefficients(x, y, method)
     assert batched.shape == (2, 300)
     expected = np.array([[scipy_coefficient(a, b).statistic if np.ptp(a) and np.ptp(b)
                           else np.nan for a, b in zip(xs, ys)] for xs, ys in zip(x, y)])
     assert np.isnan(batched[0, 7]) and np.isnan(batched[1, 11])
     np.testing.assert_allclose(batched, expected, rtol=1e-12, atol=1e-15)
-    assert np.isnan(stats.coefficients([1.0], [2.0], method))
+    assert np.isnan(correlations.coefficients([1.0], [2.0], method))
 
 
 def test_kendall_chunks_give_the_unchunked_coefficients(monkeypatch):
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(2, 50, 12))
-    whole = stats.coefficients(x, y, "kendall")
-    monkeypatch.setattr(stats, "_KENDALL_CHUNK", 12 * 12 * 7)    # 7 samples per chunk
-    np.testing.assert_array_equal(stats.coefficients(x, y, "kendall"), whole)
+    whole = correlations.coefficients(x, y, "kendall")
+    monkeypatch.setattr(correlations, "_KENDALL_CHUNK", 12 * 12 * 7)    # 7 samples per chunk
+    np.testing.assert_array_equal(correlations.coefficients(x, y, "kendall"), whole)
 
 
 def test_monotone_data_have_rank_correlation_one():
     x = np.arange(10.0)
-    table = stats.correlate(x, np.exp(x), n_boot=200, level=0.95, rng=np.random.default_rng(0),
+    table = correlations.correlate(x, np.exp(x), n_boot=200, level=0.95, rng=np.random.default_rng(0),
                             n_perm=50)
     assert table["estimate"][1] == pytest.approx(1.0)
     assert table["ci_low"][1] == pytest.approx(1.0)
 
 
 def test_too_few_points_give_nan_not_an_error():
-    table = stats.correlate(np.array([1.0, 2.0]), np.array([2.0, 1.0]), 100, 0.95,
+    table = correlations.correlate(np.array([1.0, 2.0]), np.array([2.0, 1.0]), 100, 0.95,
                             np.random.default_rng(0), 100)
     assert np.isnan(table["estimate"]).all() and np.isnan(table["p_perm"]).all()
     assert (table["n"] == 2).all()
 
 
-@pytest.mark.parametrize("method", stats.METHODS)
+@pytest.mark.parametrize("method", correlations.METHODS)
 def test_permutation_p_value_matches_scipy_exact_permutation_test(method):
     rng = np.random.default_rng(8)
     x = rng.normal(size=6)
     y = x + rng.normal(size=6)
     n_perm = 2000
-    p = stats.permutation_p_value(x, y, method, n_perm, np.random.default_rng(6))
+    p = correlations.permutation_p_value(x, y, method, n_perm, np.random.default_rng(6))
     # scipy enumerates all 6! = 720 pairings: P(|r_perm| >= |r_obs|) exactly.
     exact = scipy.stats.permutation_test(
-        (y,), lambda v: abs(stats.correlation(x, v, method)[0]), permutation_type="pairings",
+        (y,), lambda v: abs(correlations.correlation(x, v, method)[0]), permutation_type="pairings",
         alternative="greater", n_resamples=np.inf, vectorized=False).pvalue
     assert 0.01 < exact < 0.5  # neither extreme: a one-sided or an unfloored p would differ
     monte_carlo_se = np.sqrt(exact * (1 - exact) / n_perm)
@@ -113,7 +113,7 @@ def test_permutation_p_value_matches_scipy_exact_permutation_test(method):
 @pytest.mark.parametrize("method", ["spearman", "kendall"])
 def test_permutation_p_value_is_tiny_for_a_monotone_relation(method):
     x = np.arange(8.0)
-    p = stats.permutation_p_value(x, x ** 3, method, 2000, np.random.default_rng(0))
+    p = correlations.permutation_p_value(x, x ** 3, method, 2000, np.random.default_rng(0))
     # Exact p = 2 / 8! = 5e-5: with 2000 permutations (1 + K) / 2001, K almost surely 0.
     assert 1 / 2001 <= p <= 2 / 2001
 
@@ -121,7 +121,7 @@ def test_permutation_p_value_is_tiny_for_a_monotone_relation(method):
 def test_permutation_p_values_are_uniform_under_independence():
     rng = np.random.default_rng(7)
     datasets, n_perm = 100, 100
-    ps = [stats.permutation_p_value(rng.normal(size=10), rng.normal(size=10), "pearson",
+    ps = [correlations.permutation_p_value(rng.normal(size=10), rng.normal(size=10), "pearson",
                                     n_perm, rng) for _ in range(datasets)]
     # Under H0 p = (1 + K) / (1 + N), K | U ~ Binomial(N, U), U ~ Uniform(0, 1):
     # E p = 1/2 and Var p = (N/6 + N^2/12) / (N + 1)^2.
@@ -135,14 +135,14 @@ def test_permutation_within_groups_only_swaps_group_members():
     groups = np.array([0, 0, 1, 1])
     x, y = np.array([9.0, 11.0, -7.0, -3.0]), np.array([0.0, 2.0, 8.0, 12.0])
     n_perm = 2000
-    p = stats.permutation_p_value(x, y, "pearson", n_perm, np.random.default_rng(0), groups)
+    p = correlations.permutation_p_value(x, y, "pearson", n_perm, np.random.default_rng(0), groups)
     assert abs(p - 0.5) < 4 * np.sqrt(0.25 / n_perm)
 
 
 def test_stratified_resampling_keeps_every_group_size_in_sorted_order():
     groups = np.array([2, 0, 1, 0, 2, 2, 1, 0, 0])
     for seed in range(20):
-        idx = stats._resample(groups, np.random.default_rng(seed))
+        idx = correlations.resample(groups, np.random.default_rng(seed))
         np.testing.assert_array_equal(groups[idx], np.sort(groups))
 
 
@@ -153,16 +153,16 @@ def test_within_group_residuals_of_rows_are_those_of_each_row():
     values = rng.normal(size=(4, 6))
     expected = np.array([[v[i] - v[groups == groups[i]].mean() for i in range(6)]
                          for v in values])
-    np.testing.assert_allclose(stats._centered(values, groups), expected, atol=1e-14)
+    np.testing.assert_allclose(correlations.centered(values, groups), expected, atol=1e-14)
     constant = np.array([3.3, 1.0, 3.3, 0.2, 1.0, 3.3])       # constant within every group
-    assert (stats._centered(constant, groups) == 0).all()
+    assert (correlations.centered(constant, groups) == 0).all()
 
 
 def test_ratio_of_means_is_exact_for_constant_arms_and_undefined_without_a_positive_control():
     rng = np.random.default_rng(0)
-    assert stats.ratio_of_means(np.full(5, 6.0), np.full(4, 2.0), 200, 0.95, rng) == (
+    assert correlations.ratio_of_means(np.full(5, 6.0), np.full(4, 2.0), 200, 0.95, rng) == (
         3.0, 3.0, 3.0)
-    estimate, low, high = stats.ratio_of_means(np.array([1.0, 2.0]), np.array([-1.0, 1.0]),
+    estimate, low, high = correlations.ratio_of_means(np.array([1.0, 2.0]), np.array([-1.0, 1.0]),
                                                200, 0.95, rng)
     assert np.isnan(estimate)
     # a control arm with half its values <= 0: fewer than half the resamples are defined
@@ -174,14 +174,14 @@ def test_ratio_of_means_scales_with_the_treated_arm_and_keeps_the_arm_sizes():
     (same seed), both CI ends by c; resamples keep each arm's size (a one-run arm is fixed)."""
     rng = np.random.default_rng(1)
     treated, control = rng.lognormal(1.0, 0.5, 7), rng.lognormal(0.0, 0.5, 5)
-    base = stats.ratio_of_means(treated, control, 500, 0.9, np.random.default_rng(2))
-    scaled = stats.ratio_of_means(7.5 * treated, control, 500, 0.9, np.random.default_rng(2))
+    base = correlations.ratio_of_means(treated, control, 500, 0.9, np.random.default_rng(2))
+    scaled = correlations.ratio_of_means(7.5 * treated, control, 500, 0.9, np.random.default_rng(2))
     assert scaled == pytest.approx(tuple(7.5 * v for v in base), rel=1e-12)
     assert base[0] == pytest.approx(treated.mean() / control.mean(), rel=1e-14)
     assert base[1] < base[0] < base[2]
     # one control run: only the treated mean varies, so the CI is that of mean(treated) / c
-    single = stats.ratio_of_means(treated, control[:1], 500, 0.9, np.random.default_rng(3))
-    low, high = stats.bootstrap_mean_ci(treated, 500, 0.9, np.random.default_rng(4))
+    single = correlations.ratio_of_means(treated, control[:1], 500, 0.9, np.random.default_rng(3))
+    low, high = correlations.bootstrap_mean_ci(treated, 500, 0.9, np.random.default_rng(4))
     assert single[1] == pytest.approx(low / control[0], rel=0.1)
     assert single[2] == pytest.approx(high / control[0], rel=0.1)
 
@@ -194,7 +194,7 @@ def test_ratio_of_means_ci_covers_the_true_ratio_at_about_its_level():
     covered = []
     for _ in range(300):
         treated, control = rng.lognormal(1.0, 0.4, 20), rng.lognormal(0.0, 0.4, 20)
-        _, low, high = stats.ratio_of_means(treated, control, 400, 0.95, rng)
+        _, low, high = correlations.ratio_of_means(treated, control, 400, 0.95, rng)
         covered.append(low <= np.e <= high)
     assert 0.88 <= np.mean(covered) <= 0.99
 
@@ -203,14 +203,14 @@ def test_holm_matches_statsmodels():
     p = np.random.default_rng(0).uniform(0, 0.2, size=(4, 3))
     p[1, 2] = p[0, 0]  # a tie
     expected = multipletests(p.ravel(), method="holm")[1].reshape(p.shape)
-    np.testing.assert_allclose(stats.holm(p), expected, rtol=1e-15)
+    np.testing.assert_allclose(correlations.holm(p), expected, rtol=1e-15)
 
 
 def test_holm_by_hand_ignores_nans():
     # m = 4: sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 -> max(0.06, 0.04).
-    adjusted = stats.holm([0.01, np.nan, 0.04, 0.03, 0.005])
+    adjusted = correlations.holm([0.01, np.nan, 0.04, 0.03, 0.005])
     np.testing.assert_allclose(adjusted, [0.03, np.nan, 0.06, 0.06, 0.02], rtol=1e-15)
-    np.testing.assert_array_equal(stats.holm([0.5, 0.9]), [1.0, 1.0])
+    np.testing.assert_array_equal(correlations.holm([0.5, 0.9]), [1.0, 1.0])
 
 
 def test_across_runs_adjusts_the_measure_by_coefficient_family():
@@ -276,7 +276,7 @@ def test_log_regression_recovers_a_power_law():
     rng = np.random.default_rng(2)
     rhs = np.exp(rng.uniform(0, 3, size=50))
     lhs = 0.5 * rhs ** 1.5 * np.exp(rng.normal(scale=0.01, size=50))
-    fit = stats.log_regression(lhs, rhs)
+    fit = regressions.log_regression(lhs, rhs)
     assert fit["slope"] == pytest.approx(1.5, abs=0.02)
     assert fit["slope_ci_low"] < 1.5 < fit["slope_ci_high"]
     assert fit["intercept"] == pytest.approx(np.log(0.5), abs=0.05)
@@ -358,7 +358,7 @@ def test_granulated_kendall_by_hand_on_a_2x2x2_grid():
     sign = np.where((a == 1) & (b == 1), -1, 1)
     x, y = 4.0 * a + 2 * b + s, 4.0 * a - 2 * b + s * sign
     hparams = {"a": a, "b": b, "s": s, "constant": np.full(8, 0.1)}
-    result = stats.granulated_kendall(x, y, hparams)
+    result = correlations.granulated_kendall(x, y, hparams)
     assert result == pytest.approx({"a": 1.0, "b": -1.0, "s": 0.5, "psi": 1 / 6}, rel=1e-15)
 
 
@@ -366,9 +366,9 @@ def test_granulated_kendall_skips_undefined_cells():
     """Axis a: the (b=1) cell has one run; axis b: the (a=1) cell has one run."""
     a, b = np.array([0, 1, 0]), np.array([0, 0, 1])
     x, y = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 0.0])
-    result = stats.granulated_kendall(x, y, {"a": a, "b": b})
+    result = correlations.granulated_kendall(x, y, {"a": a, "b": b})
     assert result == pytest.approx({"a": 1.0, "b": -1.0, "psi": 0.0})
-    assert np.isnan(stats.granulated_kendall(x, y, {"a": np.zeros(3)})["psi"])
+    assert np.isnan(correlations.granulated_kendall(x, y, {"a": np.zeros(3)})["psi"])
 
 
 def test_mixed_regression_matches_statsmodels_formula_and_covers_the_slope():
@@ -378,7 +378,7 @@ def test_mixed_regression_matches_statsmodels_formula_and_covers_the_slope():
     log_lhs = (0.2 + 0.7 * log_rhs + rng.normal(scale=0.5, size=12)[groups]
                + rng.normal(scale=0.1, size=groups.size))
     lhs, rhs = np.exp(log_lhs), np.exp(log_rhs)
-    fit = stats.mixed_regression(lhs, rhs, groups)
+    fit = regressions.mixed_regression(lhs, rhs, groups)
     frame = pd.DataFrame({"y": np.log(lhs), "x": np.log(rhs), "g": groups})
     reference = smf.mixedlm("y ~ x", frame, groups=frame["g"]).fit()
     assert fit["slope"] == pytest.approx(reference.fe_params["x"], rel=1e-12)
@@ -391,7 +391,7 @@ def test_mixed_regression_matches_statsmodels_formula_and_covers_the_slope():
 
 def test_mixed_regression_needs_two_runs():
     rhs = np.exp(np.arange(5.0))
-    fit = stats.mixed_regression(rhs ** 0.5, rhs, np.zeros(5))
+    fit = regressions.mixed_regression(rhs ** 0.5, rhs, np.zeros(5))
     assert np.isnan(fit["slope"]) and np.isnan(fit["converged"]) and fit["n_groups"] == 1
 
 
@@ -465,11 +465,11 @@ def test_study_statistics_and_summary_on_a_synthetic_grid():
     healthy = np.arange(16) != 3
     pooled = [side[healthy, 1:].ravel() for side in (lhs, rhs)]
     runs = np.repeat(np.arange(15), 2)
-    mixed = stats.mixed_regression(*pooled, runs)
+    mixed = regressions.mixed_regression(*pooled, runs)
     assert float(result["mixed_slope"].sel(bound="a")) == pytest.approx(mixed["slope"], rel=1e-12)
     assert float(result["mixed_n_groups"].sel(bound="a")) == 15
     assert result.attrs["permutations"] == 100
-    psi = stats.granulated_kendall(sharp[healthy], cube["mls"].values[healthy, 0],
+    psi = correlations.granulated_kendall(sharp[healthy], cube["mls"].values[healthy, 0],
                                    {key: values[healthy] for key, values in hparams.items()})
     assert float(result["granulated_kendall_psi"].sel(measure="mls")) == psi["psi"]
     assert set(result["axis"].values) == {"lr", "batch_size", "seed"}
@@ -502,12 +502,12 @@ def test_a_bound_never_evaluated_gets_nan_rates_not_an_error():
 
 def test_rank_stand_ins_keep_every_rank_and_nan():
     values = np.array([-np.inf, 3.0, np.nan, -1e300, np.inf, 2.0, -np.inf])
-    replaced = stats.rank_stand_ins(values)
+    replaced = correlations.rank_stand_ins(values)
     assert np.isfinite(replaced[[0, 1, 3, 4, 5, 6]]).all() and np.isnan(replaced[2])
     kept = ~np.isnan(values)
     np.testing.assert_array_equal(scipy.stats.rankdata(replaced[kept]),
                                   scipy.stats.rankdata(values[kept]))
-    np.testing.assert_array_equal(stats.rank_stand_ins(np.array([-np.inf, -np.inf])), [-1, -1])
+    np.testing.assert_array_equal(correlations.rank_stand_ins(np.array([-np.inf, -np.inf])), [-1, -1])
 
 
 def test_rank_coefficients_keep_minus_infinity_and_pearson_drops_it():
@@ -518,7 +518,7 @@ def test_rank_coefficients_keep_minus_infinity_and_pearson_drops_it():
     y = x + 0.5 * rng.normal(size=30)
     y[np.argsort(x)[:4]] = -np.inf            # the four smallest x: volume 0
     y[7] = np.nan                             # a point not measured
-    table = stats.correlate(x, y, n_boot=300, level=0.95, rng=np.random.default_rng(1),
+    table = correlations.correlate(x, y, n_boot=300, level=0.95, rng=np.random.default_rng(1),
                             n_perm=200)
     finite, measured = np.isfinite(y), ~np.isnan(y)
     np.testing.assert_array_equal(table["n"], [finite.sum(), measured.sum(), measured.sum()])
@@ -537,7 +537,7 @@ def test_within_group_correlations_drop_infinite_values_for_every_method():
     y = x.copy()
     y[0] = -np.inf
     groups = np.repeat([0, 1, 2], 4)
-    table = stats.correlate(x, y, n_boot=50, level=0.9, rng=np.random.default_rng(0),
+    table = correlations.correlate(x, y, n_boot=50, level=0.9, rng=np.random.default_rng(0),
                             n_perm=50, groups=groups)
     np.testing.assert_array_equal(table["n"], [11, 11, 11])
     np.testing.assert_allclose(table["estimate"], 1.0)
@@ -546,7 +546,7 @@ def test_within_group_correlations_drop_infinite_values_for_every_method():
 def test_granulated_kendall_ranks_minus_infinity_lowest():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     y = np.array([-np.inf, 0.0, 1.0, 2.0])
-    assert stats.granulated_kendall(x, y, {"a": np.array([0, 0, 1, 1]),
+    assert correlations.granulated_kendall(x, y, {"a": np.array([0, 0, 1, 1]),
                                            "b": np.array([0, 1, 0, 1])}) == pytest.approx(
         {"a": 1.0, "b": 1.0, "psi": 1.0})
 

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,22 @@ def test_group_measure_jobs_follow_the_training_groups(tmp_path):
     planned = planned_jobs(project, "results/tiny/cube.nc")
     assert {job: count for job, count in planned.items() if job.startswith("measure")} == {
         "measure_tiny_lr0_1_bs20": 1, "measure_tiny_lr0_2_bs20": 1, "measure_tiny_lr0_1_bs8": 1}
+
+
+def test_the_figures_command_imports_no_statsmodels(snakemake_project, tmp_path):
+    """`flatrep figures` draws every figure of the tiny study in a fresh process that never
+    imports statsmodels (the regressions' library), as the CLI promises each subcommand
+    imports only what it needs."""
+    results = snakemake_project / "results/tiny"
+    figures = json.dumps(yaml.safe_load((snakemake_project / "params.yaml").read_text())
+                         ["studies"]["tiny"]["figures"])
+    names = ("trajectories", "bound-plot", "correlations", "tightness", "claims-table")
+    command = ["figures", str(results / "cube.nc"), str(results / "bounds.nc"),
+               str(results / "stats.nc"), "--figures-json", figures,
+               *[word for name in names for word in (f"--{name}", str(tmp_path / f"{name}.png"))]]
+    script = ("import sys\nfrom flatrep import cli\n"
+              f"status = cli.main({command!r})\n"
+              "print(status, sorted(m for m in sys.modules if m.startswith('statsmodels'))[:3])\n")
+    out = run([sys.executable, "-c", script], snakemake_project).stdout.split("\n")[-2]
+    assert out == "0 []"
+    assert all((tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in names)

@@ -5,7 +5,7 @@ A claim states a direction: ``positive`` / ``negative`` (an association, Kendall
 percentile-bootstrap CI and a permutation or signed-rank p-value), ``none`` (no association),
 ``nonpositive`` (no positive association), ``bound`` (a violation rate with an exact binomial
 CI) or ``band`` (a ratio of arm means with a stratified bootstrap CI,
-``stats.ratio_of_means``). The verdict rule reads ``stats.claims`` in params.yaml (written
+``correlations.ratio_of_means``). The verdict rule reads ``stats.claims`` in params.yaml (written
 before the data are seen):
 
 * positive / negative: *supported* when the Holm-adjusted p < ``alpha``, the CI excludes 0 on
@@ -79,7 +79,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep import bounds, late_phase, stats
+from flatrep import bounds, correlations, late_phase, stats, views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
@@ -135,19 +135,19 @@ def _unmeasured(ds: xr.Dataset, *names: str) -> str | None:
 
 
 def _run_value(ds: xr.Dataset, name: str) -> xr.DataArray:
-    """A measure per run (and step): a cube variable (``stats.run_level``) or g_x / g_W."""
+    """A measure per run (and step): a cube variable (``views.run_level``) or g_x / g_W."""
     if name in MA_YING_SMOOTHNESS:
-        return np.sqrt(stats.run_level(ds, MA_YING_SMOOTHNESS[name]).sel(moment=1))
-    return stats.run_level(ds, name)
+        return np.sqrt(views.run_level(ds, MA_YING_SMOOTHNESS[name]).sel(moment=1))
+    return views.run_level(ds, name)
 
 
 def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
-    """Kendall tau-b with bootstrap CI and permutation p (``stats.correlate``)."""
+    """Kendall tau-b with bootstrap CI and permutation p (``correlations.correlate``)."""
     cfg = evidence.cfg
-    row = stats.correlate(np.asarray(x, float), np.asarray(y, float), cfg["bootstrap"],
+    row = correlations.correlate(np.asarray(x, float), np.asarray(y, float), cfg["bootstrap"],
                           cfg["ci_level"], _rng(evidence),
-                          cfg.get("permutations", stats.DEFAULT_PERMUTATIONS))
-    k = stats.METHODS.index("kendall")
+                          cfg.get("permutations", correlations.DEFAULT_PERMUTATIONS))
+    k = correlations.METHODS.index("kendall")
     if not np.isfinite(row["estimate"][k]):
         return f"fewer than 3 usable runs or a constant variable (n = {int(row['n'][k])})"
     return Outcome(row["estimate"][k], row["ci_low"][k], row["ci_high"][k], row["p_perm"][k],
@@ -236,7 +236,7 @@ def _within_runs(x: xr.DataArray, y: xr.DataArray, evidence: Evidence,
     taus = taus[np.isfinite(taus)]
     if len(taus) < 3:
         return "fewer than 3 runs with a defined trend"
-    low, high = stats.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
+    low, high = correlations.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
                                         evidence.cfg["ci_level"], _rng(evidence))
     return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus), note)
 
@@ -442,7 +442,7 @@ def _adaptive_averaged(y_name: str,
 def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
     """mean ``y_name`` of the Adam/AdamW + iterate-averaging runs over that of the SGD runs at
     the final checkpoint (Granziol's "30x sharper"), with a bootstrap CI that resamples the
-    runs within each arm (``stats.ratio_of_means``); runs with a non-finite value left out."""
+    runs within each arm (``correlations.ratio_of_means``); runs with a non-finite value left out."""
     def measure(evidence: Evidence) -> Outcome | str:
         treated, control = _arms(evidence.cube)
         if not (treated.any() and control.any()):
@@ -456,7 +456,7 @@ def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
         if min(len(adaptive), len(sgd)) < 2:
             return f"fewer than 2 runs with a finite {y_name} in an arm"
         cfg = evidence.cfg
-        estimate, low, high = stats.ratio_of_means(adaptive, sgd, cfg["bootstrap"],
+        estimate, low, high = correlations.ratio_of_means(adaptive, sgd, cfg["bootstrap"],
                                                    cfg["ci_level"], _rng(evidence))
         if not np.isfinite(estimate):
             return f"the SGD arm's mean {y_name} is not positive"
@@ -667,13 +667,13 @@ def fragile(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
 def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
              figures_cfg: dict) -> xr.Dataset:
     """The claims table (dim ``claim``) of one study."""
-    healthy = stats.healthy_runs(cube)
+    healthy = views.healthy_runs(cube)
     evidence = Evidence(cube.where(healthy, drop=True), bounds.where(healthy, drop=True),
                         stats_cfg, figures_cfg)
     outcomes = [claim.measure(evidence) for claim in CLAIMS]
     p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction not in ("bound", "band")
                          else np.nan for claim, o in zip(CLAIMS, outcomes)])
-    p_holm = stats.holm(p_values)
+    p_holm = correlations.holm(p_values)
     rules = stats_cfg["claims"]
     numbers = {field: [getattr(o, field) if isinstance(o, Outcome) else np.nan
                        for o in outcomes] for field in ("estimate", "ci_low", "ci_high", "p",

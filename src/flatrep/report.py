@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import atomic, config, conventions, stats  # noqa: E402
+from flatrep import atomic, config, conventions, correlations, views  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -50,13 +50,13 @@ def _text(value) -> str:
 
 
 def panel_values(cube: xr.Dataset, name: str) -> xr.DataArray:
-    """A trajectory panel's value per run and step: ``stats.run_level``, except that a
+    """A trajectory panel's value per run and step: ``views.run_level``, except that a
     per-sample -inf (the log volume of a numerically rank-deficient Jacobian) is left out of
     the mean over the training points, which would otherwise be -inf and leave no curve."""
     values = cube[name]
     if "sample" in values.dims:
         values = values.where(~np.isneginf(values))
-    return stats.run_level(cube.assign({name: values}), name)
+    return views.run_level(cube.assign({name: values}), name)
 
 
 def trajectories(cube: xr.Dataset, rows_cfg: dict, path: str | Path) -> None:
@@ -127,7 +127,7 @@ def _annotation(stats_ds: xr.Dataset, measure: str, x: np.ndarray, y: np.ndarray
     for method, symbol in (("pearson", "r"), ("kendall", "τ")):
         if method == "pearson" and sharpness.transform is not None:
             finite = np.isfinite(x) & np.isfinite(y)
-            estimate = (stats.correlation(x[finite], y[finite], method)[0]
+            estimate = (correlations.correlation(x[finite], y[finite], method)[0]
                         if finite.sum() >= 3 else np.nan)
             parts.append(f"{symbol} (on these axes) = {estimate:.2f}")
             continue
@@ -142,15 +142,15 @@ def correlation_pairs(cube: xr.Dataset, stats_ds: xr.Dataset, path: str | Path,
     """Sharpness against each compression measure across runs at the final checkpoint,
     coloured by lr, annotated with Pearson r and Kendall tau and their bootstrap CIs; the
     sharpness axis under ``figures.conventions`` (``conventions.sharpness_axis``)."""
-    final = cube.isel(step=-1).where(stats.healthy_runs(cube), drop=True)
+    final = views.final_healthy(cube)
     measures = list(stats_ds["measure"].values)
     fig, axes = plt.subplots(1, len(measures), figsize=(3.6 * len(measures), 3.4),
                              squeeze=False, constrained_layout=True)
     axis = conventions.sharpness_axis((figures_cfg or {}).get("conventions", "flatrep"))
-    sharpness = conventions.apply(axis, stats.run_level(final, "sharpness").values)
+    sharpness = conventions.apply(axis, views.run_level(final, "sharpness").values)
     colour = final["lr"].values if "lr" in final.coords else None
     for ax, measure in zip(axes[0], measures):
-        values = stats.run_level(final, measure).values
+        values = views.run_level(final, measure).values
         points = ax.scatter(sharpness, values, c=colour, s=18, cmap="viridis")
         ax.set_xlabel(axis.label, fontsize=8)
         ax.set_ylabel(f"{measure} (train mean)")

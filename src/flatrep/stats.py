@@ -1,5 +1,9 @@
 """Statistics of the study: correlations with bootstrap CIs, regressions, violation rates.
 
+This module assembles them into ``stats.nc`` and ``summary.json``; the coefficients, CIs and
+p-values are computed by ``flatrep.correlations``, the regressions by ``flatrep.regressions``,
+on the cube views of ``flatrep.views``.
+
 * Correlations (Pearson — the paper's statistic —, Spearman, Kendall tau-b) of sharpness with
   each compression measure, with percentile-bootstrap CIs (resampling units), scipy's
   p-values and permutation p-values (Phipson & Smyth 2010); across runs at the final
@@ -19,319 +23,25 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import scipy.stats
-import statsmodels.api as sm
 import xarray as xr
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from flatrep.bounds import ASSUMPTIONS, assumption_flags
+from flatrep.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootstrap_mean_ci, cells,
+                                  coefficients, correlate, correlation, granulated_kendall,
+                                  holm, percentile_ci, unit_groups, usable_pairs)
 from flatrep.late_phase import counts as late_phase_counts, late_phase, phase_statistics
+from flatrep.regressions import finite_logs, log_regression, mixed_regression
+from flatrep.views import diverged_runs, final_healthy, healthy_runs, hyperparameters, run_level
 
-METHODS = ("pearson", "spearman", "kendall")
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
 PAIRED_MEASURES = ("mls", "log_lvr", "log_lvr_top3", "nmls", "log_nvr", "local_dim")
-#: Permutations of each permutation p-value when the params give no ``stats.permutations``.
-DEFAULT_PERMUTATIONS = 2000
-#: A permuted |r| counts as "at least as extreme" when >= |r_obs| (1 - _TIE_RTOL): a
-#: permutation that reproduces the observed statistic must count even when float round-off
-#: changes its last bits (~1e-16 relative); 1e-12 is far below any real difference.
-_TIE_RTOL = 1e-12
+
+
 #: Bound whose tightness and LHS-RHS rank agreement the others are compared with.
 REFERENCE_BOUND = "ma_ying"
-
-
-def correlation(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
-    """(estimate, two-sided p-value) of one correlation coefficient."""
-    if method == "pearson":
-        result = scipy.stats.pearsonr(x, y)
-    elif method == "spearman":
-        result = scipy.stats.spearmanr(x, y)
-    else:
-        result = scipy.stats.kendalltau(x, y, variant="b")
-    return float(result.statistic), float(result.pvalue)
-
-
-#: Elements of the sign-difference arrays Kendall's tau is computed over at a time.
-_KENDALL_CHUNK = 1 << 22
-
-
-def coefficients(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
-    """Correlation coefficients of many samples at once, along the last axis: x and y of
-    shape (..., n) give shape (...); NaN where n < 2 or a sample's x or y is constant.
-
-    * pearson:  r = sum_i dx_i dy_i / sqrt(sum_i dx_i^2 sum_i dy_i^2), d = deviation from the
-      sample mean (clipped to [-1, 1] against round-off, as scipy does);
-    * spearman: rho = r of the mid-ranks (tied values share their mean rank);
-    * kendall:  tau_b = sum_{i<j} sgn(x_i - x_j) sgn(y_i - y_j) / sqrt(n_x n_y), n_x (n_y) the
-      pairs not tied in x (y) (Kendall 1945; scipy's ``kendalltau(variant="b")``).
-
-    The same numbers as scipy's one-sample functions to rounding; the bootstrap and
-    permutation loops call this once for all their resamples.
-    """
-    x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    if x.shape[-1] < 2:
-        return np.full(x.shape[:-1], np.nan)[()]
-    undefined = (np.ptp(x, axis=-1) == 0) | (np.ptp(y, axis=-1) == 0)
-    if method == "kendall":
-        values = _kendall_tau_b(x, y)
-    else:
-        if method == "spearman":
-            x, y = scipy.stats.rankdata(x, axis=-1), scipy.stats.rankdata(y, axis=-1)
-        dx, dy = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values = np.clip((dx * dy).sum(-1) / np.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1)),
-                             -1.0, 1.0)
-    return np.where(undefined, np.nan, values)[()]
-
-
-def _kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """tau_b of ``coefficients`` from the n x n sign matrices of every sample (each pair
-    counted twice in numerator and denominator alike), a chunk of samples at a time."""
-    n = x.shape[-1]
-    flat_x, flat_y = x.reshape(-1, n), y.reshape(-1, n)
-    out = np.empty(len(flat_x))
-    rows = max(1, _KENDALL_CHUNK // (n * n))
-    for start in range(0, len(flat_x), rows):
-        chunk = slice(start, start + rows)
-        sx = np.sign(flat_x[chunk, :, None] - flat_x[chunk, None, :]).astype(np.int8)
-        sy = np.sign(flat_y[chunk, :, None] - flat_y[chunk, None, :]).astype(np.int8)
-        concordance = (sx * sy).sum((1, 2), dtype=np.int64)
-        untied = np.abs(sx).sum((1, 2), dtype=np.int64) * np.abs(sy).sum((1, 2), dtype=np.int64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[chunk] = concordance / np.sqrt(untied.astype(float))
-    return out.reshape(x.shape[:-1])
-
-
-def _groups(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Group labels of n units; one group when ``groups`` is None."""
-    return np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
-
-
-def _centered(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Within-group residuals v_i - mean_{j in g(i)} v_j along the last axis of ``values``
-    (shape (..., n); ``groups`` (n,) labels the units of every row alike).
-
-    Computed as d_i - mean_g d with d_i = v_i - min_g v, so that a constant group gives
-    exactly 0 (not round-off). With one group this is a shift, which leaves Pearson, Spearman
-    and Kendall coefficients unchanged.
-    """
-    values = np.asarray(values, dtype=float)
-    out = np.empty_like(values)
-    for label in np.unique(groups):
-        member = groups == label
-        offset = values[..., member] - values[..., member].min(-1, keepdims=True)
-        out[..., member] = offset - offset.mean(-1, keepdims=True)
-    return out
-
-
-def _resample(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap indices drawn with replacement within each group (group sizes kept), group
-    by group in sorted label order: ``groups[idx]`` is ``np.sort(groups)`` for every draw."""
-    order = np.argsort(groups, kind="stable")
-    ordered = groups[order]
-    start = np.searchsorted(ordered, ordered, side="left")
-    size = np.searchsorted(ordered, ordered, side="right") - start
-    return order[start + (rng.random(len(groups)) * size).astype(int)]
-
-
-def _shuffle(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random permutation pi with groups[pi[i]] == groups[i] for every i."""
-    permutation = np.empty(len(groups), dtype=int)
-    permutation[np.argsort(groups, kind="stable")] = np.lexsort((rng.random(len(groups)),
-                                                                 groups))
-    return permutation
-
-
-def _percentile_ci(estimates: np.ndarray | list[float], n_boot: int,
-                   level: float) -> tuple[float, float]:
-    """Percentile interval of the finite bootstrap estimates; NaN if < half are finite."""
-    finite = np.asarray(estimates, dtype=float)
-    finite = finite[np.isfinite(finite)]
-    if len(finite) < 0.5 * n_boot:
-        return float("nan"), float("nan")
-    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int, level: float,
-                      rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile-bootstrap CI of the mean of ``values`` (resampled with replacement)."""
-    boots = rng.choice(values, size=(n_boot, len(values))).mean(1)
-    return _percentile_ci(boots, n_boot, level)
-
-
-def ratio_of_means(treated: np.ndarray, control: np.ndarray, n_boot: int, level: float,
-                   rng: np.random.Generator) -> tuple[float, float, float]:
-    """mean(treated) / mean(control) with a stratified percentile-bootstrap CI.
-
-    Each resample draws len(treated) treated and len(control) control values with replacement
-    (the arms' sizes kept, ``_resample``) and takes the same ratio. A ratio whose control mean
-    is not positive is undefined (NaN): the estimate then, and such resamples are dropped (the
-    CI is NaN when fewer than half remain). Returns ``(estimate, ci_low, ci_high)``.
-    """
-    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-        bottom = np.asarray(bottom, dtype=float)
-        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
-
-    treated, control = np.asarray(treated, float), np.asarray(control, float)
-    values = np.concatenate([control, treated])
-    arm = np.repeat([0, 1], [len(control), len(treated)])
-    draws = values[np.stack([_resample(arm, rng) for _ in range(n_boot)])]
-    boots = ratio(draws[:, len(control):].mean(1), draws[:, :len(control)].mean(1))
-    return (float(ratio(treated.mean(), control.mean())),
-            *_percentile_ci(boots, n_boot, level))
-
-
-def bootstrap_ci(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float,
-                 rng: np.random.Generator,
-                 groups: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile bootstrap CI of a correlation, resampling (x_i, y_i) pairs with replacement.
-
-    With ``groups`` the pairs are resampled within each group (stratified bootstrap) and each
-    resample's statistic is the correlation of its within-group residuals (``_centered``).
-    Resamples in which x or y is constant (correlation undefined) are dropped.
-    """
-    groups = _groups(groups, len(x))
-    draws = np.stack([_resample(groups, rng) for _ in range(n_boot)])
-    drawn_groups = np.sort(groups, kind="stable")
-    estimates = coefficients(_centered(x[draws], drawn_groups),
-                             _centered(y[draws], drawn_groups), method)
-    return _percentile_ci(estimates, n_boot, level)
-
-
-def permutation_p_value(x: np.ndarray, y: np.ndarray, method: str, n_perm: int,
-                        rng: np.random.Generator, groups: np.ndarray | None = None) -> float:
-    """Two-sided Monte-Carlo permutation p-value of a correlation (Phipson & Smyth 2010, Eq. 2).
-
-    p = (1 + #{b <= n_perm : |r(x, y_pi_b)| >= |r(x, y)|}) / (1 + n_perm), pi_b uniform random
-    permutations; never 0, and valid (P(p <= a) <= a) under exchangeability. With ``groups``,
-    r is the correlation of within-group residuals and pi_b permutes within groups (the
-    residuals of a within-group permutation of y are the permuted residuals of y). NaN when
-    x or y is constant.
-    """
-    groups = _groups(groups, len(x))
-    xs, ys = _centered(x, groups), _centered(y, groups)
-    observed = abs(coefficients(xs, ys, method))
-    if not np.isfinite(observed):
-        return float("nan")
-    shuffled = ys[np.stack([_shuffle(groups, rng) for _ in range(n_perm)])]
-    hits = int((np.abs(coefficients(xs, shuffled, method)) >= observed * (1 - _TIE_RTOL)).sum())
-    return (1 + hits) / (1 + n_perm)
-
-
-def holm(p_values: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (Holm 1979), same shape; NaNs stay NaN.
-
-    With the m finite p-values sorted, p_(1) <= ... <= p_(m):
-    p~_(k) = min(1, max_{j <= k} (m - j + 1) p_(j)); NaNs do not count in m.
-    """
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    finite = np.isfinite(p)
-    order = np.argsort(p[finite], kind="stable")
-    m = len(order)
-    steps = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[finite][order]))
-    ranked = np.empty(m)
-    ranked[order] = steps
-    adjusted[finite] = ranked
-    return adjusted
-
-
-def rank_stand_ins(values: np.ndarray) -> np.ndarray:
-    """``values`` with -inf replaced by a finite value below every finite one and +inf by one
-    above every finite one (NaN kept): every rank, and so every Spearman and Kendall
-    coefficient, is unchanged. A log volume is -inf where the Jacobian is numerically
-    rank-deficient (volume exactly 0, below every finite one), so rank statistics keep it."""
-    values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values)]
-    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
-    out = np.where(values == -np.inf, low - (1.0 + abs(low)), values)
-    return np.where(out == np.inf, high + (1.0 + abs(high)), out)
-
-
-def _usable(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-            infinite: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Finite pairs, restricted to the groups that keep at least two of them; with
-    ``infinite`` also the pairs with +-inf, replaced by ``rank_stand_ins`` (for rank
-    coefficients)."""
-    keep = (~np.isnan(x) & ~np.isnan(y)) if infinite else (np.isfinite(x) & np.isfinite(y))
-    _, inverse, counts = np.unique(groups[keep], return_inverse=True, return_counts=True)
-    keep[keep] = counts[inverse] >= 2
-    if infinite:
-        return rank_stand_ins(x[keep]), rank_stand_ins(y[keep]), groups[keep]
-    return x[keep], y[keep], groups[keep]
-
-
-def correlate(x: np.ndarray, y: np.ndarray, n_boot: int, level: float,
-              rng: np.random.Generator, n_perm: int,
-              groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Estimate, bootstrap CI, scipy p-value, permutation p (``p_perm``) and the number of
-    pairs used (``n``) of every method.
-
-    Pearson uses the finite pairs; Spearman and Kendall also those with +-inf (``_usable``):
-    a run whose log volume is -inf ranks below every other, while Pearson drops it (``n``
-    says how many remain). NaN when n < 3. With ``groups``, every statistic is that of the
-    within-group residuals of the groups with >= 2 finite pairs (a residual from an infinite
-    value is undefined, so every method drops them), and the bootstrap and the permutations
-    stay within groups.
-    """
-    grouped = groups is not None
-    groups = _groups(groups, len(x))
-    rows = {key: np.full(len(METHODS), np.nan)
-            for key in ("estimate", "ci_low", "ci_high", "p_value", "p_perm")}
-    rows["n"] = np.zeros(len(METHODS), dtype=int)
-    for k, method in enumerate(METHODS):
-        xk, yk, gk = _usable(x, y, groups, infinite=method != "pearson" and not grouped)
-        rows["n"][k] = len(xk)
-        xs, ys = _centered(xk, gk), _centered(yk, gk)
-        if len(xk) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            continue
-        rows["estimate"][k], rows["p_value"][k] = correlation(xs, ys, method)
-        rows["ci_low"][k], rows["ci_high"][k] = bootstrap_ci(xk, yk, method, n_boot, level, rng,
-                                                             gk)
-        rows["p_perm"][k] = permutation_p_value(xk, yk, method, n_perm, rng, gk)
-    return rows
-
-
-def run_level(cube: xr.Dataset, name: str) -> xr.DataArray:
-    """A measure per run and step: scalars as they are, per-sample ones averaged over train."""
-    values = cube[name]
-    if "subset" in values.dims:
-        values = values.sel(subset="train").mean("sample")
-    return values
-
-
-def healthy_runs(cube: xr.Dataset) -> xr.DataArray:
-    """Runs that never diverged (the others are excluded from every statistic)."""
-    return cube["diverged"].max("step") == 0
-
-
-def diverged_runs(cube: xr.Dataset) -> dict[str, int | None]:
-    """{run id: iteration at which it diverged} of the runs excluded from the statistics
-    (``None`` where the cube has no ``diverged_at``)."""
-    unhealthy = cube["run"].values[~healthy_runs(cube).values]
-    return {str(run): (int(cube["diverged_at"].sel(run=run)) if "diverged_at" in cube
-                       else None) for run in unhealthy}
-
-
-def _final(cube: xr.Dataset) -> xr.Dataset:
-    """The final checkpoint of the healthy runs."""
-    return cube.isel(step=-1).where(healthy_runs(cube), drop=True)
-
-
-def _hyperparameters(cube: xr.Dataset) -> dict[str, np.ndarray]:
-    """The run coordinates (lr, batch_size, seed, ...): 1-D coordinates along ``run``."""
-    return {str(name): coord.values for name, coord in cube.coords.items()
-            if coord.dims == ("run",) and name != "run"}
-
-
-def _cells(columns: list[np.ndarray], n: int) -> np.ndarray:
-    """Integer label of each of n runs' combination of ``columns`` values (0 with none)."""
-    keys = ["\x1f".join(str(column[i]) for column in columns) for i in range(n)]
-    return np.unique(keys, return_inverse=True)[1]
 
 
 def across_runs(cube: xr.Dataset, n_boot: int, level: float, seed: int,
@@ -341,7 +51,7 @@ def across_runs(cube: xr.Dataset, n_boot: int, level: float, seed: int,
     ``corr_p_holm`` and ``corr_p_perm_holm`` are Holm-adjusted over the family of all
     measure x coefficient cells.
     """
-    final = _final(cube)
+    final = final_healthy(cube)
     rng = np.random.default_rng(seed)
     x = run_level(final, "sharpness").values
     tables = [correlate(x, run_level(final, name).values, n_boot, level, rng, n_perm)
@@ -369,17 +79,17 @@ def within_configs(cube: xr.Dataset, n_boot: int, level: float, seed: int,
     configuration the stratified bootstrap is narrow (a group of k runs keeps (k-1)/k of its
     variance in a resample), so the permutation p is the primary evidence.
     """
-    final = _final(cube)
+    final = final_healthy(cube)
     rng = np.random.default_rng(seed)
-    hparams = _hyperparameters(final)
-    configs = _cells([v for k, v in hparams.items() if k != "seed"], final.sizes["run"])
+    hparams = hyperparameters(final)
+    configs = cells([v for k, v in hparams.items() if k != "seed"], final.sizes["run"])
     x = run_level(final, "sharpness").values
     ys = [run_level(final, name).values for name in PAIRED_MEASURES]
     tables = [correlate(x, y, n_boot, level, rng, n_perm, configs) for y in ys]
     ds = _correlation_dataset(tables, "within configurations (seeds) at the final checkpoint",
                               "within_config_corr")
     ds = ds.drop_vars("within_config_corr_p_value")
-    ds["within_config_n_configs"] = ("measure", [len(np.unique(_usable(x, y, configs)[2]))
+    ds["within_config_n_configs"] = ("measure", [len(np.unique(usable_pairs(x, y, configs)[2]))
                                                  for y in ys])
     return ds
 
@@ -404,7 +114,7 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
         for m, name in enumerate(PAIRED_MEASURES):
             y = run_level(run, name).values[after]
             for k, method in enumerate(METHODS):
-                xk, yk, _ = _usable(x, y, _groups(None, len(x)), infinite=method != "pearson")
+                xk, yk, _ = usable_pairs(x, y, unit_groups(None, len(x)), infinite=method != "pearson")
                 if len(xk) >= 3 and np.ptp(xk) > 0 and np.ptp(yk) > 0:
                     per_run[r, m, k] = correlation(xk, yk, method)[0]
     shape = (len(PAIRED_MEASURES), len(METHODS))
@@ -437,46 +147,14 @@ def _correlation_dataset(tables: list[dict], scope: str, prefix: str) -> xr.Data
     return ds
 
 
-def granulated_kendall(x: np.ndarray, y: np.ndarray,
-                       hparams: dict[str, np.ndarray]) -> dict[str, float]:
-    """Granulated Kendall coefficient of x and y (Jiang et al. 2020, "Fantastic generalization
-    measures and where to find them", Sec. 2, psi_i and Psi) over runs with hyperparameters
-    ``hparams`` (name -> value per run).
-
-    For every axis i with more than one value: psi_i = (1/m_i) sum_c tau(c), c over the m_i
-    cells of runs sharing the values of every other axis (seed is one more axis: Jiang et al.
-    have one run per configuration), tau Kendall's tau-b of (x, y) over the cell's runs (= the
-    paper's tau when there are no ties); pairs with a NaN are dropped and +-inf ranked
-    (``rank_stand_ins``); cells with < 2 pairs or a constant x or y (tau undefined) are left
-    out. Returns {axis: psi_i} and "psi": Psi = mean_i psi_i over
-    the axes with a defined psi_i (NaN when none).
-    """
-    keep = ~np.isnan(x) & ~np.isnan(y)
-    x, y = rank_stand_ins(x[keep]), rank_stand_ins(y[keep])
-    hparams = {name: np.asarray(values)[keep] for name, values in hparams.items()}
-    axes = [name for name, values in hparams.items() if len(np.unique(values)) > 1]
-    out = {axis: _mean_tau(x, y, _cells([v for k, v in hparams.items() if k != axis], len(x)))
-           for axis in axes}
-    defined = [value for value in out.values() if np.isfinite(value)]
-    out["psi"] = float(np.mean(defined)) if defined else float("nan")
-    return out
-
-
-def _mean_tau(x: np.ndarray, y: np.ndarray, cells: np.ndarray) -> float:
-    """Mean over cells of Kendall's tau of the cell's pairs (undefined taus left out)."""
-    taus = [coefficients(x[cells == c], y[cells == c], "kendall") for c in np.unique(cells)]
-    defined = [tau for tau in taus if np.isfinite(tau)]
-    return float(np.mean(defined)) if defined else float("nan")
-
-
 def granulated_statistics(cube: xr.Dataset, bounds: xr.Dataset) -> xr.Dataset:
     """Granulated Kendall psi_i and Psi at the final checkpoint across healthy runs.
 
     ``granulated_kendall`` (measure, axis): sharpness vs each paired measure;
     ``lhs_rhs_granulated_kendall`` (bound, axis): each bound's RHS vs its LHS.
     """
-    final = _final(cube)
-    hparams = _hyperparameters(final)
+    final = final_healthy(cube)
+    hparams = hyperparameters(final)
     final_bounds = bounds.where(healthy_runs(cube), drop=True).isel(step=-1)
     sharpness = run_level(final, "sharpness").values
     by_measure = [granulated_kendall(sharpness, run_level(final, name).values, hparams)
@@ -500,76 +178,6 @@ def _granulated_dataset(rows: list[dict], dim: str, labels: list, hparams: dict,
          f"{name}_psi": (dim, [row["psi"] for row in rows],
                          {"long_name": "granulated Kendall Psi = mean_i psi_i"})},
         coords={dim: labels, "axis": axes})
-
-
-def _finite_logs(lhs: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray]:
-    """(mask of the points with finite log LHS and log RHS, log LHS, log RHS)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_lhs, log_rhs = np.log(lhs), np.log(rhs)
-    return np.isfinite(log_lhs) & np.isfinite(log_rhs), log_lhs, log_rhs
-
-
-def log_regression(lhs: np.ndarray, rhs: np.ndarray, groups: np.ndarray | None = None) -> dict:
-    """OLS of log LHS on log RHS: slope, its 95% CI, intercept, R^2, n.
-
-    With ``groups`` (the run of each checkpoint) the CI is cluster-robust by run; it is NaN
-    when all points come from one run.
-    """
-    keep, log_lhs, log_rhs = _finite_logs(lhs, rhs)
-    out = {key: np.nan for key in ("slope", "slope_ci_low", "slope_ci_high", "intercept", "r2")}
-    out["n"] = int(keep.sum())
-    if keep.sum() < 3 or np.ptp(log_rhs[keep]) == 0:
-        return out
-    model = sm.OLS(log_lhs[keep], sm.add_constant(log_rhs[keep]))
-    clustered = groups is not None
-    fit = (model.fit(cov_type="cluster", cov_kwds={"groups": groups[keep]})
-           if clustered and len(np.unique(groups[keep])) >= 2 else model.fit())
-    # Checkpoints of one run are not independent: with a single cluster no honest CI exists.
-    low, high = ((np.nan, np.nan) if clustered and len(np.unique(groups[keep])) < 2
-                 else fit.conf_int(0.05)[1])
-    out.update(slope=fit.params[1], slope_ci_low=low, slope_ci_high=high,
-               intercept=fit.params[0], r2=fit.rsquared)
-    return out
-
-
-def mixed_regression(lhs: np.ndarray, rhs: np.ndarray, groups: np.ndarray) -> dict:
-    """Linear mixed model log LHS_gc = a + b log RHS_gc + u_g + e_gc (statsmodels MixedLM, REML).
-
-    u_g ~ N(0, s_u^2) is a random intercept per group (run), e_gc ~ N(0, s^2) per point
-    (checkpoint). Returns slope b, its 95% Wald CI, p (Wald z-test of b = 0), n, n_groups and
-    converged (1, or 0 when the optimizer reports no convergence or statsmodels warns
-    ConvergenceWarning). NaN when < 3 points, < 2 groups, log RHS constant or the fit fails.
-    """
-    keep, log_lhs, log_rhs = _finite_logs(lhs, rhs)
-    out = {key: np.nan for key in ("slope", "slope_ci_low", "slope_ci_high", "p", "converged")}
-    out.update(n=int(keep.sum()), n_groups=len(np.unique(groups[keep])))
-    if out["n"] < 3 or out["n_groups"] < 2 or np.ptp(log_rhs[keep]) == 0:
-        return out
-    try:
-        fit, converged = _fit_mixed(log_lhs[keep], log_rhs[keep], groups[keep])
-    except (np.linalg.LinAlgError, ValueError):
-        return out
-    low, high = fit.conf_int(0.05)[1]
-    out.update(slope=fit.fe_params[1], slope_ci_low=low, slope_ci_high=high, p=fit.pvalues[1],
-               converged=float(converged))
-    return out
-
-
-def _fit_mixed(y: np.ndarray, x: np.ndarray, groups: np.ndarray):
-    """(MixedLM fit of y ~ 1 + x with a random intercept per group, whether it converged).
-
-    ConvergenceWarnings are recorded into the flag; any other warning is re-issued.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        fit = sm.MixedLM(y, sm.add_constant(x), groups).fit()
-    for warning in caught:
-        if not issubclass(warning.category, ConvergenceWarning):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
-    warned = any(issubclass(warning.category, ConvergenceWarning) for warning in caught)
-    return fit, bool(fit.converged) and not warned
 
 
 def violations(holds: np.ndarray, level: float) -> dict:
@@ -697,8 +305,8 @@ def _no_difference(n: int) -> dict:
 def _paired_difference(b: xr.Dataset, ref: xr.Dataset, n_boot: int, level: float,
                        rng: np.random.Generator) -> dict:
     """Differences b - ref of every ``_COMPARISONS`` statistic with paired bootstrap CI and p."""
-    keep = _finite_logs(b["lhs"].values, b["rhs"].values)[0]
-    keep &= _finite_logs(ref["lhs"].values, ref["rhs"].values)[0]
+    keep = finite_logs(b["lhs"].values, b["rhs"].values)[0]
+    keep &= finite_logs(ref["lhs"].values, ref["rhs"].values)[0]
     sides = [side.values[keep] for side in (b["lhs"], b["rhs"], ref["lhs"], ref["rhs"])]
     row = _no_difference(int(keep.sum()))
     if row["n"] < 3:
@@ -707,7 +315,7 @@ def _paired_difference(b: xr.Dataset, ref: xr.Dataset, n_boot: int, level: float
     for name, statistic in _COMPARISONS.items():
         boots = _difference(statistic, sides, draws)
         row[f"{name}_diff"] = float(_difference(statistic, sides, np.arange(row["n"])))
-        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _percentile_ci(boots, n_boot, level)
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = percentile_ci(boots, n_boot, level)
         row[f"{name}_p"] = _bootstrap_p(boots, n_boot)
     return row
 
@@ -778,7 +386,11 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
 #: Keys of the summary per correlation / per bound (stats.nc names without their prefix).
 _ACROSS_KEYS = ("estimate", "ci_low", "ci_high", "p_value", "n", "p_perm", "p_holm",
                 "p_perm_holm")
+
+
 _WITHIN_CONFIG_KEYS = ("estimate", "ci_low", "ci_high", "p_perm", "n")
+
+
 _BOUND_KEYS = ("violation_rate", "violation_rate_ci_low", "violation_rate_ci_high",
                "violations_assumptions_met", "evaluated_assumptions_met",
                "violation_rate_assumptions_met", "violation_rate_ci_high_assumptions_met",
@@ -789,7 +401,7 @@ _BOUND_KEYS = ("violation_rate", "violation_rate_ci_low", "violation_rate_ci_hig
 
 def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
     """Headline numbers for ``summary.json`` (a DVC metric)."""
-    final = _final(cube)
+    final = final_healthy(cube)
     out = {"n_runs": stats.attrs["n_runs"], "n_diverged_runs": stats.attrs["n_diverged_runs"],
            "final_train_loss_max": float(final["train_loss"].max()),
            "final_test_acc_mean": float(final["test_acc"].mean()),

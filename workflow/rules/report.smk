@@ -6,7 +6,7 @@ rule figures:
         cube="results/{study}/cube.nc",
         bounds="results/{study}/bounds.nc",
         stats="results/{study}/stats.nc",
-        code=code_of("flatrep.report", "flatrep.stats"),
+        code=code_of("flatrep.report", "flatrep.cube"),
     output:
         trajectories=report(
             "results/{study}/figures/trajectories.png",

@@ -67,6 +67,22 @@ class MatrixOperator:
     def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors @ self.matrix
 
+@pytest.fixture
+def lanczos_batches(monkeypatch):
+    """The number of runs of each ``krylov.lanczos_runs`` call made while the test runs, in
+    call order (the calls themselves unchanged)."""
+    from flatrep.measures import krylov
+
+    sizes, lanczos_runs = [], krylov.lanczos_runs
+
+    def counted(apply, starts, steps):
+        sizes.append(len(starts))
+        return lanczos_runs(apply, starts, steps)
+
+    monkeypatch.setattr(krylov, "lanczos_runs", counted)
+    return sizes
+
+
 @pytest.fixture(scope="session")
 def tiny_study():
     """The tiny study of tests/params_tiny.yaml."""

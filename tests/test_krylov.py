@@ -103,24 +103,17 @@ def test_lanczos_draws_its_start_from_the_generator():
     torch.testing.assert_close(result.ritz_values, expected.ritz_values, rtol=0.0, atol=0.0)
 
 
-def test_a_byte_budget_splits_slq_without_changing_it(monkeypatch):
+def test_a_byte_budget_splits_slq_without_changing_it(lanczos_batches):
     """SLQ's probes run in batches of ``batch_rows``: a budget of 2 runs gives batches 2, 2, 1
     and the nodes and weights of one batch of 5."""
     a = symmetric(15, seed=9)
     operator = MatrixOperator(a)
     whole = spectrum.slq(operator, 5, 6, torch.Generator().manual_seed(10))
-    sizes = []
-    lanczos_runs = krylov.lanczos_runs
-
-    def spy(apply, starts, steps):
-        sizes.append(len(starts))
-        return lanczos_runs(apply, starts, steps)
-
-    monkeypatch.setattr(krylov, "lanczos_runs", spy)
+    lanczos_batches.clear()
     row_bytes = (6 + krylov.ROW_VECTORS) * 15 * 8
     split = spectrum.slq(operator, 5, 6, torch.Generator().manual_seed(10),
                          max_bytes=2 * row_bytes + row_bytes // 2)
-    assert sizes == [2, 2, 1]
+    assert lanczos_batches == [2, 2, 1]
     torch.testing.assert_close(split.nodes, whole.nodes, rtol=0.0, atol=1e-12)
     torch.testing.assert_close(split.weights, whole.weights, rtol=0.0, atol=1e-12)
 

@@ -79,7 +79,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep import bounds, correlations, late_phase, stats, views
+from flatrep import bounds, correlations, late_phase, stats, table_text, views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
@@ -442,7 +442,8 @@ def _adaptive_averaged(y_name: str,
 def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
     """mean ``y_name`` of the Adam/AdamW + iterate-averaging runs over that of the SGD runs at
     the final checkpoint (Granziol's "30x sharper"), with a bootstrap CI that resamples the
-    runs within each arm (``correlations.ratio_of_means``); runs with a non-finite value left out."""
+    runs within each arm (``correlations.ratio_of_means``); runs with a non-finite value left
+    out."""
     def measure(evidence: Evidence) -> Outcome | str:
         treated, control = _arms(evidence.cube)
         if not (treated.any() and control.any()):
@@ -694,8 +695,8 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
     return ds
 
 
-def _fragile_mark(row: xr.Dataset) -> str:
-    return " (fragile)" if bool(row["claim_fragile"]) else ""
+def _fragile_mark(fragile_verdict: bool) -> str:
+    return " (fragile)" if fragile_verdict else ""
 
 
 def markdown(table: xr.Dataset) -> str:
@@ -708,15 +709,14 @@ def markdown(table: xr.Dataset) -> str:
              "|---|---|---|---|---|---|"]
     for name in table["claim"].values:
         row = table.sel(claim=name)
-        estimate = (f"{float(row['claim_estimate']):.3g} [{float(row['claim_ci_low']):.3g}, "
-                    f"{float(row['claim_ci_high']):.3g}]"
-                    if np.isfinite(float(row["claim_estimate"])) else "—")
-        p = float(row["claim_p_holm"])
+        estimate = table_text.interval(row["claim_estimate"], row["claim_ci_low"],
+                                       row["claim_ci_high"])
         note = text(row, "note")
         lines.append(f"| {text(row, 'statement')} | {text(row, 'source')} | "
                      f"{text(row, 'statistic')} | {estimate} | "
-                     f"{f'{p:.3g}' if np.isfinite(p) else '—'} | "
-                     f"**{row['claim_verdict'].item()}**{_fragile_mark(row)}"
+                     f"{table_text.number(row['claim_p_holm'])} | "
+                     f"**{row['claim_verdict'].item()}**"
+                     f"{_fragile_mark(bool(row['claim_fragile']))}"
                      f"{' — ' + note if note else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -730,11 +730,10 @@ def digest(summary_claims: dict) -> str:
         entry = summary_claims.get(claim.name)
         if entry is None or entry["verdict"] == NOT_TESTED:
             continue
-        estimate = ("—" if entry["estimate"] is None else
-                    f"{entry['estimate']:.3g} [{entry['ci_low']:.3g}, {entry['ci_high']:.3g}]")
+        estimate = table_text.interval(entry["estimate"], entry["ci_low"], entry["ci_high"])
         statement = claim.statement.replace("|", "\\|")
-        fragile = " (fragile)" if entry["fragile"] else ""
-        lines.append(f"| {statement} | {estimate} | **{entry['verdict']}**{fragile} |")
+        lines.append(f"| {statement} | {estimate} | **{entry['verdict']}**"
+                     f"{_fragile_mark(entry['fragile'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,20 +14,8 @@ import json
 import numpy as np
 import xarray as xr
 
-from flatrep import claims, late_phase
+from flatrep import claims, late_phase, table_text
 from flatrep.bounds import ASSUMPTIONS
-
-
-def _interval(estimate, low, high, digits: int = 2) -> str:
-    values = [float(v) for v in (estimate, low, high)]
-    if not np.isfinite(values[0]):
-        return "—"
-    return f"{values[0]:.{digits}f} [{values[1]:.{digits}f}, {values[2]:.{digits}f}]"
-
-
-def _p(value) -> str:
-    value = float(value)
-    return f"{value:.3g}" if np.isfinite(value) else "—"
 
 
 def correlations(stats_ds: xr.Dataset) -> str:
@@ -37,13 +25,16 @@ def correlations(stats_ds: xr.Dataset) -> str:
     lines = ["| sharpness vs | Pearson r [CI] | Kendall τ [CI] | runs (r / τ) | "
              "permutation p, Holm (τ) |", "|---|---|---|---|---|"]
     for measure in stats_ds["measure"].values:
-        cells = [_interval(*(stats_ds[f"corr_{key}"].sel(measure=measure, coefficient=method)
-                             for key in ("estimate", "ci_low", "ci_high")))
+        cells = [table_text.interval(*(stats_ds[f"corr_{key}"].sel(measure=measure,
+                                                                   coefficient=method)
+                                       for key in ("estimate", "ci_low", "ci_high")),
+                                     spec=".2f")
                  for method in ("pearson", "kendall")]
         runs = " / ".join(str(int(stats_ds["corr_n"].sel(measure=measure, coefficient=method)))
                           for method in ("pearson", "kendall"))
         p = stats_ds["corr_p_perm_holm"].sel(measure=measure, coefficient="kendall")
-        lines.append(f"| {measure} | {cells[0]} | {cells[1]} | {runs} | {_p(p)} |")
+        lines.append(f"| {measure} | {cells[0]} | {cells[1]} | {runs} | "
+                     f"{table_text.number(p)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +62,8 @@ def bounds(stats_ds: xr.Dataset) -> str:
         met = (f"{int(row['violations_assumptions_met'])} / "
                f"{int(row['evaluated_assumptions_met'])}")
         lines.append(f"| {name} | {int(row['violations'])} / {evaluated} | {interval} | "
-                     f"{met} | {_blame(row)} | {_p(row['tightness_final_median'])} | "
+                     f"{met} | {_blame(row)} | "
+                     f"{table_text.number(row['tightness_final_median'])} | "
                      f"{int(row['final_n'])} of {healthy} |")
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import atomic, config, conventions, correlations, views  # noqa: E402
+from flatrep import atomic, config, conventions, correlations, table_text, views  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -187,12 +187,10 @@ def claims_table(stats_ds: xr.Dataset, path: str | Path) -> None:
     rows = []
     for name in stats_ds["claim"].values:
         row = stats_ds.sel(claim=name)
-        estimate = float(row["claim_estimate"])
-        p = float(row["claim_p_holm"])
         rows.append([row["claim_statement"].item(), row["claim_statistic"].item(),
-                     f"{estimate:.3g} [{float(row['claim_ci_low']):.3g}, "
-                     f"{float(row['claim_ci_high']):.3g}]" if np.isfinite(estimate) else "—",
-                     f"{p:.3g}" if np.isfinite(p) else "—", row["claim_verdict"].item()])
+                     table_text.interval(row["claim_estimate"], row["claim_ci_low"],
+                                         row["claim_ci_high"]),
+                     table_text.number(row["claim_p_holm"]), row["claim_verdict"].item()])
     fig, ax = plt.subplots(figsize=(18, 0.25 * len(rows) + 1.0), constrained_layout=True)
     ax.axis("off")
     table = ax.table(cellText=rows, colLabels=["claim", "statistic", "estimate [CI]",

@@ -24,7 +24,8 @@ import argparse
 import torch
 from ensemble_training import timed
 
-from flatrep import config, models
+from flatrep import models
+from flatrep.params import studies
 from flatrep.measures import jacobian
 
 CASES = {"cnn": {"name": "cnn2d", "channels": [32, 64], "kernel_size": 3, "hidden": [256]},
@@ -49,7 +50,7 @@ def main():
     parser.add_argument("--points", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budgets-mb", type=int, nargs="+",
-                        default=[256, config.MEASURE_MEMORY_MB],
+                        default=[256, studies.MEASURE_MEMORY_MB],
                         help="budgets to time, MiB (256: below one CNN sample's J_i)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -12,7 +12,8 @@ speed-up over M single runs would be
 Both are timed here with torch on random data of the real shapes and memory layouts (weights
 stored out x in, as nn.Linear does, so the forward product reads a transposed view), best of
 ``--repeats`` timings of ``--steps`` steps each. A single step is flatrep's single-run update
-(forward, torch MSE loss, backward, ``torch.optim.SGD``), as in ``flatrep.train.train_run``.
+(forward, torch MSE loss, backward, ``torch.optim.SGD``), as in
+``flatrep.training.single.train_run``.
 
     python bench/ensemble_ceiling.py --widths 40 256 256 10 --members 15
 """

@@ -1,10 +1,10 @@
 """Benchmark: training steps per second, vmapped ensemble vs one run at a time.
 
 Both sides train the same M runs (seeds x learning rates of one batch size) for the same number
-of steps with flatrep's own code: the baseline calls ``flatrep.train.train_run`` once per run
-(what ``train.ensemble: none`` does, minus process start-up), the ensemble calls
-``flatrep.ensemble.train_ensemble`` once. Checkpoints are written at step 0 and the last step
-only. Throughput = M * steps / seconds. Each side is timed at ``--steps`` and at a quarter of
+of steps with flatrep's own code: the baseline calls ``flatrep.training.single.train_run`` once per
+run (what ``train.ensemble: none`` does, minus process start-up), the ensemble calls
+``flatrep.training.ensemble.train_ensemble`` once. Checkpoints are written at step 0 and the last
+step only. Throughput = M * steps / seconds. Each side is timed at ``--steps`` and at a quarter of
 it and fitted as ``t(n) = fixed + n * per_step``: the per-step speed-up is what a long study
 (hundreds of thousands of iterations) gains, where start-up and compilation no longer count.
 A first call of each side at the shorter length (device start-up, cuDNN autotuning,
@@ -35,7 +35,10 @@ from pathlib import Path
 
 import torch
 
-from flatrep import checkpoint, config, data, determinism, ensemble, synthetic, train
+from flatrep import checkpoint, determinism
+from flatrep.data import datasets, synthetic
+from flatrep.params import studies
+from flatrep.training import ensemble, single
 
 CASES = {
     "mnist1d_mlp": {
@@ -61,13 +64,13 @@ def study_for(case: str, steps: int, device: str, mode: str, raw_root: str,
     return study
 
 
-def member_runs(members: int) -> list[config.Run]:
+def member_runs(members: int) -> list[studies.Run]:
     """Seeds x the paper's learning rates {0.05, 0.1, 0.2}, ``members`` runs in all."""
     lrs = (0.05, 0.1, 0.2)
     runs = []
     for k in range(members):
         hp = {"lr": lrs[k % 3], "seed": k // 3}
-        runs.append(config.Run(config.run_id(hp), hp))
+        runs.append(studies.Run(studies.run_id(hp), hp))
     return runs
 
 
@@ -145,21 +148,21 @@ def main() -> None:
             return built
 
         options = {k: v for k, v in study(1)["data"].items() if k != "name"}
-        data.prepare(study(1)["data"]["name"], tmp / "data", **options)
+        datasets.prepare(study(1)["data"]["name"], tmp / "data", **options)
         runs = member_runs(args.members)
 
-        def one_at_a_time(steps: int, members: list[config.Run]) -> float:
+        def one_at_a_time(steps: int, members: list[studies.Run]) -> float:
             root = tmp / f"single_{steps}"
-            return timed(lambda: [train.train_run("bench", study(steps), run, root / run.run_id,
+            return timed(lambda: [single.train_run("bench", study(steps), run, root / run.run_id,
                                                   tmp / "data", args.threads)
                                   for run in members])
 
-        def in_processes(steps: int, members: list[config.Run]) -> float:
+        def in_processes(steps: int, members: list[studies.Run]) -> float:
             root = tmp / f"processes_{steps}"
             with ProcessPoolExecutor(args.processes, multiprocessing.get_context("spawn"),
                                      max_tasks_per_child=1) as pool:
                 return timed(lambda: [job.result() for job in [
-                    pool.submit(train.train_run, "bench", study(steps), run,
+                    pool.submit(single.train_run, "bench", study(steps), run,
                                 root / run.run_id, tmp / "data", 1) for run in members]])
 
         def together(steps: int, compiled: bool) -> float:
@@ -169,7 +172,7 @@ def main() -> None:
 
         # First calls (of the shorter length, so every code path has run once), timed apart:
         # library and device start-up, cuDNN autotuning, compilation.
-        rows = [("one run at a time (train.train_run)", one_at_a_time(lengths[0], runs[:1]),
+        rows = [("one run at a time (single.train_run)", one_at_a_time(lengths[0], runs[:1]),
                  tuple(one_at_a_time(steps, runs) for steps in lengths), None)]
         if args.processes:
             rows.append((f"{args.processes} runs at a time, a process of 1 thread each",

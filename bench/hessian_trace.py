@@ -27,7 +27,10 @@ import time
 
 import torch
 
-from flatrep import checkpoint, config, data, models, train
+from flatrep import checkpoint, models
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.training import single
 from flatrep.measures import curvature, jacobian
 
 TARGET = 0.01
@@ -54,18 +57,19 @@ def matched(name, estimate, exact, repeats, budgets):
 
 
 def trained_problem(hidden, points, steps):
-    """(model, x, one-hot y): an MLP trained on MNIST-1D by flatrep.train, its train points."""
+    """(model, x, one-hot y): an MLP trained on MNIST-1D by flatrep.training.single, its train
+    points."""
     study = {"data": {"name": "mnist1d", "num_samples": 5000, "train_split": 0.8, "seed": 42},
              "model": {"name": "mlp", "hidden": hidden, "activation": "tanh"},
              "train": {"iterations": steps, "checkpoints": [steps], "optimizer": "sgd",
                        "lr": 0.1, "batch_size": 20, "device": "cpu"}}
     with tempfile.TemporaryDirectory() as root:
         options = {k: v for k, v in study["data"].items() if k != "name"}
-        data.prepare("mnist1d", root, **options)
-        run = config.Run("bench", {"lr": 0.1, "batch_size": 20, "seed": 0})
-        path = train.train_run("bench", study, run, root, root, threads=1)[-1]
+        datasets.prepare("mnist1d", root, **options)
+        run = studies.Run("bench", {"lr": 0.1, "batch_size": 20, "seed": 0})
+        path = single.train_run("bench", study, run, root, root, threads=1)[-1]
         model, _ = checkpoint.load(path)
-        x, y = data.load_study_split(study["data"], "train", root)
+        x, y = datasets.load_study_split(study["data"], "train", root)
     return model.double(), x[:points].double(), \
         torch.nn.functional.one_hot(y[:points], 10).double()
 

@@ -34,7 +34,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from flatrep import config, data, determinism, measure, train
+from flatrep import determinism
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.training import single
 from flatrep.measures import curvature
 
 CHECKPOINTS = (1, 4)
@@ -82,7 +86,7 @@ def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
     curvature.HessianOperator._apply = counted
     try:
         start = time.perf_counter()
-        measure.measure_run(paths[-1:], study["measure"], root, threads)
+        measuring.measure_checkpoints(paths[-1:], study["measure"], root, threads)
         return time.perf_counter() - start, calls, operators[0]
     finally:
         curvature.HessianOperator._apply = apply
@@ -137,10 +141,10 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor_in_process")
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor_jobs")}
         root = tmp / "data"
-        data.prepare(study["data"]["name"], root,
+        datasets.prepare(study["data"]["name"], root,
                      **{k: v for k, v in study["data"].items() if k != "name"})
-        run = config.expand_runs(study)[0]
-        paths = train.train_run("quick", study, run, tmp / "run", root, args.threads)
+        run = studies.expand_runs(study)[0]
+        paths = single.train_run("quick", study, run, tmp / "run", root, args.threads)
         measure_seconds, calls, operator = hvp_calls(paths, study, root, args.threads)
         table = chunk_table(operator, calls[0][0], args.calls, args.repeats)
 

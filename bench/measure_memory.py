@@ -17,7 +17,7 @@ and reports how far the process's memory rises during it, beside the part B boun
 * ``grams_with_input``: the same call keeping df/dx and df/dh_l, as the suite did before,
   which hold K (d + sum_l d_l) floats a point (``jacobian.input_jacobian_bytes``) for every
   point at once, outside the budget.
-* ``points``: ``measure.point_measures`` on the study's ``measure.points`` (capped by
+* ``points``: ``measuring.point_measures`` on the study's ``measure.points`` (capped by
   ``--jacobian-points``); bounded part one piece's input and layer Jacobians and one of its
   chunks' parameter Jacobian (dense) or row block, each within half the budget.
 * ``lanczos``: one batch of output-curvature Lanczos runs (``krylov.batch_rows``
@@ -45,7 +45,10 @@ from pathlib import Path
 
 import torch
 
-from flatrep import config, data, losses, measure, models
+from flatrep import losses, models
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
 from flatrep.measures import curvature, jacobian, krylov, output_curvature
 
 #: Sample shapes of the datasets the shipped studies use.
@@ -59,13 +62,13 @@ MIB = 1 << 20
 
 def study_setup(name: str) -> dict:
     """The shipped study's network and the sizes its measure job uses."""
-    study = config.load_params(Path(__file__).parents[1] / "params.yaml")["studies"][name]
+    study = studies.load_params(Path(__file__).parents[1] / "params.yaml")["studies"][name]
     data_cfg, measure_cfg = study["data"], study["measure"]
     curvature_cfg = measure_cfg.get("curvature", {})
-    lanczos = {**config.CURVATURE_FAMILIES["output_curvature"],
+    lanczos = {**studies.CURVATURE_FAMILIES["output_curvature"],
                **(curvature_cfg.get("output_curvature") or {})}
     return {"model": study["model"], "shape": SAMPLE_SHAPES[data_cfg["name"]],
-            "outputs": data.num_outputs(data_cfg),
+            "outputs": datasets.num_outputs(data_cfg),
             "loss": study["train"]["loss"], "points": measure_cfg["points"],
             "chunk_size": measure_cfg["chunk_size"],
             "curvature_points": curvature_cfg.get("points", 256),
@@ -153,13 +156,13 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
                                                  input_jacobians=what == "grams_with_input")
         return run, jacobian_points, chunking, bounded
     if what == "points":
-        piece = measure.points_per_piece(model, x, setup["chunk_size"], budget)
+        piece = measuring.points_per_piece(model, x, setup["chunk_size"], budget)
         points = min(setup["points"], jacobian_points)
         _, block = parameter_jacobian_block(model, x, k, setup["chunk_size"],
                                             min(piece, points), budget // 2)
 
         def run(count):
-            return measure.point_measures(model, x[:count], setup["chunk_size"], (1, 2), budget)
+            return measuring.point_measures(model, x[:count], setup["chunk_size"], (1, 2), budget)
         return (run, points, f"pieces of {piece}",
                 min(piece, points) * jacobian.input_jacobian_bytes(model, x) + block)
     steps = min(setup["lanczos_steps"], num_params)

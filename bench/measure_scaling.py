@@ -1,8 +1,8 @@
 """Benchmark: cost of measuring a run against the number of points and of checkpoints.
 
 Trains one short run of the ``quick`` study's model on MNIST-1D (prepared into a temporary
-directory), then times ``flatrep.measure.measure_run`` with every measure family of the
-``quick`` study switched on:
+directory), then times ``flatrep.cube.measuring.measure_checkpoints`` with every measure family of
+the ``quick`` study switched on:
 
 * points: one checkpoint, ``measure.points`` and ``measure.curvature.points`` scaled together
   by 1, 2, 4, 8 (the per-sample Jacobian pass and every HVP are linear in the rows);
@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from flatrep import config, data, measure, train
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.training import single
 
 SIZES = (1, 2, 4, 8)
 
@@ -61,10 +64,10 @@ def main() -> None:
                           device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        data.prepare(study["data"]["name"], root,
+        datasets.prepare(study["data"]["name"], root,
                      **{k: v for k, v in study["data"].items() if k != "name"})
-        run = config.expand_runs(study)[0]
-        paths = train.train_run("quick", study, run, Path(tmp) / "run", root,
+        run = studies.expand_runs(study)[0]
+        paths = single.train_run("quick", study, run, Path(tmp) / "run", root,
                                 threads=args.threads)
 
         def measured(points: int, checkpoints: int):
@@ -72,7 +75,8 @@ def main() -> None:
             cfg["points"] = points
             cfg["curvature"]["points"] = 2 * points
             cfg["curvature"]["rank"]["points"] = max(points // 4, 1)
-            return lambda: measure.measure_run(paths[:checkpoints], cfg, root, args.threads)
+            return lambda: measuring.measure_checkpoints(paths[:checkpoints], cfg, root,
+                                                         args.threads)
 
         rows = []
         point_sizes = [args.base_points * s for s in SIZES]

@@ -1,8 +1,8 @@
 """Scan: which MNIST-1D designs reach the late phase (Chen et al. §5) on this machine?
 
 Each design is a variant of the study ``--base`` of params.yaml (dotted overrides below,
-``DESIGNS``), trained with flatrep's own vmapped ensemble (``flatrep.ensemble``, the runs of
-one batch size together, as ``train.ensemble: configs``). At log-spaced checkpoints (in memory,
+``DESIGNS``), trained with flatrep's own vmapped ensemble (``flatrep.training.ensemble``, the runs
+of one batch size together, as ``train.ensemble: configs``). At log-spaced checkpoints (in memory,
 nothing written) every member is read out and measured:
   * train accuracy and train loss over the whole training split (the study's loss, as the
     cube's ``train_acc`` / ``train_loss``);
@@ -11,8 +11,8 @@ nothing written) every member is read out and measured:
     1/2-MSE loss).
 Per design it reports (a) the training wall time (measurements excluded), (b) the step at which
 each run first has train accuracy 1 and train loss < ``stats.interpolation_loss``, (c) per run
-the peak S, the final S and final / peak (``flatrep.late_phase.fall``), and how many runs show
-the late-phase fall: peak at or after interpolation and final <= ``--fraction`` x peak (the
+the peak S, the final S and final / peak (``flatrep.analysis.late_phase.fall``), and how many runs
+show the late-phase fall: peak at or after interpolation and final <= ``--fraction`` x peak (the
 default study's target is 80 % of runs at 0.8).
 
     .venv/bin/python bench/regime_scan.py --design quick --design n1000_w32x2_1m
@@ -29,10 +29,13 @@ import time
 import numpy as np
 import torch
 
-from flatrep import config, data, late_phase, train
-from flatrep.ensemble import Ensemble
-from flatrep.measure import evaluate
+from flatrep.analysis import late_phase
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.cube.measuring import evaluate
 from flatrep.measures import jacobian
+from flatrep.training import loop, preparation
+from flatrep.training.ensemble import Ensemble
 
 #: Candidate designs: dotted overrides of the base study, whose grid, loss and optimizer each
 #: keeps (for ``quick``: the paper's lr x batch cross, lr {0.05, 0.1, 0.2} at batch 20 and
@@ -80,45 +83,52 @@ def design_study(base: dict, overrides: dict, checkpoints: int, seeds: list[int]
     return study
 
 
-def measure_member(model: torch.nn.Module, setup: train.Setup, labels: torch.Tensor,
+def measure_member(model: torch.nn.Module, setup: preparation.Setup, labels: torch.Tensor,
                    points: int) -> dict:
     """Train accuracy and loss over the training split as the measure job computes them
-    (``flatrep.measure.evaluate``), and S over its first ``points`` rows."""
+    (``flatrep.cube.measuring.evaluate``), and S over its first ``points`` rows."""
     loss, acc, _ = evaluate(model, setup.x, labels, setup.num_outputs, setup.loss)
     sharpness = jacobian.per_sample_jacobians(model, setup.x[:points], grams=(), moments=(),
                                               input_jacobians=False)["param_sq"].mean()
     return {"train_acc": acc, "train_loss": loss, "sharpness": float(sharpness)}
 
 
+class ScannedEnsemble(Ensemble):
+    """An ensemble group trained from scratch whose scheduled checkpoints are measured in
+    memory (``measure_member``) instead of written; ``seconds`` is its training time alone."""
+
+    def __init__(self, study: dict, runs, setup: preparation.Setup, labels: torch.Tensor,
+                 points: int):
+        super().__init__("scan", study, runs, setup, out_root=".")
+        self.labels, self.points = labels, points
+        self.records = {run.run_id: [] for run in runs}
+        self.seconds, self.clock = 0.0, time.perf_counter()
+
+    def resume_point(self) -> None:
+        return None
+
+    def save(self, step: int) -> None:
+        self.seconds += time.perf_counter() - self.clock
+        for m, run in enumerate(self.runs):
+            self.records[run.run_id].append({"step": step, **measure_member(
+                self.member(m), self.setup, self.labels, self.points)})
+        self.clock = time.perf_counter()
+
+
 def scan_design(study: dict, data_root: str, threads: int, points: int) -> dict:
     """Train every ensemble group of ``study``; the trajectories of its runs and the time."""
-    data.prepare(study["data"]["name"], data_root,
-                 **{k: v for k, v in study["data"].items() if k != "name"})
+    datasets.prepare(study["data"]["name"], data_root,
+                     **{k: v for k, v in study["data"].items() if k != "name"})
     trajectories, seconds = {}, 0.0
-    for runs in config.ensemble_groups(study).values():
-        setup = train.prepare(study, data_root, threads)
-        labels = data.load_study_split(study["data"], "train", data_root)[1].to(setup.device)
-        ensemble = Ensemble("scan", study, runs, setup)
-        records = {run.run_id: [] for run in runs}
-        clock = [time.perf_counter()]
-
-        def record(step: int) -> None:
-            nonlocal seconds
-            seconds += time.perf_counter() - clock[0]
-            for m, run in enumerate(runs):
-                records[run.run_id].append({"step": step, **measure_member(
-                    ensemble.member(m), setup, labels, points)})
-            clock[0] = time.perf_counter()
-
-        def advance(step: int) -> bool:
-            ensemble.step(step)
-            return True
-
-        train.drive(setup, 0, False, lambda step: None, record, advance, f"{len(runs)} runs")
-        seconds += time.perf_counter() - clock[0]
-        trajectories.update(records)
+    for runs in studies.ensemble_groups(study).values():
+        setup = preparation.prepare(study, data_root, threads)
+        labels = datasets.load_study_split(study["data"], "train", data_root)[1].to(setup.device)
+        scan = ScannedEnsemble(study, runs, setup, labels, points)
+        loop.train(scan, setup.checkpoint_steps, f"{len(runs)} runs")
+        seconds += scan.seconds + time.perf_counter() - scan.clock
+        trajectories.update(scan.records)
     return {"seconds": seconds, "runs": trajectories,
-            "train_rows": data.split_sizes(study["data"], data_root)["train"]}
+            "train_rows": datasets.split_sizes(study["data"], data_root)["train"]}
 
 
 def summarise(result: dict, threshold: float, fraction: float) -> list[dict]:
@@ -182,7 +192,7 @@ def main() -> None:
         for name, overrides in DESIGNS.items():
             print(f"{name}: {overrides}")
         return
-    base = config.study_config(config.load_params(args.params), args.base)
+    base = studies.study_config(studies.load_params(args.params), args.base)
     threshold = base["stats"]["interpolation_loss"]
     results = {}
     for name in args.design or list(DESIGNS):

@@ -29,7 +29,11 @@ from pathlib import Path
 import torch
 from ensemble_training import fit_line, timed
 
-from flatrep import config, data, determinism, ensemble, measure, synthetic, train
+from flatrep import determinism
+from flatrep.cube import measuring
+from flatrep.data import datasets, synthetic
+from flatrep.params import studies
+from flatrep.training import ensemble, single
 
 #: (train, test) images of each torchvision dataset, for the random stand-in files.
 FULL_SPLITS = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
@@ -45,11 +49,11 @@ def short_study(study: dict, steps: int, raw_root: str | None) -> dict:
     return short
 
 
-def train_group(name: str, study: dict, runs: list[config.Run], out: Path, data_root: Path,
+def train_group(name: str, study: dict, runs: list[studies.Run], out: Path, data_root: Path,
                 threads: int) -> float:
     """Seconds to train one ensemble group (or one run, for ``train.ensemble: none``)."""
     if study["train"].get("ensemble", "none") == "none":
-        return timed(lambda: train.train_run(name, study, runs[0], out / runs[0].run_id,
+        return timed(lambda: single.train_run(name, study, runs[0], out / runs[0].run_id,
                                              data_root, threads))
     return timed(lambda: ensemble.train_ensemble(name, study, runs, out, data_root, threads))
 
@@ -70,11 +74,11 @@ def main() -> None:
                              "in the dataset's format)")
     args = parser.parse_args()
 
-    study = config.study_config(config.load_params(args.params), args.study)
+    study = studies.study_config(studies.load_params(args.params), args.study)
     if args.device is not None:
         study["train"]["device"] = study["measure"]["device"] = args.device
-    full_steps = config.checkpoint_steps(study["train"])
-    groups = config.ensemble_groups(study)
+    full_steps = studies.checkpoint_steps(study["train"])
+    groups = studies.ensemble_groups(study)
     n_runs = sum(len(runs) for runs in groups.values())
     lengths = (max(args.steps // 4, 1), args.steps)
     device = determinism.pick_device(study["train"].get("device", "auto"))
@@ -97,7 +101,7 @@ def main() -> None:
             synthetic.write_raw_files(dataset, raw_root, num_train, num_test)
         options = {k: v for k, v in short_study(study, 1, raw_root)["data"].items()
                    if k != "name"}
-        data.prepare(dataset, tmp / "data", **options)
+        datasets.prepare(dataset, tmp / "data", **options)
         for group, runs in groups.items():
             # The first call of the shorter length runs every code path once (library start-up,
             # cuDNN autotuning for this group's batch shape, compilation) and is timed apart.
@@ -113,7 +117,7 @@ def main() -> None:
         measured = [run for runs in groups.values() for run in runs][:args.measure_runs]
         checkpoint_paths = [[tmp / f"runs_2_{lengths[1]}" / run.run_id / f"step_{k}.pt"
                              for k in (0, lengths[1])] for run in measured]
-        measure_seconds = timed(lambda: [measure.measured_run(paths, study["measure"],
+        measure_seconds = timed(lambda: [measuring.measures_file(paths, study["measure"],
                                                               tmp / "data", args.threads)
                                          for paths in checkpoint_paths])
     per_checkpoint = measure_seconds / (2 * len(measured))

@@ -1,5 +1,5 @@
 """Refreshes the README's front door from the default study's last run: the claims digest
-between the ``<!-- claims:quick -->`` markers (``flatrep.claims.digest`` of
+between the ``<!-- claims:quick -->`` markers (``flatrep.analysis.claims.digest`` of
 ``results/quick/summary.json``) and the trajectory figure ``docs/images/quick_trajectories.png``.
 
     make front-door        # after `make run` or `dvc repro`
@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from flatrep import claims
+from flatrep.analysis import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "quick"

@@ -13,7 +13,11 @@ import pytest
 import torch
 import yaml
 
-from flatrep import config, data, measure, rehearsal, train
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.pipeline import rehearsal
+from flatrep.training import single
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = Path(__file__).parent / "params_tiny.yaml"
@@ -93,18 +97,18 @@ def tiny_study():
 def data_root(tmp_path_factory, tiny_study):
     root = tmp_path_factory.mktemp("data")
     options = {k: v for k, v in tiny_study["data"].items() if k != "name"}
-    data.prepare("mnist1d", root, **options)
+    datasets.prepare("mnist1d", root, **options)
     return root
 
 
 @pytest.fixture(scope="session")
-def measured_run(tmp_path_factory, tiny_study, data_root):
+def measured_tiny_run(tmp_path_factory, tiny_study, data_root):
     """(run dataset, checkpoint paths) of one trained and measured tiny run."""
     study = copy.deepcopy(tiny_study)
-    run = config.expand_runs(study)[0]
+    run = studies.expand_runs(study)[0]
     out = tmp_path_factory.mktemp("run")
-    paths = train.train_run("tiny", study, run, out, data_root, threads=1)
-    return measure.measured_run(paths, study["measure"], data_root), paths
+    paths = single.train_run("tiny", study, run, out, data_root, threads=1)
+    return measuring.measures_file(paths, study["measure"], data_root), paths
 
 
 def make_project(root: Path) -> Path:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from flatrep import averaging, checkpoint, config, train
+from flatrep import checkpoint
+from flatrep.params import studies
+from flatrep.training import averaging, optimizers, single
 
 
 def _study(tiny_study, **train_options):
@@ -31,11 +33,11 @@ def test_averaged_checkpoint_is_the_mean_of_the_raw_iterates(tiny_study, data_ro
     trajectory."""
     hparams = {"lr": lr, "batch_size": 20, "seed": 0, "optimizer": optimizer,
                "weight_decay": 5e-4}
-    raw_paths = train.train_run("t", _study(tiny_study), config.Run("raw", hparams),
+    raw_paths = single.train_run("t", _study(tiny_study), studies.Run("raw", hparams),
                                 tmp_path / "raw", data_root, threads=1)
-    averaged_paths = train.train_run(
+    averaged_paths = single.train_run(
         "t", _study(tiny_study, averaging_every=every),
-        config.Run("ia", {**hparams, "averaging_start": 0.5}), tmp_path / "ia", data_root,
+        studies.Run("ia", {**hparams, "averaging_start": 0.5}), tmp_path / "ia", data_root,
         threads=1)
     raw = [_weights(p) for p in raw_paths]
     for step in (5, 6, 7, 9, 12):
@@ -63,7 +65,7 @@ def test_adam_and_adamw_differ_only_by_how_decay_enters():
 
     def one_step(name, decay):
         model = copy.deepcopy(base)
-        optimizer = train.make_optimizer(name, model.parameters(), 0.01, 0.0, decay)
+        optimizer = optimizers.make_optimizer(name, model.parameters(), 0.01, 0.0, decay)
         nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -72,8 +74,8 @@ def test_adam_and_adamw_differ_only_by_how_decay_enters():
     torch.testing.assert_close(one_step("adam", 0.0), one_step("adamw", 0.0))
     torch.testing.assert_close(one_step("adamw", 0.1), one_step("adam", 0.0) - 0.01 * 0.1 * theta)
     assert not torch.allclose(one_step("adam", 0.1), one_step("adamw", 0.1))
-    with pytest.raises(config.ConfigError, match="train.optimizer 'lbfgs'"):
-        train.make_optimizer("lbfgs", base.parameters(), 0.1, 0.0, 0.0)
+    with pytest.raises(studies.ConfigError, match="train.optimizer 'lbfgs'"):
+        optimizers.make_optimizer("lbfgs", base.parameters(), 0.1, 0.0, 0.0)
 
 
 def test_batchnorm_statistics_are_recomputed_for_the_averaged_weights():
@@ -97,15 +99,15 @@ def test_averaging_start_outside_the_unit_interval_is_rejected():
         averaging.start_step(1.5, 10)
 
 
-def test_string_hyperparameters_survive_the_study_cube(measured_run, tmp_path):
+def test_string_hyperparameters_survive_the_study_cube(measured_tiny_run, tmp_path):
     """Runs with optimizer 'sgd' then 'adamw': the combined cube keeps the full strings."""
-    from flatrep import cube
+    from flatrep.cube import netcdf
 
-    ds, _ = measured_run
+    ds, _ = measured_tiny_run
     paths = []
     for name, optimizer in (("a", "sgd"), ("b", "adamw")):
         one = ds.assign_coords(run=[name], optimizer=("run", [optimizer]))
-        cube.write(one, tmp_path / f"{name}.nc")
+        netcdf.write(one, tmp_path / f"{name}.nc")
         paths.append(tmp_path / f"{name}.nc")
-    cube.write(cube.combine(paths), tmp_path / "cube.nc")
-    assert list(cube.read(tmp_path / "cube.nc")["optimizer"].values) == ["sgd", "adamw"]
+    netcdf.write(netcdf.combine(paths), tmp_path / "cube.nc")
+    assert list(netcdf.read(tmp_path / "cube.nc")["optimizer"].values) == ["sgd", "adamw"]

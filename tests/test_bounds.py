@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from flatrep import bounds, checkpoint, config, data, determinism, measure, train
+from flatrep import checkpoint, determinism
+from flatrep.analysis import bounds
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.training import single
 
 
-def test_every_theorem_holds_on_a_trained_mlp(measured_run):
-    ds, _ = measured_run
+def test_every_theorem_holds_on_a_trained_mlp(measured_tiny_run):
+    ds, _ = measured_tiny_run
     result = bounds.evaluate(ds)
     assert set(result["bound"].values) == set(bounds.REGISTRY)
     assert result["holds"].dims == ("bound", "run", "step")
@@ -28,14 +33,14 @@ def test_every_theorem_holds_on_a_trained_mlp(measured_run):
     volumes = ["lvr_sum_min", "lvr_geometric", "nvr"]
     assert (theorems["lhs"].drop_sel(bound=volumes) > 0).all()
     geometric = theorems["lhs"].sel(bound="lvr_geometric")
-    deficient = np.isneginf(measured_run[0]["log_lvr"].sel(subset="train")).any("sample")
+    deficient = np.isneginf(measured_tiny_run[0]["log_lvr"].sel(subset="train")).any("sample")
     np.testing.assert_array_equal(geometric == 0, deficient)
     conditional = result.where(result["kind"] == bounds.CONDITIONAL, drop=True)
     assert conditional["holds"].notnull().all()     # evaluated, whatever the verdict
 
 
-def test_lvr_and_nvr_right_hand_sides_by_hand(measured_run):
-    ds, _ = measured_run
+def test_lvr_and_nvr_right_hand_sides_by_hand(measured_tiny_run):
+    ds, _ = measured_tiny_run
     r = bounds.evaluate(ds).isel(run=0, step=-1)
     final = ds.isel(run=0, step=-1)
     train = final.sel(subset="train")
@@ -54,8 +59,8 @@ def test_lvr_and_nvr_right_hand_sides_by_hand(measured_run):
     assert float(r["rhs"].sel(bound="nvr")) == pytest.approx(nvr, rel=1e-10)
 
 
-def test_linear_stability_and_rank_bounds_by_hand(measured_run):
-    ds, _ = measured_run
+def test_linear_stability_and_rank_bounds_by_hand(measured_tiny_run):
+    ds, _ = measured_tiny_run
     r = bounds.evaluate(ds).isel(step=-1)
     final = ds.isel(step=-1)
     expected_lhs = 0.2 * final["hessian_lambda_max"]       # torch MSELoss Hessian: 2/K = 0.2
@@ -67,8 +72,8 @@ def test_linear_stability_and_rank_bounds_by_hand(measured_run):
     assert (r["rhs"].sel(bound="rank_hessian_layers") == 9 * 72).all()
 
 
-def test_mls_chain_is_ordered(measured_run):
-    ds, _ = measured_run
+def test_mls_chain_is_ordered(measured_tiny_run):
+    ds, _ = measured_tiny_run
     r = bounds.evaluate(ds)
     a = r["lhs"].sel(bound="mls_a_le_bprime")
     bprime, c, d = (r["rhs"].sel(bound=name) for name in ("mls_a_le_bprime", "mls_bprime_le_c",
@@ -77,8 +82,8 @@ def test_mls_chain_is_ordered(measured_run):
     np.testing.assert_allclose(r["rhs"].sel(bound="mls"), d)
 
 
-def test_ma_ying_rhs_by_hand(measured_run):
-    ds, _ = measured_run
+def test_ma_ying_rhs_by_hand(measured_tiny_run):
+    ds, _ = measured_tiny_run
     r = bounds.evaluate(ds).isel(run=0, step=-1)
     final = ds.isel(run=0, step=-1)
     w1 = float(final["weight_spectral_norm"][0])
@@ -89,8 +94,8 @@ def test_ma_ying_rhs_by_hand(measured_run):
         float(final["jacobian_fro_sq"].sel(subset="train").mean()), rel=1e-12)
 
 
-def test_a_fabricated_violation_is_reported(measured_run):
-    ds, _ = measured_run
+def test_a_fabricated_violation_is_reported(measured_tiny_run):
+    ds, _ = measured_tiny_run
     broken = ds.copy(deep=True)
     broken["mls"][:] = broken["mls"] * 1e6  # sensitivities no network of this size can have
     result = bounds.evaluate(broken)
@@ -98,8 +103,8 @@ def test_a_fabricated_violation_is_reported(measured_run):
     assert (result["holds"].sel(bound="ma_ying") == 1).all()  # untouched inputs still hold
 
 
-def test_per_sample_bounds_hold_at_every_point_and_match_the_lemma_by_hand(measured_run):
-    ds, _ = measured_run
+def test_per_sample_bounds_hold_at_every_point_and_match_the_lemma_by_hand(measured_tiny_run):
+    ds, _ = measured_tiny_run
     r = bounds.evaluate(ds)
     assert r["sample_holds"].dims == ("sample_bound", "run", "step", "sample")
     assert (r["sample_holds"] == 1).all()
@@ -116,10 +121,10 @@ def test_per_sample_bounds_hold_at_every_point_and_match_the_lemma_by_hand(measu
     assert (bounds.evaluate(broken)["sample_holds"].sel(sample_bound="mls_per_sample") == 0).all()
 
 
-def test_sgd_stability_conditions_by_hand_and_their_full_batch_limit(measured_run):
+def test_sgd_stability_conditions_by_hand_and_their_full_batch_limit(measured_tiny_run):
     """Mulayoff & Michaeli's necessary conditions in the training convention (factor 2/K),
     p = (n - B) / (B (n - 1)); at B = n (p = 0) the lambda_max form is GD's 2 / lambda."""
-    ds, _ = measured_run
+    ds, _ = measured_tiny_run
     n = ds.attrs["train_size"]
     assert n == 300                                        # 400 samples, train_split 0.75
     final = ds.isel(step=-1)
@@ -150,10 +155,10 @@ def logistic_regression_run(tiny_study, data_root, tmp_path_factory):
     study["train"].update(loss="cross_entropy", iterations=60, checkpoints={"count": 3})
     study["measure"]["curvature"].update(lanczos={"steps": 60}, spectral_density=False,
                                          adaptive_sharpness=False, relative_flatness=False)
-    run = config.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
-    paths = train.train_run("ce", study, run, tmp_path_factory.mktemp("logreg"), data_root,
+    run = studies.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
+    paths = single.train_run("ce", study, run, tmp_path_factory.mktemp("logreg"), data_root,
                             threads=1)
-    return measure.measured_run(paths, study["measure"], data_root, threads=1), study, paths
+    return measuring.measures_file(paths, study["measure"], data_root, threads=1), study, paths
 
 
 def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
@@ -166,8 +171,8 @@ def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
     for name in ("loss_trace", "loss_spectral"):
         assert (r["holds"].sel(bound=name) == 1).all()
     assert (ds["loss_weighted_output_curvature"] == 0).all()     # f is linear in theta
-    x, y = data.load_study_split(study["data"], "train", data_root)
-    rows = measure.measurement_indices(len(y), study["measure"]["curvature"]["points"],
+    x, y = datasets.load_study_split(study["data"], "train", data_root)
+    rows = measuring.measurement_indices(len(y), study["measure"]["curvature"]["points"],
                                        determinism.sub_seed(0, "curvature"))
     x, y = x[rows].double(), y[rows]
     x_tilde_sq = x.pow(2).sum(1) + 1
@@ -206,11 +211,11 @@ def test_the_rank_bound_bites_with_one_output_per_class_of_a_subset(tiny_study, 
     study["measure"]["curvature"] = {"enabled": True, "points": None, "probes": 4,
                                      "lanczos": False, "rank": {"points": 10,
                                                                 "dense_max_params": 200}}
-    run = config.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
-    paths = train.train_run("rank", study, run, tmp_path, data_root, threads=1)
+    run = studies.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
+    paths = single.train_run("rank", study, run, tmp_path, data_root, threads=1)
     model = checkpoint.load(paths[-1])[0]
     assert model(torch.zeros(1, 40)).shape == (1, 3)
-    ds = measure.measured_run(paths, study["measure"], data_root, threads=1)
+    ds = measuring.measures_file(paths, study["measure"], data_root, threads=1)
     final = ds.isel(run=0, step=-1)
     assert int(ds.attrs["num_outputs"]) == 3 and float(final["num_params"]) == 123
     bound = final["hessian_rank_bound"].sel(rank_bound="layers_c_minus_1_bias")
@@ -219,5 +224,5 @@ def test_the_rank_bound_bites_with_one_output_per_class_of_a_subset(tiny_study, 
     assert (final["hessian_rank"] <= bound).all()
     # with n ~ 90 > d + 1 points in general position the bound is attained
     assert float(final["hessian_rank"].sel(rank_tolerance=1e-8)) == 82
-    _, y = data.load_study_split(study["data"], "train", data_root)
+    _, y = datasets.load_study_split(study["data"], "train", data_root)
     assert set(y.tolist()) == {0, 1, 2}

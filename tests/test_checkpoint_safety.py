@@ -13,7 +13,9 @@ import shutil
 import pytest
 import torch
 
-from flatrep import checkpoint, cli, config, ensemble, resume, train
+from flatrep import checkpoint, cli
+from flatrep.params import studies
+from flatrep.training import ensemble, resume, single
 
 
 class _CreatesAFile:
@@ -74,12 +76,12 @@ def test_a_crafted_scratch_checkpoint_stops_a_resumed_training_job(tmp_path, dat
     refuses to unpickle it, names it, and creates nothing."""
     study = copy.deepcopy(tiny_study)
     study["train"].update(iterations=10, checkpoints={"count": 2, "spacing": "linear"})
-    run = config.Run("lr0.1_bs20_seed0", {"lr": 0.1, "batch_size": 20, "seed": 0})
+    run = studies.Run("lr0.1_bs20_seed0", {"lr": 0.1, "batch_size": 20, "seed": 0})
     marker = tmp_path / "created"
     scratch = resume.scratch_dir(tmp_path / "runs" / run.run_id) / "step_0.pt"
     crafted(scratch, marker)
     with pytest.raises(checkpoint.CheckpointError, match="refuses to unpickle") as err:
-        train.train_run("tiny", study, run, tmp_path / "runs" / run.run_id, data_root,
+        single.train_run("tiny", study, run, tmp_path / "runs" / run.run_id, data_root,
                         threads=1)
     assert str(scratch) in str(err.value)
     assert not marker.exists()
@@ -91,16 +93,16 @@ def _safe_content(path) -> dict:
     return torch.load(io.BytesIO(outer["payload"]), weights_only=True)
 
 
-def test_every_checkpoint_flatrep_writes_is_plain_data(measured_run, tiny_study, data_root,
+def test_every_checkpoint_flatrep_writes_is_plain_data(measured_tiny_run, tiny_study, data_root,
                                                        tmp_path):
     """Single runs (SGD) and ensembles (Adam with iterate averaging, so the raw iterate,
     optimizer moments and running average are stored too) load with weights_only=True, with
     JSON metadata."""
-    _, single = measured_run
+    _, single = measured_tiny_run
     study = copy.deepcopy(tiny_study)
     study["train"].update(iterations=8, checkpoints={"count": 2, "spacing": "linear"},
                           optimizer="adam", ensemble="seeds")
-    runs = [config.Run(f"seed{seed}", {"lr": 1e-3, "batch_size": 20, "seed": seed,
+    runs = [studies.Run(f"seed{seed}", {"lr": 1e-3, "batch_size": 20, "seed": seed,
                                        "averaging_start": 0.5}) for seed in (0, 1)]
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "runs", data_root,
                                       threads=1)
@@ -113,9 +115,9 @@ def test_every_checkpoint_flatrep_writes_is_plain_data(measured_run, tiny_study,
     assert averaged["training_model"] is not None and averaged["optimizer"]["state"]
 
 
-def test_a_format_2_checkpoint_of_plain_data_still_loads(measured_run, tmp_path):
+def test_a_format_2_checkpoint_of_plain_data_still_loads(measured_tiny_run, tmp_path):
     """The previous format pickled ``meta`` as a dict: read by the same safe loader."""
-    _, paths = measured_run
+    _, paths = measured_tiny_run
     content = checkpoint.read(paths[-1])
     old = tmp_path / "step_300.pt"
     old.write_bytes(_envelope(content, "flatrep-checkpoint-2"))
@@ -126,10 +128,10 @@ def test_a_format_2_checkpoint_of_plain_data_still_loads(measured_run, tmp_path)
         assert torch.equal(value, reference.state_dict()[name])
 
 
-def test_identical_state_gives_identical_bytes_whatever_the_file(measured_run, tmp_path):
+def test_identical_state_gives_identical_bytes_whatever_the_file(measured_tiny_run, tmp_path):
     """No file name inside the archive: two saves of the same state, under different names and
     folders, are byte-identical (DVC sees a retrained, identical run as unchanged)."""
-    _, paths = measured_run
+    _, paths = measured_tiny_run
     model, meta = checkpoint.load(paths[-1])
     first, second = tmp_path / "a" / "step_300.pt", tmp_path / "b" / "step_7.pt"
     for path in (first, second):
@@ -140,13 +142,13 @@ def test_identical_state_gives_identical_bytes_whatever_the_file(measured_run, t
 
 
 def test_a_deterministic_failure_is_not_run_again_by_a_later_attempt(
-        measured_run, tmp_path, data_root, capsys, monkeypatch):
+        measured_tiny_run, tmp_path, data_root, capsys, monkeypatch):
     """Attempt 1 of a measure job fails on a crafted checkpoint and records it; attempt 2 of
     the same command fails at once with that error (the file, meanwhile replaced by a good
     one, is not read: a retry would have measured it); a new first attempt clears the record
     and measures. A command that never failed deterministically is run by every attempt."""
     monkeypatch.chdir(tmp_path)
-    _, paths = measured_run
+    _, paths = measured_tiny_run
     path = crafted(tmp_path / "step_10.pt", tmp_path / "created")
     job = ["measure", "--checkpoints", str(path), "--measure-json",
            '{"points": 4, "point_seed": 0, "chunk_size": 4}', "--data-root", str(data_root),

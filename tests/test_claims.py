@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flatrep import bounds, claims
+from flatrep.analysis import bounds, claims
 
 RULES = {"alpha": 0.05, "min_effect": 0.2, "margin": 0.3, "max_violation_rate": 0.01,
          "ratio_band": [10, 90]}
@@ -281,10 +281,10 @@ def test_a_reversed_relation_is_contradicted():
     assert table["claim_verdict"].sel(claim="sharpness_mls").item() == claims.CONTRADICTED
 
 
-def test_summary_markdown_has_the_three_tables(measured_run, tiny_study):
-    from flatrep import markdown, stats
+def test_summary_markdown_has_the_three_tables(measured_tiny_run, tiny_study):
+    from flatrep.analysis import markdown, stats
 
-    ds, _ = measured_run
+    ds, _ = measured_tiny_run
     evaluated = bounds.evaluate(ds)
     result = stats.study_statistics(ds, evaluated, tiny_study["stats"])
     table = claims.evaluate(ds, evaluated, tiny_study["stats"], tiny_study["figures"])

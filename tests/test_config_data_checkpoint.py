@@ -9,12 +9,14 @@ import pytest
 import torch
 import yaml
 
-from flatrep import checkpoint, config, data, validation
+from flatrep import checkpoint
+from flatrep.data import datasets
+from flatrep.params import studies, validation
 
 
 def test_paper_cross_expands_to_five_configs_times_seeds():
-    params = config.load_params("params.yaml")
-    runs = config.expand_runs(params["studies"]["quick"])
+    params = studies.load_params("params.yaml")
+    runs = studies.expand_runs(params["studies"]["quick"])
     configs = {(r.hparams["lr"], r.hparams["batch_size"]) for r in runs}
     assert configs == {(0.05, 20), (0.1, 20), (0.2, 20), (0.1, 8), (0.1, 32)}
     assert len(runs) == 5 * len(params["studies"]["quick"]["train"]["seeds"])
@@ -23,55 +25,55 @@ def test_paper_cross_expands_to_five_configs_times_seeds():
 
 
 def test_checkpoint_schedule_includes_start_and_end():
-    assert config.checkpoint_steps({"iterations": 100, "checkpoints": {"count": 5}}) == [
+    assert studies.checkpoint_steps({"iterations": 100, "checkpoints": {"count": 5}}) == [
         0, 25, 50, 75, 100]
-    log = config.checkpoint_steps({"iterations": 1000,
+    log = studies.checkpoint_steps({"iterations": 1000,
                                    "checkpoints": {"count": 4, "spacing": "log"}})
     assert log == [0, 1, 10, 100, 1000]
-    assert config.checkpoint_steps({"iterations": 50, "checkpoints": [10, 20]}) == [0, 10, 20, 50]
+    assert studies.checkpoint_steps({"iterations": 50, "checkpoints": [10, 20]}) == [0, 10, 20, 50]
 
 
 def test_semantic_errors_name_the_key(tiny_study):
     study = copy.deepcopy(tiny_study)
     study["train"]["checkpoints"] = [10, 5000]
-    with pytest.raises(config.ConfigError, match=r"studies\.tiny\.train\.checkpoints.*5000"):
-        config.check_study("tiny", study)
+    with pytest.raises(studies.ConfigError, match=r"studies\.tiny\.train\.checkpoints.*5000"):
+        studies.check_study("tiny", study)
     study = copy.deepcopy(tiny_study)
     study["data"]["classes"] = [0, 12]
-    with pytest.raises(config.ConfigError, match=r"studies\.tiny\.data\.classes.*12"):
-        config.check_study("tiny", study, dataset_classes=10)
+    with pytest.raises(studies.ConfigError, match=r"studies\.tiny\.data\.classes.*12"):
+        studies.check_study("tiny", study, dataset_classes=10)
 
 
 def test_float_formatting_in_run_ids():
-    assert config.run_id({"lr": 0.1, "batch_size": 20, "seed": 0}) == "lr0.1_bs20_seed0"
-    assert config.run_id({"seed": 2, "lr": 1e-05}) == "lr1e-05_seed2"
-    assert config.run_id({"lr": 0.1, "weight_decay": 0.0005, "seed": 1}) == "lr0.1_wd0.0005_seed1"
+    assert studies.run_id({"lr": 0.1, "batch_size": 20, "seed": 0}) == "lr0.1_bs20_seed0"
+    assert studies.run_id({"seed": 2, "lr": 1e-05}) == "lr1e-05_seed2"
+    assert studies.run_id({"lr": 0.1, "weight_decay": 0.0005, "seed": 1}) == "lr0.1_wd0.0005_seed1"
 
 
 def test_data_load_subsets_classes_and_scales(data_root, tiny_study):
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "classes",
                                                                          "scale")}
-    x, y = data.load("mnist1d", "train", data_root, **options)
+    x, y = datasets.load("mnist1d", "train", data_root, **options)
     assert x.shape == (300, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
-    x2, y2 = data.load("mnist1d", "train", data_root, classes=[0, 1], scale="unit_interval",
+    x2, y2 = datasets.load("mnist1d", "train", data_root, classes=[0, 1], scale="unit_interval",
                        **options)
     assert set(y2.tolist()) == {0, 1} and len(y2) == int(((y == 0) | (y == 1)).sum())
     assert x2.min() >= 0 and x2.max() <= 1
 
 
 def test_missing_data_and_unknown_dataset_errors(tmp_path):
-    with pytest.raises(data.DataError, match="missing.*prepare-data"):
-        data.load("mnist1d", "train", tmp_path, num_samples=100)
-    with pytest.raises(data.DataError, match="unknown dataset 'cifar7'"):
-        data.load("cifar7", "train", tmp_path)
+    with pytest.raises(datasets.DataError, match="missing.*prepare-data"):
+        datasets.load("mnist1d", "train", tmp_path, num_samples=100)
+    with pytest.raises(datasets.DataError, match="unknown dataset 'cifar7'"):
+        datasets.load("cifar7", "train", tmp_path)
 
 
-def test_checkpoint_round_trip_and_corruption(measured_run, tmp_path):
-    _, paths = measured_run
+def test_checkpoint_round_trip_and_corruption(measured_tiny_run, tmp_path):
+    _, paths = measured_tiny_run
     model, meta = checkpoint.load(paths[-1])
     assert not model.training
     assert {"study", "run", "step", "config", "hparams"} <= set(meta)
-    assert meta["step"] == max(config.checkpoint_steps(meta["config"]["train"]))
+    assert meta["step"] == max(studies.checkpoint_steps(meta["config"]["train"]))
     corrupt = tmp_path / "step_9.pt"
     corrupt.write_bytes(paths[-1].read_bytes()[:100])
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
@@ -81,17 +83,18 @@ def test_checkpoint_round_trip_and_corruption(measured_run, tmp_path):
 
 
 def test_a_diverging_run_is_recorded_not_fatal(tiny_study, data_root, tmp_path):
-    from flatrep import measure, train
+    from flatrep.cube import measuring
+    from flatrep.training import single
 
     study = copy.deepcopy(tiny_study)
-    run = config.Run("lr1000.0_bs20_seed0", {"lr": 1000.0, "batch_size": 20, "seed": 0})
-    paths = train.train_run("tiny", study, run, tmp_path, data_root, threads=1)
+    run = studies.Run("lr1000.0_bs20_seed0", {"lr": 1000.0, "batch_size": 20, "seed": 0})
+    paths = single.train_run("tiny", study, run, tmp_path, data_root, threads=1)
     assert [p.name for p in paths] == [f"step_{k}.pt" for k in
-                                       config.checkpoint_steps(study["train"])]
+                                       studies.checkpoint_steps(study["train"])]
     metas = [checkpoint.read(p)["meta"] for p in paths]
     diverged_at = metas[-1]["diverged_at"]
     assert diverged_at is not None and 0 < diverged_at <= metas[-1]["step"]
-    ds = measure.measure_run(paths, study["measure"], data_root)
+    ds = measuring.measure_checkpoints(paths, study["measure"], data_root)
     flags = ds["diverged"].values
     assert flags[0] == 0 and flags[-1] == 1
     assert int(ds["diverged_at"]) == diverged_at
@@ -108,9 +111,9 @@ def schema_errors(params: dict) -> list[str]:
 
 
 def test_schema_accepts_the_shipped_params_and_model_and_measure_variants():
-    params = config.load_params("params.yaml")
+    params = studies.load_params("params.yaml")
     assert schema_errors(params) == []
-    assert schema_errors(config.load_params("tests/params_tiny.yaml")) == []
+    assert schema_errors(studies.load_params("tests/params_tiny.yaml")) == []
     study = params["studies"]["quick"]
     study["model"] = {"name": "cnn", "channels": [8, 8], "kernel_size": 3}
     study["train"]["loss"] = "cross_entropy"
@@ -128,7 +131,7 @@ def test_schema_accepts_the_shipped_params_and_model_and_measure_variants():
     {"lanczos_steps": 12},
 ])
 def test_schema_rejects_bad_measure_options(curvature):
-    params = config.load_params("params.yaml")
+    params = studies.load_params("params.yaml")
     params["studies"]["quick"]["measure"]["curvature"].update(curvature)
     assert schema_errors(params)
 
@@ -144,7 +147,7 @@ def test_schema_rejects_bad_measure_options(curvature):
 def test_validation_rejects_model_options_the_builder_does_not_take(model, message):
     """The schema lists every model option; which option belongs to which model is read
     from the builder's signature (flatrep.models.check_options), before any job starts."""
-    params = config.load_params("params.yaml")
+    params = studies.load_params("params.yaml")
     params["studies"]["quick"]["model"] = model
-    with pytest.raises(config.ConfigError, match=f"studies.quick: .*{message}"):
+    with pytest.raises(studies.ConfigError, match=f"studies.quick: .*{message}"):
         validation.check_studies(params["studies"])

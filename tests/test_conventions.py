@@ -1,4 +1,4 @@
-"""The paper's axes (``flatrep.conventions``) against closed forms and independent
+"""The paper's axes (``flatrep.analysis.conventions``) against closed forms and independent
 computations in float64."""
 
 from pathlib import Path
@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.func import hessian
 
-from flatrep import conventions, losses, models, report
+from flatrep import losses, models
+from flatrep.analysis import conventions, figures
 from flatrep.measures import curvature, jacobian
 
 
@@ -82,8 +83,8 @@ def test_the_train_loss_axis_names_the_studys_torch_loss(loss_name, torch_name):
     assert set(conventions.TORCH_LOSSES) == set(losses.LOSSES)      # every loss is named
 
 
-def test_comparison_table_names_every_variable_it_converts(measured_run):
-    ds, _ = measured_run
+def test_comparison_table_names_every_variable_it_converts(measured_tiny_run):
+    ds, _ = measured_tiny_run
     table = conventions.comparison_markdown()
     assert table.count("\n") == len(conventions.COMPARISON) + 2
     for row in conventions.COMPARISON:
@@ -92,10 +93,10 @@ def test_comparison_table_names_every_variable_it_converts(measured_run):
 
 
 @pytest.mark.parametrize("name", conventions.CONVENTIONS)
-def test_figures_draw_under_each_convention(measured_run, tmp_path, name):
-    ds, _ = measured_run
-    figures = {"lr_row_batch_size": 20, "batch_row_lr": 0.1, "conventions": name}
-    report.trajectories(ds, figures, tmp_path / "trajectories.png")
+def test_figures_draw_under_each_convention(measured_tiny_run, tmp_path, name):
+    ds, _ = measured_tiny_run
+    options = {"lr_row_batch_size": 20, "batch_row_lr": 0.1, "conventions": name}
+    figures.trajectories(ds, options, tmp_path / "trajectories.png")
     assert (tmp_path / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -106,7 +107,7 @@ def test_the_docs_table_is_the_catalogue():
 
 def test_claims_against_sharpness_report_pearson_on_the_papers_axes():
     """r(sqrt S, y) by hand; non-finite runs (a -inf log volume) left out; none for < 3."""
-    from flatrep import claims
+    from flatrep.analysis import claims
 
     s = np.array([1.0, 4.0, 9.0, 16.0, 25.0])
     y = np.array([0.5, 1.5, 2.0, 4.5, -np.inf])

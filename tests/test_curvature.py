@@ -119,17 +119,18 @@ def test_softmax_free_linear_regression_with_k_outputs_has_block_diagonal_trace(
     assert math.isfinite(est.standard_error)
 
 
-def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(measured_run,
+def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(measured_tiny_run,
                                                                                tiny_study,
                                                                                data_root):
-    from flatrep import checkpoint, data, losses
+    from flatrep import checkpoint, losses
+    from flatrep.data import datasets
     from flatrep.measures import suite
 
-    ds, paths = measured_run
+    ds, paths = measured_tiny_run
     assert all(ds[name].notnull().all() for name in ("hessian_trace", "hessian_lambda_max"))
     model, _ = checkpoint.load(paths[-1])
     model = model.double()
-    x, y = data.load_study_split(tiny_study["data"], "train", data_root)
+    x, y = datasets.load_study_split(tiny_study["data"], "train", data_root)
     x, targets = x[:60].double(), nn.functional.one_hot(y[:60], 10).double()
     cfg = {"probes": 60, "lanczos": {"steps": 40}}
     values = suite.measure(model, x, targets, losses.get("mse"), cfg, seed=0)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets
 
-from flatrep import augment, cli, data
+from flatrep import cli
+from flatrep.data import augment, datasets
 
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 CIFAR = {"cifar10": ("CIFAR10", b"labels"), "cifar100": ("CIFAR100", b"fine_labels")}
@@ -79,7 +80,7 @@ def prepare_and_load(tmp_path: Path, data_cfg: dict) -> dict:
     argv = ["prepare-data", data_cfg["name"], "--root", str(prepared), "--options",
             json.dumps(options, sort_keys=True)]
     assert cli.main(argv) == 0
-    return {split: data.load_study_split(data_cfg, split, prepared) for split in ("train", "test")}
+    return {split: datasets.load_study_split(data_cfg, split, prepared) for split in ("train", "test")}
 
 
 @pytest.mark.parametrize("name", sorted(MNIST_FOLDERS))
@@ -93,7 +94,7 @@ def test_mnist_like_raw_files_load_as_images_divided_by_255(tmp_path, name):
         assert x.shape == (len(labels), 1, 28, 28) and x.dtype == torch.float32
         assert torch.equal(x, torch.from_numpy(images)[:, None].float() / 255)
         assert torch.equal(y, torch.from_numpy(labels).long())
-    path = data.prepared_path(name, tmp_path / "data", root=cfg["root"])
+    path = datasets.prepared_path(name, tmp_path / "data", root=cfg["root"])
     with np.load(path) as stored:
         assert stored["x_train"].dtype == np.uint8 and stored["x_train"].shape == (7, 1, 28, 28)
         assert stored["y_test"].dtype == np.int64
@@ -151,30 +152,30 @@ def test_outputs_classes_renumbers_the_labels_by_their_place_in_the_subset(tmp_p
         assert kept[split][1].tolist() == original.tolist()
         assert renumbered[split][1].tolist() == [[2, 0, 1].index(c) for c in original]
     assert renumbered["train"][1].tolist() == [1, 2, 0, 2, 1, 2]
-    assert data.num_outputs({**cfg, "outputs": "classes"}) == 3
-    assert data.num_outputs(cfg) == data.num_outputs({**cfg, "outputs": "all"}) == 10
-    assert data.prepared_path("mnist", "data", outputs="classes") == data.prepared_path("mnist")
+    assert datasets.num_outputs({**cfg, "outputs": "classes"}) == 3
+    assert datasets.num_outputs(cfg) == datasets.num_outputs({**cfg, "outputs": "all"}) == 10
+    assert datasets.prepared_path("mnist", "data", outputs="classes") == datasets.prepared_path("mnist")
 
 
 def test_prepared_file_depends_on_num_train_only():
-    base = data.prepared_path("cifar10", "data")
-    assert data.prepared_path("cifar10", "data", root="elsewhere", download=False,
+    base = datasets.prepared_path("cifar10", "data")
+    assert datasets.prepared_path("cifar10", "data", root="elsewhere", download=False,
                               classes=[0, 1], scale="channel_standardize") == base
-    assert data.prepared_path("cifar10", "data", num_train=100) != base
+    assert datasets.prepared_path("cifar10", "data", num_train=100) != base
 
 
 def test_mnist1d_prepared_file_name_is_unchanged():
     options = {"num_samples": 400, "train_split": 0.75, "seed": 3, "classes": None,
                "scale": "none"}
-    assert data.prepared_path("mnist1d", "data", **options) == Path("data/mnist1d-51c138e4ab.npz")
+    assert datasets.prepared_path("mnist1d", "data", **options) == Path("data/mnist1d-51c138e4ab.npz")
 
 
 def test_missing_raw_files_without_download_are_named(tmp_path):
     raw = tmp_path / "raw"
     fake_cifar(raw, "cifar10")
     (raw / "cifar-10-batches-py" / "data_batch_3").unlink()
-    with pytest.raises(data.DataError) as caught:
-        data.prepare("cifar10", tmp_path / "data", root=str(raw), download=False)
+    with pytest.raises(datasets.DataError) as caught:
+        datasets.prepare("cifar10", tmp_path / "data", root=str(raw), download=False)
     message = str(caught.value)
     assert "'cifar10'" in message and "data.download is false" in message
     assert f"\n  {raw / 'cifar-10-batches-py' / 'data_batch_3'}\n" in message
@@ -183,8 +184,8 @@ def test_missing_raw_files_without_download_are_named(tmp_path):
 
 
 def test_missing_mnist_files_list_every_path_and_url(tmp_path):
-    with pytest.raises(data.DataError) as caught:
-        data.prepare("fashion_mnist", tmp_path / "data", root=str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError) as caught:
+        datasets.prepare("fashion_mnist", tmp_path / "data", root=str(tmp_path), download=False)
     message = str(caught.value)
     for file in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
@@ -212,8 +213,8 @@ def test_a_failed_download_is_one_clear_error(tmp_path, monkeypatch, capsys, nam
     assert calls == [(str(tmp_path / "raw"), True)]
     assert "Traceback" not in stderr and f"dataset {name!r}: raw files missing" in stderr
     assert type(error).__name__ in stderr and str(tmp_path / "raw") in stderr
-    with pytest.raises(data.DataError) as caught:
-        data.prepare(name, tmp_path, root=str(tmp_path / "raw"))
+    with pytest.raises(datasets.DataError) as caught:
+        datasets.prepare(name, tmp_path, root=str(tmp_path / "raw"))
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
@@ -231,19 +232,19 @@ def test_download_fetches_the_missing_files(tmp_path, monkeypatch):
 
 
 def test_bad_options_are_data_errors(tmp_path, data_root, tiny_study):
-    with pytest.raises(data.DataError, match=r"\[10\] not class indices of dataset 'cifar10'"):
-        data.load("cifar10", "train", tmp_path, classes=[0, 10])
+    with pytest.raises(datasets.DataError, match=r"\[10\] not class indices of dataset 'cifar10'"):
+        datasets.load("cifar10", "train", tmp_path, classes=[0, 10])
     fake_mnist(tmp_path / "raw", "mnist")
     for num_train, match in ((8, "has only 7 training images"), (0, "positive integer")):
-        with pytest.raises(data.DataError, match=match):
-            data.prepare("mnist", tmp_path, root=str(tmp_path / "raw"), num_train=num_train)
+        with pytest.raises(datasets.DataError, match=match):
+            datasets.prepare("mnist", tmp_path, root=str(tmp_path / "raw"), num_train=num_train)
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "scale")}
-    with pytest.raises(data.DataError, match="channel_standardize needs samples with a channel"):
-        data.load("mnist1d", "train", data_root, scale="channel_standardize", **options)
-    with pytest.raises(data.DataError, match="outputs 'classes' needs a data.classes subset"):
-        data.load("mnist1d", "train", data_root, outputs="classes", **options)
-    with pytest.raises(data.DataError, match=r"unknown data.outputs 'subset'; allowed: \['all'"):
-        data.num_outputs({"name": "mnist", "classes": [0, 1], "outputs": "subset"})
+    with pytest.raises(datasets.DataError, match="channel_standardize needs samples with a channel"):
+        datasets.load("mnist1d", "train", data_root, scale="channel_standardize", **options)
+    with pytest.raises(datasets.DataError, match="outputs 'classes' needs a data.classes subset"):
+        datasets.load("mnist1d", "train", data_root, outputs="classes", **options)
+    with pytest.raises(datasets.DataError, match=r"unknown data.outputs 'subset'; allowed: \['all'"):
+        datasets.num_outputs({"name": "mnist", "classes": [0, 1], "outputs": "subset"})
 
 
 def reference_augment(x: torch.Tensor, name: str, seed: int) -> torch.Tensor:

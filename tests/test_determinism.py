@@ -14,7 +14,10 @@ import pytest
 import torch
 import torch._inductor.config as inductor_config
 
-from flatrep import checkpoint, config, determinism, ensemble, measure, train
+from flatrep import checkpoint, determinism
+from flatrep.cube import measuring
+from flatrep.params import studies
+from flatrep.training import ensemble, preparation, single
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 INDUCTOR = "TORCHINDUCTOR_DETERMINISTIC"
@@ -139,10 +142,10 @@ def _study(tiny_study, mode: str | None) -> dict:
 @pytest.mark.parametrize("mode, expected", [("strict", "strict"), ("fast", "fast"),
                                             (None, "strict")])
 def test_prepare_configures_the_mode_the_study_selects(tiny_study, data_root, mode, expected):
-    """``train.prepare`` sets the flags of ``train.determinism`` (strict when absent) and
+    """``preparation.prepare`` sets the flags of ``train.determinism`` (strict when absent) and
     keeps the mode for the checkpoints."""
     set_flags(FAST if expected == "strict" else STRICT)
-    setup = train.prepare(_study(tiny_study, mode), data_root, threads=1)
+    setup = preparation.prepare(_study(tiny_study, mode), data_root, threads=1)
     assert setup.mode == expected
     assert flags() == MODES[expected]
 
@@ -153,11 +156,11 @@ def test_checkpoints_and_cube_record_the_mode_training_ran_in(tmp_path, tiny_stu
     """Every checkpoint of a run carries the study's mode, and so does the measured cube's
     ``determinism`` attribute, although measuring always runs strict."""
     study = _study(tiny_study, mode)
-    run = config.expand_runs(study)[0]
-    paths = train.train_run("tiny", study, run, tmp_path / "run", data_root, threads=1)
+    run = studies.expand_runs(study)[0]
+    paths = single.train_run("tiny", study, run, tmp_path / "run", data_root, threads=1)
     assert len(paths) == 3
     assert [checkpoint.read(path)["meta"]["determinism"] for path in paths] == [mode] * 3
-    cube = measure.measured_run(paths, study["measure"], data_root, threads=1)
+    cube = measuring.measures_file(paths, study["measure"], data_root, threads=1)
     assert cube.attrs["determinism"] == mode
     assert flags() == STRICT
 
@@ -166,7 +169,7 @@ def test_checkpoints_and_cube_record_the_mode_training_ran_in(tmp_path, tiny_stu
 def test_ensemble_checkpoints_record_the_mode(tmp_path, tiny_study, data_root, mode):
     """The vmapped ensemble trainer records each member's mode as a single run does."""
     study = _study(tiny_study, mode)
-    runs = config.expand_runs(study)[:2]
+    runs = studies.expand_runs(study)[:2]
     paths = ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble", data_root, 1)
     assert len(paths) == 6
     assert {checkpoint.read(path)["meta"]["determinism"] for path in paths} == {mode}

@@ -1,5 +1,5 @@
-"""The vmapped ensemble trainer against single runs (``flatrep.train.train_run``), on the CPU
-and, where one is present, on a CUDA device (the ``gpu`` cases).
+"""The vmapped ensemble trainer against single runs (``flatrep.training.single.train_run``), on the
+CPU and, where one is present, on a CUDA device (the ``gpu`` cases).
 
 Each ensemble member must follow the trajectory of the same run trained alone: the same
 minibatches (identical generator states), the same optimizer arithmetic, the same checkpoints.
@@ -14,7 +14,10 @@ import pytest
 import torch
 from test_data_torchvision import fake_cifar
 
-from flatrep import checkpoint, config, data, ensemble, schedules, train
+from flatrep import checkpoint
+from flatrep.data import datasets
+from flatrep.params import schedules, studies
+from flatrep.training import ensemble, single
 
 #: (rtol, atol) by dtype
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-10, 1e-12)}
@@ -34,8 +37,8 @@ def _study(tiny_study, **train_options):
     return study
 
 
-def _runs(grid: list[dict]) -> list[config.Run]:
-    return [config.Run(config.run_id(hp), hp) for hp in grid]
+def _runs(grid: list[dict]) -> list[studies.Run]:
+    return [studies.Run(studies.run_id(hp), hp) for hp in grid]
 
 
 def assert_same_checkpoints(single: list, member: list):
@@ -72,9 +75,9 @@ def _train_both(study, runs, data_root, tmp_path):
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble", data_root, 1)
     by_run = {run.run_id: [p for p in members if p.parent.name == run.run_id] for run in runs}
     for run in runs:
-        single = train.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
+        alone = single.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
                                  data_root, 1)
-        assert_same_checkpoints(single, by_run[run.run_id])
+        assert_same_checkpoints(alone, by_run[run.run_id])
     return by_run
 
 
@@ -164,18 +167,18 @@ def test_ensemble_groups_follow_the_mode(tiny_study):
     """Grid {lr 0.1, 0.2} x bs 20 plus lr 0.1 x bs 8, seeds {0, 1} (params_tiny.yaml)."""
     study = copy.deepcopy(tiny_study)
     sizes = {}
-    for mode in config.ENSEMBLE_MODES:
+    for mode in studies.ENSEMBLE_MODES:
         study["train"]["ensemble"] = mode
-        groups = config.ensemble_groups(study)
+        groups = studies.ensemble_groups(study)
         assert sorted(r.run_id for g in groups.values() for r in g) == sorted(
-            r.run_id for r in config.expand_runs(study))
+            r.run_id for r in studies.expand_runs(study))
         sizes[mode] = {key: len(runs) for key, runs in groups.items()}
     assert set(sizes["none"].values()) == {1} and len(sizes["none"]) == 6
     assert sizes["seeds"] == {"lr0.1_bs20": 2, "lr0.2_bs20": 2, "lr0.1_bs8": 2}
     assert sizes["configs"] == {"bs20_optsgd_ia1.0": 4, "bs8_optsgd_ia1.0": 2}
     study["train"]["ensemble"] = "all"
-    with pytest.raises(config.ConfigError, match="train.ensemble"):
-        config.ensemble_groups(study)
+    with pytest.raises(studies.ConfigError, match="train.ensemble"):
+        studies.ensemble_groups(study)
 
 
 def test_linear_decay_schedule_closed_form():
@@ -207,7 +210,7 @@ def test_averaging_runs_decay_to_their_averaged_rate_by_the_averaging_start():
 def _cifar_vgg_study(tmp_path) -> dict:
     """VGG-16-BN (width 1/16) on CIFAR-format images in ``tmp_path``, crop-and-flip, float64."""
     fake_cifar(tmp_path / "raw", "cifar10")
-    data.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
+    datasets.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
     return {"data": {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
                      "scale": "unit_interval"},
             "model": {"name": "vgg16_bn", "width": 0.0625},
@@ -227,10 +230,10 @@ def test_batchnorm_members_with_augmentation_follow_their_single_runs(tmp_path, 
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "ensemble",
                                       tmp_path / "data", 1)
     for run in runs:
-        single = train.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
+        alone = single.train_run("tiny", study, run, tmp_path / "single" / run.run_id,
                                  tmp_path / "data", 1)
-        assert_same_checkpoints(single, [p for p in members if p.parent.name == run.run_id])
-        final = checkpoint.read(single[-1])["model"]
+        assert_same_checkpoints(alone, [p for p in members if p.parent.name == run.run_id])
+        final = checkpoint.read(alone[-1])["model"]
         assert not torch.equal(final["1.running_mean"],
                                torch.zeros_like(final["1.running_mean"]))
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flatrep import atomic, cube
+from flatrep import atomic
+from flatrep.cube import netcdf
 
 
 def _dataset():
@@ -20,30 +21,30 @@ def _dataset():
 
 def test_cube_round_trip_keeps_content_and_checks_its_digest(tmp_path):
     path = tmp_path / "cube.nc"
-    cube.write(_dataset(), path)
+    netcdf.write(_dataset(), path)
     with netCDF4.Dataset(path) as handle:
-        assert len(handle.getncattr(cube.DIGEST_ATTR)) == 64
-    back = cube.read(path)
+        assert len(handle.getncattr(netcdf.DIGEST_ATTR)) == 64
+    back = netcdf.read(path)
     xr.testing.assert_identical(back, _dataset())
     assert list(tmp_path.iterdir()) == [path]
 
 
 def test_a_cube_altered_in_place_fails_its_digest(tmp_path):
     path = tmp_path / "cube.nc"
-    cube.write(_dataset(), path)
+    netcdf.write(_dataset(), path)
     with netCDF4.Dataset(path, "a") as handle:
         handle["sharpness"][1, 2] = 99.0
-    with pytest.raises(cube.CubeError, match="content_sha256") as caught:
-        cube.read(path)
+    with pytest.raises(netcdf.CubeError, match="content_sha256") as caught:
+        netcdf.read(path)
     assert str(path) in str(caught.value) and "snakemake --cores all" in str(caught.value)
 
 
 def test_a_truncated_cube_fails_cleanly(tmp_path):
     path = tmp_path / "cube.nc"
-    cube.write(_dataset(), path)
+    netcdf.write(_dataset(), path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(cube.CubeError, match="truncated or corrupt") as caught:
-        cube.read(path)
+    with pytest.raises(netcdf.CubeError, match="truncated or corrupt") as caught:
+        netcdf.read(path)
     assert str(path) in str(caught.value)
 
 
@@ -78,7 +79,7 @@ def test_the_command_line_reports_a_damaged_cube_in_one_line(tmp_path, capsys):
     from flatrep import cli
 
     path = tmp_path / "cube.nc"
-    cube.write(_dataset(), path)
+    netcdf.write(_dataset(), path)
     path.write_bytes(path.read_bytes()[:200])
     assert cli.main(["bounds", str(path), "--out", str(tmp_path / "bounds.nc")]) == 2
     err = capsys.readouterr().err.strip()
@@ -86,13 +87,13 @@ def test_the_command_line_reports_a_damaged_cube_in_one_line(tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "bounds.nc").exists()
 
 
-def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(measured_run, data_root,
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(measured_tiny_run, data_root,
                                                                      tmp_path, capsys):
     """A checkpoint holding another model's weights (here: its config says 7-unit layers)
     fails to load with the file named, in the library and on the command line."""
     from flatrep import checkpoint, cli
 
-    _, paths = measured_run
+    _, paths = measured_tiny_run
     model, meta = checkpoint.load(paths[-1])
     other = {**meta, "config": {**meta["config"],
                                 "model": {**meta["config"]["model"], "hidden": [7, 7]}}}

@@ -1,11 +1,11 @@
-"""The late phase of a run (``flatrep.late_phase``) and Chen et al.'s late-phase claims, on
-fabricated trajectories whose truth is known by construction."""
+"""The late phase of a run (``flatrep.analysis.late_phase``) and Chen et al.'s late-phase claims,
+on fabricated trajectories whose truth is known by construction."""
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from flatrep import claims, late_phase
+from flatrep.analysis import claims, late_phase
 
 from test_claims import CFG, FIGURES, RULES, synthetic_study
 
@@ -146,7 +146,7 @@ def test_a_rank_deficient_late_checkpoint_ranks_lowest_and_is_counted():
 def test_phase_statistics_and_the_summary_paragraph():
     """20 runs fall to about half their post-interpolation peak, 4 rise to the end, and 2 of
     the falling ones never interpolate."""
-    from flatrep import markdown
+    from flatrep.analysis import markdown
 
     cube = late_cube(rising=range(4), never_interpolating=[10, 11])
     phase = late_phase.phase_statistics(cube, 0.02)
@@ -169,7 +169,7 @@ def test_phase_statistics_and_the_summary_paragraph():
 
 @pytest.mark.parametrize("taus,agree", [((0.5, 0.4), True), ((0.5, -0.6), False)])
 def test_the_summary_says_whether_the_two_log_volumes_agree(taus, agree):
-    from flatrep import markdown
+    from flatrep.analysis import markdown
 
     table = xr.Dataset({"claim_estimate": ("claim", np.array([*taus, 0.9, -0.8]))},
                        coords={"claim": ["sharpness_lvr", "sharpness_lvr_top3",

@@ -1,7 +1,7 @@
 """``measure.device`` (issue "Measures on GPU batch over points and probes"): the device the
-per-checkpoint measures run on. ``flatrep.measure.measure_run`` picks it (``auto``: CUDA when
-present) and records it as the ``measure_device`` attribute, which the study cube keeps; the
-random probes are drawn on the CPU, so a GPU gives the CPU values up to rounding. Also: the
+per-checkpoint measures run on. ``flatrep.cube.measuring.measure_checkpoints`` picks it (``auto``:
+CUDA when present) and records it as the ``measure_device`` attribute, which the study cube keeps;
+the random probes are drawn on the CPU, so a GPU gives the CPU values up to rounding. Also: the
 compiled HVP method gives the eager values up to rounding."""
 
 import copy
@@ -14,7 +14,9 @@ import xarray as xr
 import yaml
 from conftest import TINY_PARAMS
 
-from flatrep import config, cube, measure, train, validation
+from flatrep.cube import measuring, netcdf
+from flatrep.params import studies, validation
+from flatrep.training import single
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,8 @@ def short_run(tmp_path_factory, tiny_study, data_root):
     once; its measure section has curvature on with every family of params_tiny.yaml."""
     study = copy.deepcopy(tiny_study)
     study["train"].update(iterations=20, checkpoints=[20])
-    run = config.expand_runs(study)[0]
-    paths = train.train_run("tiny", study, run, tmp_path_factory.mktemp("short"), data_root,
+    run = studies.expand_runs(study)[0]
+    paths = single.train_run("tiny", study, run, tmp_path_factory.mktemp("short"), data_root,
                             threads=1)
     return paths, study["measure"]
 
@@ -33,7 +35,7 @@ def short_run(tmp_path_factory, tiny_study, data_root):
 def measured_on_cpu(short_run, data_root):
     """The run's measures file content with ``measure.device: cpu``."""
     paths, measure_cfg = short_run
-    return measure.measured_run(paths, {**measure_cfg, "device": "cpu"}, data_root, threads=1)
+    return measuring.measures_file(paths, {**measure_cfg, "device": "cpu"}, data_root, threads=1)
 
 
 def without_attrs(ds: xr.Dataset) -> xr.Dataset:
@@ -50,7 +52,7 @@ def test_cpu_gives_the_default_values_and_is_recorded(short_run, data_root, meas
     paths, measure_cfg = short_run
     assert "device" not in measure_cfg
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # auto = CPU anywhere
-    default = measure.measured_run(paths, measure_cfg, data_root, threads=1)
+    default = measuring.measures_file(paths, measure_cfg, data_root, threads=1)
     xr.testing.assert_identical(without_attrs(measured_on_cpu), without_attrs(default))
     for ds in (measured_on_cpu, default):
         assert ds.attrs["measure_device"].startswith("cpu")
@@ -64,12 +66,12 @@ def test_the_cube_keeps_the_measure_device_of_its_runs(measured_on_cpu, tmp_path
     files = []
     for run_id, device in (("a", "cpu"), ("b", "cpu"), ("c", gpu)):
         path = tmp_path / f"{run_id}.nc"
-        cube.write(measured_on_cpu.assign_coords(run=[run_id]).assign_attrs(
+        netcdf.write(measured_on_cpu.assign_coords(run=[run_id]).assign_attrs(
             measure_device=device), path)
         files.append(path)
-    same = cube.combine(files[:2])
+    same = netcdf.combine(files[:2])
     assert same.attrs["measure_device"] == "cpu" and same.attrs["device"] == "cpu"
-    mixed = cube.combine(files)
+    mixed = netcdf.combine(files)
     assert json.loads(mixed.attrs["measure_device"]) == ["cpu", gpu]
     assert mixed.attrs["device"] == "cpu"
 
@@ -84,7 +86,7 @@ def test_the_allowed_devices_pass_validation(value):
 def test_an_unknown_device_is_one_line_naming_the_allowed_values():
     params = yaml.safe_load(TINY_PARAMS.read_text())
     params["studies"]["tiny"]["measure"]["device"] = "gpu"
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(studies.ConfigError) as raised:
         validation.check_params(params)
     message = str(raised.value)
     assert "\n" not in message
@@ -107,7 +109,7 @@ def test_cuda_gives_the_cpu_values_up_to_rounding(short_run, data_root, measured
     """Every variable (curvature on, every family of params_tiny.yaml) agrees between
     ``cuda`` and ``cpu`` in float64: the same points, the same probes (drawn on the CPU)."""
     paths, measure_cfg = short_run
-    on_cuda = measure.measured_run(paths, {**measure_cfg, "device": "cuda"}, data_root,
+    on_cuda = measuring.measures_file(paths, {**measure_cfg, "device": "cuda"}, data_root,
                                    threads=1)
     assert on_cuda.attrs["measure_device"].startswith("cuda")
     assert set(on_cuda.data_vars) == set(measured_on_cpu.data_vars)
@@ -123,7 +125,7 @@ def test_compiled_hvps_give_the_eager_values_up_to_rounding(short_run, data_root
     paths, measure_cfg = short_run
     cfg = copy.deepcopy({**measure_cfg, "device": "cpu"})
     cfg["curvature"]["hvp"] = "forward_over_reverse_compiled"
-    compiled = measure.measured_run(paths, cfg, data_root, threads=1)
+    compiled = measuring.measures_file(paths, cfg, data_root, threads=1)
     assert set(compiled.data_vars) == set(measured_on_cpu.data_vars)
     for name, var in measured_on_cpu.data_vars.items():
         assert_agree(compiled[name].values, var.values, name)

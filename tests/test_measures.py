@@ -388,10 +388,10 @@ def test_a_bottleneck_gives_the_constructed_rank_and_minus_infinite_volume():
     bottleneck, df/dh_3 = W_4 of full rank 2 = min(K, d_3): log NVR is its log volume."""
     import numpy as np
 
-    from flatrep import measure
+    from flatrep.cube import measuring
     net = bottleneck_net()
     x = torch.randn(5, 6)
-    values = measure.point_measures(net, x, chunk_size=5, moments=(1,))
+    values = measuring.point_measures(net, x, chunk_size=5, moments=(1,))
     w1, w3, w4 = net[0].weight, net[2].weight, net[3].weight
 
     def pseudo(b: torch.Tensor) -> float:
@@ -419,10 +419,10 @@ def test_dead_relu_units_cut_the_rank_and_leave_local_dimension_alone():
     participation ratio of the full spectrum equals that of the two nonzero singular values
     (rounding noise enters squared, below the sums' rounding). The dead units cut df/dx, not
     df/dh_2 = W_4 W_3 (rank 3): the Jacobian after the ReLU sees no mask."""
-    from flatrep import measure
+    from flatrep.cube import measuring
     net = bottleneck_net(inner=3, dead=6)
     x = torch.randn(4, 6)
-    values = measure.point_measures(net, x, chunk_size=4, moments=(1,))
+    values = measuring.point_measures(net, x, chunk_size=4, moments=(1,))
     assert values["jacobian_rank"].tolist() == [2.0] * 4
     assert (values["log_lvr"] == -math.inf).all() and (values["log_lvr_top3"] == -math.inf).all()
     alive = net[3].weight @ net[2].weight[:, :2] @ net[0].weight[:2]

@@ -5,7 +5,7 @@ bias) and input batches, including the degenerate ones: all-zero inputs, duplica
 inputs scaled by 1e-8..1e8, networks with all-zero parameters, constant networks (zero
 weights, random biases), one dead layer, and every parameter scaled by 1e3..1e8 or
 1e-8..1e-3. Every value that goes to the cube must be finite, or non-finite only where the
-catalogue (``flatrep.variables``, the variable's ``definition`` attribute) says so and in the
+catalogue (``flatrep.cube.variables``, the variable's ``definition`` attribute) says so and in the
 pattern it says. The degenerate cases are then pinned against their closed forms.
 """
 
@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from conftest import MatrixOperator
 
-from flatrep import losses, measure, models, variables
+from flatrep import losses, models
+from flatrep.cube import measuring, variables
 from flatrep.measures import curvature, jacobian, layers, suite
 
 FLOAT = torch.float64
@@ -135,7 +136,7 @@ def test_per_sample_measures_are_finite_or_a_documented_minus_infinity(spec):
     NMLS = sum_l s_1(df/dh_l), max_l log LVR_l <= log NVR <= max_l log LVR_l + log L."""
     model = build_model(spec)
     x, _ = draw_inputs(spec, torch.Generator().manual_seed(spec.seed))
-    values = measure.point_measures(model, x, chunk_size=7, moments=(1, 2))
+    values = measuring.point_measures(model, x, chunk_size=7, moments=(1, 2))
     for name, value in values.items():
         assert not np.isnan(value).any(), name
         assert_no_undocumented_infinity(name, value, variables.CATALOG[name].definition)
@@ -203,11 +204,11 @@ def cube_of_one_checkpoint(spec: Spec, loss_name: str, curvature_cfg: dict):
               "test_order": np.arange(2 * spec.points)[::-1]}
     measure_cfg = {"chunk_size": 7, "moments": [1, 2], "point_seed": 0,
                    "curvature": curvature_cfg}
-    values = measure.measure_checkpoint(model, splits, points, spec.outputs, measure_cfg,
+    values = measuring.measure_checkpoint(model, splits, points, spec.outputs, measure_cfg,
                                         losses.get(loss_name))
     with torch.no_grad():
         wrong = np.flatnonzero((model(splits["test"][0]).argmax(1) != splits["test"][1]).numpy())
-    ds = measure.run_dataset([{"step": 0, "diverged_at": None}], [values], points,
+    ds = measuring.run_dataset([{"step": 0, "diverged_at": None}], [values], points,
                              layers.measured_layers(model), (1, 2), suite.coords(curvature_cfg))
     return ds.isel(step=0), values, wrong, model, splits["test"][0]
 
@@ -225,14 +226,14 @@ def test_misclassified_points_are_the_first_wrong_rows_in_the_order(n_points, ex
     splits = {"train": (x, y), "test": (x, y)}
     rows = np.arange(n_points)
     points = {"train": rows, "test": rows, "test_order": np.array([4, 0, 3, 1, 5, 2])}
-    values = measure.measure_checkpoint(model, splits, points, 2,
+    values = measuring.measure_checkpoint(model, splits, points, 2,
                                         {"chunk_size": 4, "point_seed": 0},
                                         losses.get("mse"))
     index = values["misclassified_index"]
     np.testing.assert_array_equal(index[:len(expected)], expected)
     assert index.shape == (n_points,) and np.isnan(index[len(expected):]).all()
-    direct = measure.point_measures(model, x[expected], 4, measure.MOMENTS)
-    subset = measure.SUBSETS.index("test_misclassified")
+    direct = measuring.point_measures(model, x[expected], 4, measuring.MOMENTS)
+    subset = measuring.SUBSETS.index("test_misclassified")
     for name in direct:
         np.testing.assert_array_equal(values[name][subset][:len(expected)], direct[name])
         assert np.isnan(values[name][subset][len(expected):]).all()
@@ -249,7 +250,7 @@ def check_misclassified_subset(ds, wrong: np.ndarray, model, x_test) -> None:
     index = ds["misclassified_index"].values
     np.testing.assert_array_equal(index[:len(rows)], rows)
     assert np.isnan(index[len(rows):]).all()
-    direct = measure.point_measures(model, x_test[rows].double(), 7, (1, 2)) if len(rows) else {}
+    direct = measuring.point_measures(model, x_test[rows].double(), 7, (1, 2)) if len(rows) else {}
     for name, var in ds.data_vars.items():
         if "subset" in var.dims:
             hard = var.sel(subset="test_misclassified").values
@@ -346,7 +347,7 @@ def test_point_measures_of_the_zero_network():
     J_theta = [0, ..., 0, I_K] (only b_L moves f), so the per-sample sharpness and every
     parameter moment sum_c sum_p (df_c/dtheta_p)^{2k} are K, and the weight gradients are 0."""
     model, (x, _) = zero_relu_network(), one_hot_problem()
-    values = measure.point_measures(model, x, chunk_size=4, moments=(1, 2))
+    values = measuring.point_measures(model, x, chunk_size=4, moments=(1, 2))
     for name in ("mls", "nmls", "local_dim", "jacobian_fro_sq", "iimls", "normalized_mls",
                  "layer_mls", "input_grad_moment", "weight_grad_norm"):
         np.testing.assert_array_equal(values[name], 0.0, err_msg=name)
@@ -461,7 +462,7 @@ def test_point_measures_of_a_bias_free_tanh_network_at_zero_input():
     map W_3 W_2 W_1: J_x = W_3 W_2 W_1 and df/dh_l = W_3 ... W_l exactly."""
     model = bias_free_network("tanh")
     weights = [module.weight.detach() for _, module in layers.measured_layers(model)]
-    values = measure.point_measures(model, torch.zeros(2, 3, dtype=FLOAT), 4, (1,))
+    values = measuring.point_measures(model, torch.zeros(2, 3, dtype=FLOAT), 4, (1,))
     products = [weights[2] @ weights[1] @ weights[0], weights[2] @ weights[1], weights[2]]
     s = torch.linalg.svdvals(products[0])
     np.testing.assert_allclose(values["mls"], s[0].item(), rtol=1e-13)

@@ -11,7 +11,8 @@ from torch.func import jacrev, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-from flatrep import losses, measure, models
+from flatrep import losses, models
+from flatrep.cube import measuring
 from flatrep.measures import curvature, layers
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -215,7 +216,7 @@ def test_point_measures_run_on_conv_and_transformer_models(cfg, shape):
     torch.manual_seed(0)
     model = models.build(cfg, shape, 10).eval()
     x = torch.randn(3, *shape)
-    values = measure.point_measures(model, x, chunk_size=2, moments=(1, 2))
+    values = measuring.point_measures(model, x, chunk_size=2, moments=(1, 2))
     n_layers = len(layers.measured_layers(model))
     for key in ("mls", "log_lvr_pseudo", "nmls", "sample_sharpness", "local_dim"):
         assert values[key].shape == (3,) and np.isfinite(values[key]).all(), key

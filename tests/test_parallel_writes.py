@@ -14,11 +14,11 @@ import yaml
 from conftest import REPO, TINY_PARAMS, dry_run_jobs, make_project
 from test_data_torchvision import fake_cifar
 
-from flatrep import data
+from flatrep.data import datasets
 
 
 def slow_fake_download(intervals: Path, pause: float):
-    """A stand-in for ``data._download`` that writes the real CIFAR-10 raw files slowly and
+    """A stand-in for ``datasets._download`` that writes the real CIFAR-10 raw files slowly and
     appends its (start, end) monotonic times as one JSON line to ``intervals``."""
 
     def download(name: str, root: Path, missing: list[Path]) -> None:
@@ -35,7 +35,7 @@ def slow_fake_download(intervals: Path, pause: float):
 def prepare_after(barrier, prepared: Path, root: Path, num_train: int) -> None:
     """Wait for the other process at ``barrier``, then prepare CIFAR-10 from ``root``."""
     barrier.wait(timeout=30)
-    data.prepare("cifar10", prepared, root=str(root), num_train=num_train)
+    datasets.prepare("cifar10", prepared, root=str(root), num_train=num_train)
 
 
 def test_concurrent_prepares_of_one_dataset_download_once_and_never_together(
@@ -44,7 +44,7 @@ def test_concurrent_prepares_of_one_dataset_download_once_and_never_together(
     both start together (a barrier), the download (slow, so unlocked calls would overlap) runs
     once, and each prepared file holds its first `num_train` training images."""
     intervals, root = tmp_path / "downloads.jsonl", tmp_path / "raw"
-    monkeypatch.setattr(data, "_download", slow_fake_download(intervals, pause=0.5))
+    monkeypatch.setattr(datasets, "_download", slow_fake_download(intervals, pause=0.5))
     context = multiprocessing.get_context("fork")   # the children inherit the fake download
     barrier = context.Barrier(2)
     workers = [context.Process(target=prepare_after, args=(barrier, tmp_path / "data", root, n))
@@ -59,7 +59,7 @@ def test_concurrent_prepares_of_one_dataset_download_once_and_never_together(
     assert len(spans) == 1
     expected = fake_cifar(tmp_path / "expected", "cifar10")["train"]
     for n in (4, 7):
-        path = data.prepared_path("cifar10", tmp_path / "data", num_train=n)
+        path = datasets.prepared_path("cifar10", tmp_path / "data", num_train=n)
         with np.load(path) as stored:
             assert np.array_equal(stored["x_train"].reshape(n, -1), expected[0][:n])
             assert stored["y_train"].tolist() == expected[1][:n].tolist()
@@ -68,8 +68,8 @@ def test_concurrent_prepares_of_one_dataset_download_once_and_never_together(
 def test_a_raw_folder_that_cannot_hold_the_lock_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(data.DataError, match="cannot create the download lock"):
-        data.prepare("mnist", tmp_path / "data", root=str(blocker / "raw"))
+    with pytest.raises(datasets.DataError, match="cannot create the download lock"):
+        datasets.prepare("mnist", tmp_path / "data", root=str(blocker / "raw"))
 
 
 def argument(args: list[str], flag: str) -> str | None:

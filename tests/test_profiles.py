@@ -1,4 +1,4 @@
-"""The cluster profiles (workflow/profiles/slurm, workflow/profiles/kubernetes): dry runs of tiny
+"""The cluster profiles (profiles/slurm, profiles/kubernetes): dry runs of tiny
 studies through each executor plugin, checking the GPU, memory and time each job requests.
 Dry runs only (seconds): no cluster, no `sbatch`, no `kubectl`, no kube config is needed."""
 
@@ -54,7 +54,7 @@ def dry_run(project: Path, profile: str, *args: str) -> dict[str, list[dict[str,
                                  os.environ["PATH"]]),
         "KUBECONFIG": str(project.parent / "no-such-kubeconfig"),
     }
-    cmd = ["snakemake", "-n", "--profile", f"workflow/profiles/{profile}", *args]
+    cmd = ["snakemake", "-n", "--profile", f"profiles/{profile}", *args]
     result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
                             timeout=300)
     out = result.stdout + result.stderr

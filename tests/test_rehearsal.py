@@ -1,4 +1,5 @@
-"""Rehearsals (flatrep.rehearsal) and the random raw files they read (flatrep.synthetic)."""
+"""Rehearsals (flatrep.pipeline.rehearsal) and the random raw files they read
+(flatrep.data.synthetic)."""
 
 import copy
 import subprocess
@@ -9,9 +10,11 @@ import pytest
 import xarray as xr
 
 from conftest import REPO
-from flatrep import config, data, rehearsal, synthetic, validation
+from flatrep.data import datasets, synthetic
+from flatrep.params import studies, validation
+from flatrep.pipeline import rehearsal
 
-SHIPPED = config.load_params(REPO / "params.yaml")
+SHIPPED = studies.load_params(REPO / "params.yaml")
 
 
 @pytest.mark.parametrize("name", sorted(synthetic.IMAGE_SHAPES))
@@ -19,22 +22,22 @@ def test_random_raw_files_load_through_the_dataset_readers(tmp_path, name):
     written = synthetic.write_raw_files(name, tmp_path / "raw", num_train=23, num_test=7)
     assert all(path.is_file() for path in written)
     options = {"root": str(tmp_path / "raw"), "download": False}
-    data.prepare(name, tmp_path / "data", **options)
-    num_classes = data.spec(name).num_classes
+    datasets.prepare(name, tmp_path / "data", **options)
+    num_classes = datasets.spec(name).num_classes
     for split, count in (("train", 23), ("test", 7)):
-        x, y = data.load(name, split, tmp_path / "data", **options)
+        x, y = datasets.load(name, split, tmp_path / "data", **options)
         assert x.shape == (count, *synthetic.IMAGE_SHAPES[name])
         assert y.tolist() == [i % num_classes for i in range(count)]
         assert x.min() >= 0 and x.max() <= 255 and x.std() > 50   # uniform bytes: std ~ 74
         assert np.array_equal(x, x.round())
-    x_pair, y_pair = data.load(name, "train", tmp_path / "data", classes=[0, 1],
+    x_pair, y_pair = datasets.load(name, "train", tmp_path / "data", classes=[0, 1],
                                scale="unit_interval", **options)
     assert set(y_pair.tolist()) == {0, 1} and x_pair.max() <= 1
     assert len(y_pair) == sum(1 for i in range(23) if i % num_classes < 2)
 
 
 def test_random_raw_files_of_an_unknown_dataset_are_refused(tmp_path):
-    with pytest.raises(data.DataError, match="no raw-file writer for dataset 'mnist1d'"):
+    with pytest.raises(datasets.DataError, match="no raw-file writer for dataset 'mnist1d'"):
         synthetic.write_raw_files("mnist1d", tmp_path, 4, 4)
 
 
@@ -56,12 +59,12 @@ def test_every_shipped_study_shrinks_to_a_valid_study_that_keeps_its_design(tmp_
     validation.check_params({"run_studies": [name], "studies": {name: small}})
     assert small["train"]["iterations"] == 12
     assert small["train"]["seeds"] == study["train"]["seeds"][:2]
-    steps = config.checkpoint_steps(small["train"])
+    steps = studies.checkpoint_steps(small["train"])
     assert steps[0] == 0 and steps[-1] == 12 and len(steps) <= rehearsal.MAX_CHECKPOINTS + 1
     spelled_out = copy.deepcopy(study)     # families switched on by `true`, with defaults
     curvature = spelled_out["measure"].get("curvature", {})
     curvature.update({family: options for family, options
-                      in config.curvature_families(curvature).items() if options})
+                      in studies.curvature_families(curvature).items() if options})
     before, after = leaves(spelled_out), leaves(small)
     changed = {keys for keys in before.keys() | after.keys() if before.get(keys, "absent")
                != after.get(keys, "absent")}
@@ -73,7 +76,7 @@ def test_every_shipped_study_shrinks_to_a_valid_study_that_keeps_its_design(tmp_
         assert after[keys] == rehearsal.CAPS[keys] and (before[keys] is None
                                                         or before[keys] > after[keys])
     assert small["model"] == study["model"]
-    assert config.expand_runs(small) == [run for run in config.expand_runs(study)
+    assert studies.expand_runs(small) == [run for run in studies.expand_runs(study)
                                          if run.hparams["seed"] in small["train"]["seeds"]]
     if study["data"]["name"] in synthetic.IMAGE_SHAPES:
         assert small["data"]["root"] == str((tmp_path / "raw").resolve())
@@ -117,7 +120,7 @@ def test_a_rehearsal_folder_is_cleared_but_no_other_folder_is_touched(tmp_path):
     rehearsal.write_project(SHIPPED, REPO, ["ff_cifar100_logreg_l2"], folder, 10, 1)
     assert not (folder / "results").exists()
     assert sorted(p.name for p in (folder / "raw").iterdir()) == ["cifar-100-python"]
-    written = config.load_params(folder / "params.yaml")
+    written = studies.load_params(folder / "params.yaml")
     assert written["run_studies"] == ["ff_cifar100_logreg_l2"]
     assert list(written["studies"]) == ["ff_cifar100_logreg_l2"]
 

@@ -17,16 +17,21 @@ import torch
 from conftest import make_project
 from test_data_torchvision import fake_cifar
 
-from flatrep import checkpoint, config, data, ensemble, resume, train
+from flatrep import checkpoint
+from flatrep.data import datasets
+from flatrep.params import studies
+from flatrep.training import ensemble, resume, run_state, single
+from flatrep.training.batches import BatchOrder
 
 #: Runs in a child process: patch one function to SIGKILL the process on its n-th call, then
 #: train. argv: kind (single|ensemble), target (optimizer|replace|keep), n, study json,
 #: runs json, out, data root.
 KILLER = """
 import json, os, signal, sys
-import flatrep.atomic, flatrep.resume, flatrep.stacked_optim
+import flatrep.atomic, flatrep.training.resume, flatrep.training.optimizers
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from flatrep import config, ensemble, train
+from flatrep.params import studies
+from flatrep.training import ensemble, single
 
 kind, target, n, study, runs, out, data_root = sys.argv[1:]
 calls = [0]
@@ -48,13 +53,13 @@ def killing(original):
 if target == "optimizer" and kind == "single":   # every torch optimizer's step, before it runs
     register_optimizer_step_pre_hook(lambda *args: count_and_kill())
 else:
-    owner, name = {"optimizer": (flatrep.stacked_optim.StackedOptimizer, "step"),
+    owner, name = {"optimizer": (flatrep.training.optimizers.StackedOptimizer, "step"),
                    "replace": (flatrep.atomic.os, "replace"),
-                   "keep": (flatrep.resume, "keep")}[target]
+                   "keep": (flatrep.training.resume, "keep")}[target]
     setattr(owner, name, killing(getattr(owner, name)))
-study, runs = json.loads(study), [config.Run(k, v) for k, v in json.loads(runs).items()]
+study, runs = json.loads(study), [studies.Run(k, v) for k, v in json.loads(runs).items()]
 if kind == "single":
-    train.train_run("resume", study, runs[0], out, data_root, threads=1)
+    single.train_run("resume", study, runs[0], out, data_root, threads=1)
 else:
     ensemble.train_ensemble("resume", study, runs, out, data_root, threads=1)
 """
@@ -69,7 +74,7 @@ def _study(tiny_study, **train_options):
 
 
 def _runs(grid):
-    return [config.Run(config.run_id(hp), hp) for hp in grid]
+    return [studies.Run(studies.run_id(hp), hp) for hp in grid]
 
 
 def _killed(kind, target, n, study, runs, out, data_root):
@@ -142,7 +147,7 @@ def uninterrupted(tmp_path_factory, tiny_study, data_root):
         if case == "ensemble":
             ensemble.train_ensemble("resume", study, runs, out, data_root, threads=1)
         else:
-            train.train_run("resume", study, runs[0], out / runs[0].run_id, data_root, threads=1)
+            single.train_run("resume", study, runs[0], out / runs[0].run_id, data_root, threads=1)
         done[case] = (study, runs, out)
     return done
 
@@ -169,8 +174,8 @@ def test_a_killed_run_resumes_bit_identical(uninterrupted, data_root, tmp_path, 
     if kind == "ensemble":
         ensemble.train_ensemble("resume", study, runs, out, data_root, threads=1)
     else:
-        train.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
-    _assert_same_files(reference, out, runs, config.checkpoint_steps(study["train"]))
+        single.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
+    _assert_same_files(reference, out, runs, studies.checkpoint_steps(study["train"]))
     if case == "diverged":
         meta = checkpoint.read(run_dir / "step_60.pt")["meta"]
         assert meta["diverged_at"] is not None
@@ -183,10 +188,10 @@ def test_resuming_continues_from_the_last_checkpoint(uninterrupted, data_root, t
     run_dir = tmp_path / "runs" / runs[0].run_id
     _killed("single", "optimizer", 33, study, runs, run_dir, data_root)
     steps = []
-    monkeypatch.setattr(train.BatchOrder, "next",
-                        lambda self, original=train.BatchOrder.next: steps.append(1)
+    monkeypatch.setattr(BatchOrder, "next",
+                        lambda self, original=BatchOrder.next: steps.append(1)
                         or original(self))
-    train.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
+    single.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
     assert len(steps) == 60 - 25
 
 
@@ -204,8 +209,8 @@ def test_finding_the_resume_point_unpickles_one_checkpoint(uninterrupted, data_r
                         verified.append(Path(path).name) or original(path))
     monkeypatch.setattr(checkpoint, "unpack", lambda payload, path, original=checkpoint.unpack:
                         unpacked.append(Path(path).name) or original(payload, path))
-    step, content = resume.latest(run_dir, config.checkpoint_steps(study["train"]),
-                                  train.belongs_to("resume", study, runs[0]))
+    step, content = resume.latest(run_dir, studies.checkpoint_steps(study["train"]),
+                                  run_state.belongs_to("resume", study, runs[0]))
     assert (step, content["meta"]["step"]) == (40, 40)
     assert verified == [f"step_{k}.pt" for k in (0, 10, 25, 40)]
     assert unpacked == ["step_40.pt"]
@@ -219,16 +224,16 @@ def test_stale_or_damaged_scratch_is_not_resumed(uninterrupted, data_root, tmp_p
     other = copy.deepcopy(study)
     other["train"]["weight_decay"] = 0.0
     _killed("single", "optimizer", 33, other, runs, run_dir, data_root)
-    train.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
-    _assert_same_files(reference, out, runs, config.checkpoint_steps(study["train"]))
+    single.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
+    _assert_same_files(reference, out, runs, studies.checkpoint_steps(study["train"]))
 
     _killed("single", "optimizer", 45, study, runs, run_dir, data_root)
     last = resume.scratch_dir(run_dir) / "step_40.pt"
     last.write_bytes(last.read_bytes()[:-200])
-    assert resume.latest(run_dir, config.checkpoint_steps(study["train"]),
-                         train.belongs_to("resume", study, runs[0]))[0] == 25
-    train.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
-    _assert_same_files(reference, out, runs, config.checkpoint_steps(study["train"]))
+    assert resume.latest(run_dir, studies.checkpoint_steps(study["train"]),
+                         run_state.belongs_to("resume", study, runs[0]))[0] == 25
+    single.train_run("resume", study, runs[0], run_dir, data_root, threads=1)
+    _assert_same_files(reference, out, runs, studies.checkpoint_steps(study["train"]))
 
 
 def test_checksum_catches_a_checkpoint_altered_in_place(uninterrupted, tmp_path):
@@ -274,8 +279,8 @@ def test_snakemake_retries_a_killed_training_job_which_resumes(snakemake_project
     (hooks / "sitecustomize.py").write_text(KILL_FIRST_ATTEMPT)
     marker = tmp_path / "killed"
     run_id = "lr0.1_bs20_seed0"
-    steps = config.checkpoint_steps(
-        config.study_config(config.load_params(project / "params.yaml"), "tiny")["train"])
+    steps = studies.checkpoint_steps(
+        studies.study_config(studies.load_params(project / "params.yaml"), "tiny")["train"])
     target = f"results/tiny/runs/{run_id}/step_{steps[-1]}.pt"
     env = {**os.environ, "PYTHONPATH": str(hooks), "FLATREP_TEST_KILL_MARKER": str(marker),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -286,7 +291,7 @@ def test_snakemake_retries_a_killed_training_job_which_resumes(snakemake_project
     log = (project / f"logs/tiny/train/{run_id}.log").read_text()
     assert f"resumes from its checkpoint at step {steps[1]}" in log
     _assert_same_files(snakemake_project / "results/tiny/runs", project / "results/tiny/runs",
-                       [config.Run(run_id, {})], steps)
+                       [studies.Run(run_id, {})], steps)
 
 
 @pytest.mark.gpu
@@ -294,7 +299,7 @@ def test_a_killed_dropout_run_on_cuda_resumes_bit_identical(data_root, tmp_path)
     """Dropout on the GPU draws from the device's own generator: its state is checkpointed
     (``torch_cuda``) and restored, so the resumed trajectory is the uninterrupted one."""
     fake_cifar(tmp_path / "raw", "cifar10")
-    data.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
+    datasets.prepare("cifar10", tmp_path / "data", root=str(tmp_path / "raw"))
     study = {"data": {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
                       "scale": "unit_interval"},
              "model": {"name": "vgg16_bn", "width": 0.0625, "dropout": 0.5},
@@ -303,10 +308,10 @@ def test_a_killed_dropout_run_on_cuda_resumes_bit_identical(data_root, tmp_path)
                        "determinism": "strict", "device": "cuda", "grid": [], "seeds": []}}
     runs = _runs([{"lr": 0.05, "seed": 0}])
     reference = tmp_path / "reference"
-    train.train_run("resume", study, runs[0], reference / runs[0].run_id, tmp_path / "data", 1)
+    single.train_run("resume", study, runs[0], reference / runs[0].run_id, tmp_path / "data", 1)
     assert "torch_cuda" in checkpoint.read(reference / runs[0].run_id / "step_4.pt")["rng"]
     out = tmp_path / "runs"
     _killed("single", "optimizer", 7, study, runs, out / runs[0].run_id, tmp_path / "data")
     _delete_outputs(out)
-    train.train_run("resume", study, runs[0], out / runs[0].run_id, tmp_path / "data", 1)
+    single.train_run("resume", study, runs[0], out / runs[0].run_id, tmp_path / "data", 1)
     _assert_same_files(reference, out, runs, [0, 4, 8, 12])

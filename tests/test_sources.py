@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flatrep import sources
+from flatrep.pipeline import sources
 
 
 def test_measure_closure_has_every_measure_module_and_no_training_code():
-    files = sources.closure("flatrep.measure")
+    files = sources.closure("flatrep.cube.measuring")
     measures = {str(p) for p in Path("src/flatrep/measures").glob("*.py")}
     assert measures <= set(files)            # including measures/__init__.py
     assert "src/flatrep/losses.py" in files
-    assert "src/flatrep/train.py" not in files
+    assert "src/flatrep/training/single.py" not in files
 
 
 def test_closure_follows_imports_transitively(tmp_path):
@@ -34,6 +34,12 @@ def test_closure_follows_imports_transitively(tmp_path):
 
 def test_dvc_analysis_stage_depends_on_the_code_it_runs():
     stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["analysis"]["do"]
-    needed = sources.closure("flatrep.bounds", "flatrep.claims", "flatrep.markdown",
-                             "flatrep.stats", "flatrep.report", "flatrep.cube")
+    needed = sources.closure("flatrep.analysis.bounds", "flatrep.analysis.claims",
+                             "flatrep.analysis.markdown", "flatrep.analysis.stats",
+                             "flatrep.analysis.figures", "flatrep.cube.netcdf")
     assert set(needed) <= set(stage["deps"])
+
+
+def test_dvc_data_stage_depends_on_the_code_it_runs():
+    stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["data"]
+    assert set(sources.closure("flatrep.data.datasets")) <= set(stage["deps"])

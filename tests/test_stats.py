@@ -10,7 +10,7 @@ import statsmodels.formula.api as smf
 import xarray as xr
 from statsmodels.stats.multitest import multipletests
 
-from flatrep import correlations, markdown, regressions, stats
+from flatrep.analysis import correlations, markdown, regressions, stats
 
 
 def _grid_cube(sharpness, measure, hparams, diverged=None):
@@ -282,9 +282,9 @@ def test_log_regression_recovers_a_power_law():
     assert fit["intercept"] == pytest.approx(np.log(0.5), abs=0.05)
 
 
-def test_study_statistics_on_a_measured_run(measured_run, tiny_study):
-    from flatrep import bounds
-    ds, _ = measured_run
+def test_study_statistics_on_a_measured_run(measured_tiny_run, tiny_study):
+    from flatrep.analysis import bounds
+    ds, _ = measured_tiny_run
     evaluated = bounds.evaluate(ds)
     result = stats.study_statistics(ds, evaluated, tiny_study["stats"])
     theorems = evaluated["bound"].values[evaluated["kind"].values == bounds.THEOREM]

@@ -7,7 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from flatrep import checkpoint, config, data, losses, measure
+from flatrep import checkpoint, losses
+from flatrep.cube import measuring
+from flatrep.data import datasets
+from flatrep.params import studies
 from flatrep.measures import suite
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -24,10 +27,10 @@ CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
 
 
 def test_family_switches_absent_false_true_and_mapping():
-    enabled = config.curvature_families({"lanczos": False, "rank": True,
+    enabled = studies.curvature_families({"lanczos": False, "rank": True,
                                          "adaptive_sharpness": {"rho": 0.5}})
     assert set(enabled) == {"rank", "adaptive_sharpness"}
-    assert enabled["rank"] == config.CURVATURE_FAMILIES["rank"]
+    assert enabled["rank"] == studies.CURVATURE_FAMILIES["rank"]
     assert enabled["adaptive_sharpness"] == {"rho": 0.5, "pairs": 64}
     assert suite.coords({"enabled": False, "rank": True}) == {}
     assert set(suite.coords({"enabled": True, **ALL_FAMILIES})) == {
@@ -35,12 +38,12 @@ def test_family_switches_absent_false_true_and_mapping():
 
 
 def test_an_unresolved_spectral_density_grid_is_rejected_before_any_work():
-    study = config.load_params("tests/params_tiny.yaml")["studies"]["tiny"]
+    study = studies.load_params("tests/params_tiny.yaml")["studies"]["tiny"]
     study["measure"]["curvature"]["spectral_density"] = {"bins": 50, "smoothing": 0.01}
-    with pytest.raises(config.ConfigError, match=r"spectral_density.bins = 50 .* bins >= 107"):
-        config.check_study("tiny", study)
+    with pytest.raises(studies.ConfigError, match=r"spectral_density.bins = 50 .* bins >= 107"):
+        studies.check_study("tiny", study)
     study["measure"]["curvature"]["spectral_density"] = {"bins": 107, "smoothing": 0.01}
-    config.check_study("tiny", study)
+    studies.check_study("tiny", study)
 
 
 def small_problem(seed=0):
@@ -132,9 +135,9 @@ def test_no_measurement_changes_batchnorm_buffers():
     x = torch.randn(12, 5)
     labels = torch.randint(0, 3, (12,))
     loss = losses.get("cross_entropy")
-    points = measure.point_measures(model, x, chunk_size=5, moments=(1, 2))
+    points = measuring.point_measures(model, x, chunk_size=5, moments=(1, 2))
     values = suite.measure(model, x, labels, loss, ALL_FAMILIES, seed=0)
-    measure.evaluate(model, x, labels, 3, loss)
+    measuring.evaluate(model, x, labels, 3, loss)
     after = dict(model.named_buffers())
     assert before["2.num_batches_tracked"].item() == 3
     for name, buffer in before.items():
@@ -160,13 +163,13 @@ def test_point_measures_in_pieces_within_the_budget_equal_one_pass(monkeypatch):
     model = models.build({"name": "cnn2d", "channels": [3, 4], "hidden": [6]}, (2, 8, 8),
                          10).double().eval()
     x = torch.randn(7, 2, 8, 8, dtype=torch.float64)
-    whole = measure.point_measures(model, x, chunk_size=7, moments=(1, 2))
+    whole = measuring.point_measures(model, x, chunk_size=7, moments=(1, 2))
     pieces = []
     full = jacobian.per_sample_jacobians
     monkeypatch.setattr(jacobian, "per_sample_jacobians",
                         lambda model, x, *a, **kw: pieces.append(len(x)) or full(model, x, *a, **kw))
     budget = 5 * jacobian.input_jacobian_bytes(model, x)
-    budgeted = measure.point_measures(model, x, chunk_size=7, moments=(1, 2), max_bytes=budget)
+    budgeted = measuring.point_measures(model, x, chunk_size=7, moments=(1, 2), max_bytes=budget)
     assert pieces == [2, 2, 2, 1]
     assert set(budgeted) == set(whole)
     assert (whole["jacobian_rank"] <= 6).all() and (whole["log_lvr"] == -np.inf).all()
@@ -183,7 +186,7 @@ def test_conv_net_goes_through_every_measure():
     torch.manual_seed(2)
     model = models.cnn((20,), 3, channels=[3, 4], kernel_size=3).eval()
     x, labels = torch.randn(10, 20), torch.randint(0, 3, (10,))
-    points = measure.point_measures(model, x, chunk_size=4, moments=(1,))
+    points = measuring.point_measures(model, x, chunk_size=4, moments=(1,))
     assert points["layer_mls"].shape == (10, 3)                 # two Conv1d and the head
     values = suite.measure(model, x, losses.get("mse").targets(labels, 3, x.dtype),
                            losses.get("mse"), ALL_FAMILIES, seed=0)
@@ -193,9 +196,9 @@ def test_conv_net_goes_through_every_measure():
     assert norms["reference"][2] == norms["frobenius"][2]
 
 
-def test_measured_run_holds_consistent_curvature_values(measured_run):
+def test_measures_file_holds_consistent_curvature_values(measured_tiny_run):
     """The tiny run's cube: rank within its exact bounds, densities normalised, gaps as defined."""
-    ds, _ = measured_run
+    ds, _ = measured_tiny_run
     final = ds.isel(run=0, step=-1)
     assert float(final["generalization_loss_gap"]) == pytest.approx(
         float(final["test_loss"] - final["train_loss"]), rel=1e-12)
@@ -212,14 +215,14 @@ def test_measured_run_holds_consistent_curvature_values(measured_run):
         assert at["slq_weights"].sum("slq_node").values == pytest.approx(1.0, abs=1e-10)
 
 
-def test_measured_run_takes_misclassified_points_from_the_whole_test_split(measured_run,
+def test_measures_file_takes_misclassified_points_from_the_whole_test_split(measured_tiny_run,
                                                                            tiny_study,
                                                                            data_root):
     """At every checkpoint the subset test_misclassified holds min(points, wrong) test rows,
     wrong = (1 - test_acc) n_test, each misclassified by that checkpoint's network, measured
     there and NaN past them."""
-    ds, paths = measured_run
-    x, y = data.load_study_split(tiny_study["data"], "test", data_root)
+    ds, paths = measured_tiny_run
+    x, y = datasets.load_study_split(tiny_study["data"], "test", data_root)
     n_points = ds.sizes["sample"]
     for step, path in enumerate(paths):
         at = ds.isel(run=0, step=step)

@@ -13,7 +13,9 @@ import pytest
 import yaml
 from conftest import TINY_PARAMS, make_project
 
-from flatrep import cli, config, data, validation
+from flatrep import cli
+from flatrep.data import datasets
+from flatrep.params import studies, validation
 
 BIN = Path(sys.executable).parent
 
@@ -25,7 +27,7 @@ def tiny_params() -> dict:
 
 def error_of(params: dict) -> str:
     """The message of the ConfigError that ``validation.check_params`` raises."""
-    with pytest.raises(config.ConfigError) as raised:
+    with pytest.raises(studies.ConfigError) as raised:
         validation.check_params(params)
     message = str(raised.value)
     assert "\n" not in message
@@ -59,7 +61,7 @@ def read_only_folder(path: Path) -> Path:
 
 
 def test_the_shipped_params_pass():
-    validation.check_params(config.load_params("params.yaml"))
+    validation.check_params(studies.load_params("params.yaml"))
     validation.check_params(tiny_params())
 
 
@@ -207,14 +209,14 @@ def test_split_sizes_from_the_options_equal_the_prepared_data(data_root, tiny_st
     its labels; both are the loaded splits' lengths. A class subset of MNIST-1D is known only
     from the file."""
     cfg = tiny_study["data"]
-    loaded = {split: len(data.load_study_split(cfg, split, data_root)[1])
+    loaded = {split: len(datasets.load_study_split(cfg, split, data_root)[1])
               for split in ("train", "test")}
-    assert data.split_sizes(cfg, tmp_path / "nothing") == loaded == {"train": 300, "test": 100}
-    assert data.split_sizes(cfg, data_root) == loaded
+    assert datasets.split_sizes(cfg, tmp_path / "nothing") == loaded == {"train": 300, "test": 100}
+    assert datasets.split_sizes(cfg, data_root) == loaded
     subset = {**cfg, "classes": [0, 3]}
-    assert data.split_sizes(subset, tmp_path / "nothing") is None
-    assert data.split_sizes(subset, data_root) == {
-        split: len(data.load_study_split(subset, split, data_root)[1])
+    assert datasets.split_sizes(subset, tmp_path / "nothing") is None
+    assert datasets.split_sizes(subset, data_root) == {
+        split: len(datasets.load_study_split(subset, split, data_root)[1])
         for split in ("train", "test")}
 
 
@@ -222,11 +224,11 @@ def test_a_job_names_the_key_of_a_value_validation_could_not_check():
     """A class subset of MNIST-1D has split sizes only the prepared file knows: a curvature
     point count above the training rows then stops the measure job naming its key (it was
     clamped silently, while the cube recorded the number asked for)."""
-    from flatrep import measure
+    from flatrep.cube import measuring
 
     with pytest.raises(ValueError, match=r"^measure.curvature.points = 100 exceeds the 95 "):
-        measure.measurement_indices(95, 100, 0, "measure.curvature.points")
-    assert len(measure.measurement_indices(95, 95, 0, "measure.curvature.points")) == 95
+        measuring.measurement_indices(95, 100, 0, "measure.curvature.points")
+    assert len(measuring.measurement_indices(95, 95, 0, "measure.curvature.points")) == 95
 
 
 @pytest.mark.parametrize("name, train, test", [("mnist", 60000, 10000),
@@ -236,12 +238,12 @@ def test_a_job_names_the_key_of_a_value_validation_could_not_check():
 def test_torchvision_split_sizes_add_up_to_the_releases(tmp_path, name, train, test):
     """The per-class counts sum to each release's split sizes (as its description states);
     a class subset and ``num_train`` cut them."""
-    assert f"{train} train / {test} test" in data.spec(name).description
-    assert data.split_sizes({"name": name}, tmp_path) == {"train": train, "test": test}
-    counts = data.CLASS_COUNTS[name]
-    assert data.split_sizes({"name": name, "classes": [0, 1]}, tmp_path) == {
+    assert f"{train} train / {test} test" in datasets.spec(name).description
+    assert datasets.split_sizes({"name": name}, tmp_path) == {"train": train, "test": test}
+    counts = datasets.CLASS_COUNTS[name]
+    assert datasets.split_sizes({"name": name, "classes": [0, 1]}, tmp_path) == {
         split: counts[split][0] + counts[split][1] for split in ("train", "test")}
-    assert data.split_sizes({"name": name, "num_train": 1000}, tmp_path)["train"] == 1000
+    assert datasets.split_sizes({"name": name, "num_train": 1000}, tmp_path)["train"] == 1000
 
 
 def test_crop_augmentation_of_one_dimensional_data_is_rejected_up_front():
@@ -279,9 +281,9 @@ def test_compiling_needs_an_ensemble():
 
 
 def test_sample_shapes_cover_every_dataset_and_match_the_data(data_root, tiny_study):
-    assert set(validation.SAMPLE_SHAPES) == set(data.DATASETS)
+    assert set(validation.SAMPLE_SHAPES) == set(datasets.DATASETS)
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "classes")}
-    x, _ = data.load("mnist1d", "train", data_root, **options)
+    x, _ = datasets.load("mnist1d", "train", data_root, **options)
     assert tuple(x.shape[1:]) == validation.SAMPLE_SHAPES["mnist1d"]
 
 
@@ -297,19 +299,19 @@ studies:
 def test_a_key_defined_twice_is_named_with_its_lines(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(DUPLICATE_STUDY)
-    with pytest.raises(config.ConfigError) as raised:
-        config.load_params(path)
+    with pytest.raises(studies.ConfigError) as raised:
+        studies.load_params(path)
     assert str(raised.value) == (f"{path}:5: duplicate key studies.tiny (first at line 3); YAML "
                                  "would keep only the last: rename or merge them")
     text = TINY_PARAMS.read_text().replace("      momentum: 0.0\n",
                                            "      momentum: 0.0\n      optimizer: adam\n")
     path.write_text(text)
-    with pytest.raises(config.ConfigError, match=r":\d+: duplicate key studies\.tiny\.train\."
+    with pytest.raises(studies.ConfigError, match=r":\d+: duplicate key studies\.tiny\.train\."
                                                  r"optimizer \(first at line \d+\)"):
-        config.load_params(path)
+        studies.load_params(path)
     path.write_text("studies: {tiny: [}\n")
-    with pytest.raises(config.ConfigError, match=rf"^{path}:1: not valid YAML: [^\n]+$"):
-        config.load_params(path)
+    with pytest.raises(studies.ConfigError, match=rf"^{path}:1: not valid YAML: [^\n]+$"):
+        studies.load_params(path)
 
 
 def write_params(folder: Path, params: dict) -> Path:
@@ -385,7 +387,7 @@ def test_a_nested_config_override_is_read_as_params_yaml_is(project):
 
 
 def test_config_overrides_become_the_scalars_yaml_reads():
-    assert config.typed_overrides({"a": {"b": "200", "c": ["0.5", "x", "true", "null"]},
+    assert studies.typed_overrides({"a": {"b": "200", "c": ["0.5", "x", "true", "null"]},
                                    "d": "1e-3", "e": "[1"}) == {
         "a": {"b": 200, "c": [0.5, "x", True, None]}, "d": "1e-3", "e": "[1"}
 

@@ -11,7 +11,8 @@ from conftest import TINY_PARAMS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flatrep import config, data, validation
+from flatrep.data import datasets
+from flatrep.params import studies, validation
 
 TINY = yaml.safe_load(TINY_PARAMS.read_text())
 FAST = settings(max_examples=150, deadline=None)
@@ -44,7 +45,7 @@ def verdict(study: dict) -> str | None:
     params = {"run_studies": ["tiny"], "studies": {"tiny": study}}
     try:
         validation.check_params(params)
-    except config.ConfigError as err:
+    except studies.ConfigError as err:
         message = str(err)
         assert "\n" not in message and message.startswith("studies.tiny"), message
         return message
@@ -68,7 +69,7 @@ def test_a_random_key_in_any_mapping_passes_or_is_named(data, key, value):
     where = data.draw(st.sampled_from(mappings))
     message = verdict(mutated((*where, key), value))
     if key not in at(study, where) and message is not None:
-        assert message.startswith(config.key_path(("studies", "tiny", *where)))
+        assert message.startswith(studies.key_path(("studies", "tiny", *where)))
 
 
 @FAST
@@ -94,7 +95,7 @@ def test_learning_rates_and_batch_sizes_get_the_right_verdict(rates, batch_sizes
     them is named with its run; anything else with its grid entry."""
     study = mutated(("train", "grid"), [{"lr": rates, "batch_size": batch_sizes}])
     message = verdict(study)
-    train_rows = data.split_sizes(study["data"])["train"]
+    train_rows = datasets.split_sizes(study["data"])["train"]
     if all(map(is_positive_number, rates)) and all(is_count(b, 1) for b in batch_sizes):
         if max(batch_sizes) <= train_rows:
             assert message is None

@@ -12,7 +12,8 @@ import yaml
 from conftest import REPO, make_project, run
 from test_ensemble import assert_same_checkpoints
 
-from flatrep import cli, variables
+from flatrep import cli
+from flatrep.cube import variables
 
 pytestmark = pytest.mark.workflow
 

@@ -63,9 +63,9 @@ def save(path: str | Path, model: torch.nn.Module, meta: dict,
     ``model`` is what the measures see (the averaged weights under iterate averaging);
     ``training_model`` the raw iterate the optimizer continues from, when it differs;
     ``optimizer_state`` the torch optimizer's ``state_dict()``; ``rng`` the generator states;
-    ``resume`` what else continuing the run needs (``flatrep.train``: minibatch order, running
-    average). ``meta`` holds at least ``study``, ``run``, ``step``, ``config`` (the resolved
-    study) and ``hparams``, plus ``input_shape`` and ``num_outputs`` to rebuild the model.
+    ``resume`` what else continuing the run needs (``flatrep.training.single``: minibatch order,
+    running average). ``meta`` holds at least ``study``, ``run``, ``step``, ``config`` (the
+    resolved study) and ``hparams``, plus ``input_shape`` and ``num_outputs`` to rebuild the model.
     """
     content = {"meta": json.dumps(meta), "model": model.state_dict(),
                "training_model": (training_model.state_dict() if training_model is not None

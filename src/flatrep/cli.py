@@ -13,14 +13,14 @@ import os
 import sys
 from pathlib import Path
 
-from flatrep import config
+from flatrep.params import studies
 
 
 def _study(args) -> dict:
     """The study config: ``--study-json`` (as Snakemake passes it) or ``--params --study``."""
     if getattr(args, "study_json", None):
         return json.loads(args.study_json)
-    return config.study_config(config.load_params(args.params), args.study)
+    return studies.study_config(studies.load_params(args.params), args.study)
 
 
 def _section(args, name: str) -> dict:
@@ -28,77 +28,70 @@ def _section(args, name: str) -> dict:
     given = getattr(args, f"{name}_json")
     if given:
         return json.loads(given)
-    return config.study_config(config.load_params(args.params), args.study)[name]
+    return studies.study_config(studies.load_params(args.params), args.study)[name]
 
 
 def cmd_prepare_data(args) -> None:
-    from flatrep import data
+    from flatrep.data import datasets
 
-    print(data.prepare(args.name, args.root, **json.loads(args.options)))
+    print(datasets.prepare(args.name, args.root, **json.loads(args.options)))
 
 
 def cmd_train(args) -> None:
-    from flatrep import train
+    from flatrep.training import single
 
     study = _study(args)
-    run = (config.Run(args.run, json.loads(args.hparams_json)) if args.hparams_json
-           else config.find_run(study, args.run))
-    train.train_run(args.study, study, run, args.out_dir, args.data_root, args.threads)
+    run = (studies.Run(args.run, json.loads(args.hparams_json)) if args.hparams_json
+           else studies.find_run(study, args.run))
+    single.train_run(args.study, study, run, args.out_dir, args.data_root, args.threads)
 
 
 def cmd_train_ensemble(args) -> None:
-    from flatrep import ensemble
+    from flatrep.training import ensemble
 
     study = _study(args)
-    runs = [config.Run(run_id, hparams) for run_id, hparams in json.loads(args.runs_json).items()]
+    runs = [studies.Run(run_id, hparams) for run_id, hparams in json.loads(args.runs_json).items()]
     ensemble.train_ensemble(args.study, study, runs, args.out_root, args.data_root, args.threads)
 
 
 def cmd_measure(args) -> None:
-    from flatrep import checkpoint, cube, measure
+    from flatrep import checkpoint
+    from flatrep.cube import measuring, netcdf
 
-    runs = measure.checkpoints_by_run(args.checkpoints, args.out)
+    runs = measuring.checkpoints_by_run(args.checkpoints, args.out)
     if len(runs) > 1:   # a training group: refuse a damaged file before measuring any run
         for path in args.checkpoints:
             checkpoint.read(path)
     for out, paths in runs.items():
-        cube.write(measure.measured_run(paths, _section(args, "measure"), args.data_root,
+        netcdf.write(measuring.measures_file(paths, _section(args, "measure"), args.data_root,
                                         args.threads), out)
 
 
-#: The study sections a cube depends on (the params of the DVC stage ``runs``): editing
-#: ``stats`` or ``figures`` leaves the cube untouched.
-CUBE_SECTIONS = ("data", "model", "train", "measure")
-
-
-def cube_config(study: dict) -> str:
-    """The cube's ``config`` attribute: the ``CUBE_SECTIONS`` of ``study`` as sorted JSON.
-    Also the Snakemake cube rule's param, so that only these sections rerun it."""
-    return json.dumps({key: study[key] for key in CUBE_SECTIONS}, sort_keys=True)
-
-
 def cmd_cube(args) -> None:
-    from flatrep import cube
+    from flatrep.cube import netcdf
 
-    combined = cube.combine(args.run_files)
-    combined.attrs["config"] = cube_config(_study(args))
-    cube.write(combined, args.out)
+    combined = netcdf.combine(args.run_files)
+    combined.attrs["config"] = studies.cube_sections(_study(args))
+    netcdf.write(combined, args.out)
 
 
 def cmd_bounds(args) -> None:
-    from flatrep import bounds, cube
+    from flatrep.analysis import bounds
+    from flatrep.cube import netcdf
 
-    cube.write(bounds.evaluate(cube.read(args.cube)), args.out)
+    netcdf.write(bounds.evaluate(netcdf.read(args.cube)), args.out)
 
 
 def cmd_stats(args) -> None:
-    from flatrep import atomic, claims, cube, markdown, stats
+    from flatrep import atomic
+    from flatrep.analysis import claims, markdown, stats
+    from flatrep.cube import netcdf
 
-    the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
+    the_cube, the_bounds = netcdf.read(args.cube), netcdf.read(args.bounds)
     stats_cfg = _section(args, "stats")
     result = stats.study_statistics(the_cube, the_bounds, stats_cfg)
     table = claims.evaluate(the_cube, the_bounds, stats_cfg, _section(args, "figures"))
-    cube.write(result.merge(table), args.out)
+    netcdf.write(result.merge(table), args.out)
     headline = {**stats.summary(result, the_cube), "claims": claims.summary(table)}
     atomic.write_text(args.summary, json.dumps(headline, indent=2, sort_keys=True) + "\n")
     study = the_cube.attrs.get("study", "study")
@@ -106,36 +99,38 @@ def cmd_stats(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from flatrep import cube, report
+    from flatrep.analysis import figures
+    from flatrep.cube import netcdf
 
-    the_cube, the_bounds = cube.read(args.cube), cube.read(args.bounds)
-    report.trajectories(the_cube, _section(args, "figures"), args.trajectories)
-    report.bound_panels(the_bounds, args.bound_plot)
-    the_stats = cube.read(args.stats)
-    report.correlation_pairs(the_cube, the_stats, args.correlations, _section(args, "figures"))
-    report.tightness_distributions(the_bounds, args.tightness)
-    report.claims_table(the_stats, args.claims_table)
+    the_cube, the_bounds = netcdf.read(args.cube), netcdf.read(args.bounds)
+    figures.trajectories(the_cube, _section(args, "figures"), args.trajectories)
+    figures.bound_panels(the_bounds, args.bound_plot)
+    the_stats = netcdf.read(args.stats)
+    figures.correlation_pairs(the_cube, the_stats, args.correlations, _section(args, "figures"))
+    figures.tightness_distributions(the_bounds, args.tightness)
+    figures.claims_table(the_stats, args.claims_table)
 
 
 def cmd_validate(args) -> None:
-    from flatrep import validation
+    from flatrep.params import validation
 
-    params = config.load_params(args.params)
+    params = studies.load_params(args.params)
     validation.check_params(params)
     print(f"{args.params}: {len(params['studies'])} studies valid")
 
 
 def cmd_rehearse(args) -> int:
-    from flatrep import rehearsal, validation
+    from flatrep.params import validation
+    from flatrep.pipeline import rehearsal
 
-    params = config.load_params(args.params)
+    params = studies.load_params(args.params)
     validation.check_params(params)
-    studies = args.studies or list(params["studies"])
-    directory = rehearsal.write_project(params, Path(args.params).resolve().parent, studies,
+    chosen = args.studies or list(params["studies"])
+    directory = rehearsal.write_project(params, Path(args.params).resolve().parent, chosen,
                                         args.dir, args.iterations, args.seeds)
-    validation.check_params(config.load_params(directory / "params.yaml"))
+    validation.check_params(studies.load_params(directory / "params.yaml"))
     rehearsal.run_snakemake(directory, args.cores)
-    results = rehearsal.outcomes(directory, studies)
+    results = rehearsal.outcomes(directory, chosen)
     print(rehearsal.report(results))
     return 0 if all(outcome.passed for outcome in results) else 1
 
@@ -144,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flatrep", description=__doc__)
     top.add_argument("--attempt", type=int, help="Snakemake's attempt number of this job: a "
                      "later attempt of a job whose first failed deterministically fails at "
-                     "once (flatrep.attempts)")
+                     "once (flatrep.pipeline.attempts)")
     sub = top.add_subparsers(dest="command", required=True)
 
     def command(name, func, help_text, sections=()):
@@ -206,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
     p = command("validate", cmd_validate, "check a params file")
     p.add_argument("params", nargs="?", default="params.yaml")
     p = command("rehearse", cmd_rehearse,
-                "run studies end to end at toy scale on random images (flatrep.rehearsal)")
+                "run studies end to end at toy scale on random images "
+                "(flatrep.pipeline.rehearsal)")
     p.add_argument("studies", nargs="*", help="studies to rehearse (default: every study)")
     p.add_argument("--params", default="params.yaml",
                    help="params file of the project whose workflow is rehearsed")
@@ -220,9 +216,11 @@ def parser() -> argparse.ArgumentParser:
 def _library_errors() -> tuple[type[Exception], ...]:
     """Errors with a message meant for the user (the modules are imported lazily)."""
     errors = []
-    for module, name in (("flatrep.data", "DataError"), ("flatrep.checkpoint", "CheckpointError"),
-                         ("flatrep.ensemble", "EnsembleError"), ("flatrep.cube", "CubeError"),
-                         ("flatrep.rehearsal", "RehearsalError")):
+    for module, name in (("flatrep.data.datasets", "DataError"),
+                         ("flatrep.checkpoint", "CheckpointError"),
+                         ("flatrep.training.ensemble", "EnsembleError"),
+                         ("flatrep.cube.netcdf", "CubeError"),
+                         ("flatrep.pipeline.rehearsal", "RehearsalError")):
         loaded = sys.modules.get(module)
         if loaded is not None:
             errors.append(getattr(loaded, name))
@@ -246,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a subcommand; an error meant for the user (bad input, a missing file, an unwritable
     folder) is one line on stderr and exit status 2, not a traceback. With ``--attempt``,
     such an error is recorded, and a later attempt of the same job fails at once with it
-    (``flatrep.attempts``)."""
-    from flatrep import attempts
+    (``flatrep.pipeline.attempts``)."""
+    from flatrep.pipeline import attempts
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -262,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         status = args.func(args)
-    except (config.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
+    except (studies.ConfigError, FileNotFoundError, PermissionError) + _library_errors() as err:
         # one line: messages quoting torch or file lists may span several
         message = " ".join(str(err).split())
         print(f"flatrep {args.command}: error: {message}", file=sys.stderr)

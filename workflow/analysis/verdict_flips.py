@@ -8,8 +8,8 @@ whose verdict differs, with both runs' estimates and Holm-adjusted p-values, and
 flips among the claims both runs tested; then how far rounding moved the claims: the largest
 change of an estimate or CI end, and the largest ratio of Holm p-values, over the association
 claims both tested. Those two numbers are what ``stats.claims.rounding`` takes, to mark the
-verdicts within rounding of their thresholds as fragile (``flatrep.claims.fragile``). Exits 1
-when a verdict flips.
+verdicts within rounding of their thresholds as fragile (``flatrep.analysis.claims.fragile``).
+Exits 1 when a verdict flips.
 """
 
 import argparse

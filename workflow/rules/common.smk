@@ -3,20 +3,19 @@ import json
 import re
 import sys
 
-from flatrep import config as study_config
-from flatrep import data as datasets
-from flatrep import sources, validation
-from flatrep.cli import cube_config
+from flatrep.data import datasets
+from flatrep.params import studies, validation
+from flatrep.pipeline import sources
 from snakemake.utils import update_config
 
 
 # `--config` overrides arrive with every nested scalar a string: read them as params.yaml is read
-update_config(config, study_config.typed_overrides(dict(workflow.config_settings.config)))
+update_config(config, studies.typed_overrides(dict(workflow.config_settings.config)))
 try:
     validation.check_workflow(config, workflow.configfiles)
-except (study_config.ConfigError, OSError) as err:
+except (studies.ConfigError, OSError) as err:
     sys.exit(f"flatrep: error: {err}")  # one line; a raised error would print a traceback
-SELECTED = study_config.selected_studies(config)
+SELECTED = studies.selected_studies(config)
 
 wildcard_constraints:
     study="[A-Za-z][A-Za-z0-9_]*",
@@ -55,12 +54,12 @@ def by_attempt(base):
 def attempt_number(wildcards, attempt):
     """Snakemake's attempt number as a resource, so that a job's command can pass it on
     (`flatrep --attempt {resources.attempt}`: a deterministic failure is not run again,
-    flatrep.attempts)."""
+    flatrep.pipeline.attempts)."""
     return attempt
 
 
 def run_ids(name):
-    return [run.run_id for run in study_config.expand_runs(study(name))]
+    return [run.run_id for run in studies.expand_runs(study(name))]
 
 
 def data_file(name):
@@ -80,7 +79,7 @@ def training_config(name):
 
 
 def checkpoint_files(name, run):
-    steps = study_config.checkpoint_steps(study(name)["train"])
+    steps = studies.checkpoint_steps(study(name)["train"])
     return [f"results/{name}/runs/{run}/step_{step}.pt" for step in steps]
 
 
@@ -94,10 +93,10 @@ def section_json(section):
 
 
 def cube_sections_json(wildcards):
-    """The sections of the wildcard study that determine its cube (flatrep.cli.cube_config):
-    a stats or figures edit must not rewrite cube.nc, an output of the DVC stage `runs`,
-    whose params are these sections."""
-    return cube_config(study(wildcards.study))
+    """The sections of the wildcard study that determine its cube
+    (flatrep.params.studies.cube_sections): a stats or figures edit must not rewrite cube.nc, an
+    output of the DVC stage `runs`, whose params are these sections."""
+    return studies.cube_sections(study(wildcards.study))
 
 
 def study_targets(names):
@@ -134,7 +133,7 @@ def dataset_options(wildcards):
 
 
 def run_hparams(name):
-    runs = {run.run_id: run.hparams for run in study_config.expand_runs(study(name))}
+    runs = {run.run_id: run.hparams for run in studies.expand_runs(study(name))}
 
     def get(wildcards):
         return json.dumps(runs[wildcards.run], sort_keys=True)
@@ -150,8 +149,8 @@ def run_measure_files(wildcards):
     return [f"results/{wildcards.study}/runs/{run}/measures.nc" for run in run_ids(wildcards.study)]
 
 
-TRAIN_CODE = code_of("flatrep.train")
-ENSEMBLE_CODE = code_of("flatrep.ensemble")
+TRAIN_CODE = code_of("flatrep.training.single")
+ENSEMBLE_CODE = code_of("flatrep.training.ensemble")
 
 
 def ensemble_mode(name):
@@ -159,8 +158,8 @@ def ensemble_mode(name):
 
 
 def ensemble_groups(name):
-    """{group id: runs} trained together (flatrep.config.ensemble_groups)."""
-    return study_config.ensemble_groups(study(name))
+    """{group id: runs} trained together (flatrep.params.studies.ensemble_groups)."""
+    return studies.ensemble_groups(study(name))
 
 
 def measured_per_run(name):
@@ -169,7 +168,7 @@ def measured_per_run(name):
     return study(name)["measure"].get("jobs", "run") == "run" or ensemble_mode(name) == "none"
 
 
-MEASURE_CODE = code_of("flatrep.measure", "flatrep.cube")
+MEASURE_CODE = code_of("flatrep.cube.measuring", "flatrep.cube.netcdf")
 MEASURE_SHELL = (
     "flatrep --attempt {resources.attempt} measure --measure-json {params.measure:q} "
     "--checkpoints {input.checkpoints} --out {output} --threads {threads} > {log} 2>&1"

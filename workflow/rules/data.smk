@@ -1,7 +1,7 @@
 # Dataset preparation: one file per dataset and generation options.
 rule prepare_data:
     input:
-        code=code_of("flatrep.data"),
+        code=code_of("flatrep.data.datasets"),
     output:
         "data/{dataset}.npz",
     params:

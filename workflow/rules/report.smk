@@ -3,10 +3,10 @@
 
 rule figures:
     input:
-        cube="results/{study}/cube.nc",
-        bounds="results/{study}/bounds.nc",
-        stats="results/{study}/stats.nc",
-        code=code_of("flatrep.report", "flatrep.cube"),
+        cube=rules.cube.output[0],
+        bounds=rules.bounds.output[0],
+        stats=rules.stats.output.stats,
+        code=code_of("flatrep.analysis.figures", "flatrep.cube.netcdf"),
     output:
         trajectories=report(
             "results/{study}/figures/trajectories.png",

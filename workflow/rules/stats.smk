@@ -4,7 +4,7 @@
 rule cube:
     input:
         runs=run_measure_files,
-        code=code_of("flatrep.cube"),
+        code=code_of("flatrep.cube.netcdf"),
     output:
         "results/{study}/cube.nc",
     params:
@@ -23,8 +23,8 @@ rule cube:
 
 rule bounds:
     input:
-        cube="results/{study}/cube.nc",
-        code=code_of("flatrep.bounds", "flatrep.cube"),
+        cube=rules.cube.output[0],
+        code=code_of("flatrep.analysis.bounds", "flatrep.cube.netcdf"),
     output:
         "results/{study}/bounds.nc",
     conda:
@@ -40,9 +40,14 @@ rule bounds:
 
 rule stats:
     input:
-        cube="results/{study}/cube.nc",
-        bounds="results/{study}/bounds.nc",
-        code=code_of("flatrep.stats", "flatrep.claims", "flatrep.markdown", "flatrep.cube"),
+        cube=rules.cube.output[0],
+        bounds=rules.bounds.output[0],
+        code=code_of(
+            "flatrep.analysis.stats",
+            "flatrep.analysis.claims",
+            "flatrep.analysis.markdown",
+            "flatrep.cube.netcdf",
+        ),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",

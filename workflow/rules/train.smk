@@ -1,7 +1,7 @@
 # Training. `train.ensemble: none` (default): one job per run. `seeds` / `configs`: one job per
-# group of runs trained together as a vmapped ensemble (flatrep.ensemble); its outputs are the
-# checkpoint files of every member, so the measure rules below do not change.
-# Resources (for cluster profiles, workflow/profiles/): memory in MB and runtime in minutes grow
+# group of runs trained together as a vmapped ensemble (flatrep.training.ensemble); its outputs are
+# the checkpoint files of every member, so the measure rules below do not change.
+# Resources (for cluster profiles, profiles/): memory in MB and runtime in minutes grow
 # with the attempt (`retries: 2`); one GPU unless the study's `train.device` is `cpu`.
 # One thread a job, ensembles included: a second thread sped the compiled `quick` ensemble up
 # by only 7 % on the 2-core VM (bench/RESULTS.md), so two jobs side by side use the cores

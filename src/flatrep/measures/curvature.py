@@ -9,11 +9,11 @@ forward-over-reverse AD (``jvp`` of ``grad``, probes batched with ``vmap``; opti
 are vectors), ``operator.dim``,
 ``operator.dtype`` and ``operator.device``, so any symmetric linear operator with these works.
 
-Devices: an operator lives where its model and points are (``flatrep.measure.measure_run``
-picks the device, ``measure.device``). Random probes and start vectors are always drawn on the
-CPU from the caller's seeded ``torch.Generator`` and then moved to ``operator.device``, so the
-same seed gives the same probes on every device, and the results on a GPU are the CPU results
-up to floating-point rounding.
+Devices: an operator lives where its model and points are
+(``flatrep.cube.measuring.measure_checkpoints`` picks the device, ``measure.device``). Random
+probes and start vectors are always drawn on the CPU from the caller's seeded ``torch.Generator``
+and then moved to ``operator.device``, so the same seed gives the same probes on every device, and
+the results on a GPU are the CPU results up to floating-point rounding.
 
 * Hutchinson: Tr H = E[v^T H v] for Rademacher v (Hutchinson 1989); SE = std/sqrt(m).
 * Frobenius norm: ||H||_F^2 = E[||H v||^2] from the same probes.

@@ -13,7 +13,7 @@ G = (1/n) sum_i G_i (the Hessian at an interpolating minimum):
 The last two enter the cheap necessary conditions for mean-square stability of SGD with
 batch B out of n (Mulayoff & Michaeli 2023, restating Ma & Ying's Thm. 1), p = (n-B)/(B(n-1)):
 eta <= 2 lambda / (lambda^2 + p * spread) and eta <= 2 Tr H / ((1-p) ||H||_F^2 +
-p (1/n) sum_i ||H_i||_F^2); the bounds themselves belong to ``flatrep.bounds``.
+p (1/n) sum_i ||H_i||_F^2); the bounds themselves belong to ``flatrep.analysis.bounds``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``measure.curvature`` in params.yaml turns the whole suite on (``enabled``) and each family
 of ``FAMILIES`` on or off: a family key that is absent or ``false`` is skipped, ``true`` runs
-it with its defaults (``flatrep.config.CURVATURE_FAMILIES``), a mapping overrides them.
+it with its defaults (``flatrep.params.studies.CURVATURE_FAMILIES``), a mapping overrides them.
 ``COSTS`` says what each family computes and what it costs per checkpoint (the docs' measures
 page is generated from it), each HVP costing about two passes (forward and backward) over
 ``points`` rows.
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flatrep import config, losses
+from flatrep import losses
+from flatrep.params import studies
 from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
                               output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
@@ -56,7 +57,7 @@ COSTS = {
 
 def coords(cfg: dict) -> dict[str, tuple[str, list]]:
     """The extra cube coordinates the enabled families need (dim -> (dim, values))."""
-    enabled = config.curvature_families(cfg) if cfg.get("enabled") else {}
+    enabled = studies.curvature_families(cfg) if cfg.get("enabled") else {}
     result = {}
     if "spectral_density" in enabled:
         options = enabled["spectral_density"]
@@ -205,7 +206,7 @@ def rank(ctx: Context, options: dict) -> dict:
 
 def stability(ctx: Context, options: dict) -> dict:
     grams = ctx.jacobians["param_gram"]
-    steps = config.curvature_families(ctx.cfg).get("lanczos", options)["steps"]
+    steps = studies.curvature_families(ctx.cfg).get("lanczos", options)["steps"]
     top = ctx.lanczos(steps)
     output_hessian = ctx.loss.output_hessian(ctx.operator.output_values)
     return {"gauss_newton_nonuniformity": stability_measures.nonuniformity(
@@ -252,21 +253,21 @@ FAMILIES = {"hutch_plus_plus": hutch_plus_plus,
 
 
 def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: losses.Loss,
-            cfg: dict, seed: int, max_bytes: int = config.MEASURE_MEMORY_MB << 20) -> dict:
+            cfg: dict, seed: int, max_bytes: int = studies.MEASURE_MEMORY_MB << 20) -> dict:
     """Every enabled curvature family on the training points ``x`` (float64 model).
 
     The same probes (seeded by ``seed``) are used at every checkpoint and run, so differences
     between checkpoints are not probe noise. Everything runs on the device of ``model``,
-    ``x`` and ``targets`` (chosen by ``flatrep.measure.measure_run``); the probes are drawn on
-    the CPU from seeded CPU generators and moved there, so they are the same on every device.
-    ``max_bytes`` (``measure.memory_mb``) bounds the parameter Jacobian blocks, one HVP
+    ``x`` and ``targets`` (chosen by ``flatrep.cube.measuring.measure_checkpoints``); the probes
+    are drawn on the CPU from seeded CPU generators and moved there, so they are the same on every
+    device. ``max_bytes`` (``measure.memory_mb``) bounds the parameter Jacobian blocks, one HVP
     pass (its probes' parameter-sized vectors and activations) and one batch of
     output-curvature Lanczos bases.
     """
     operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
                                          cfg.get("probe_chunk", 16), loss=loss,
                                          max_bytes=max_bytes)
-    families = config.curvature_families(cfg)
+    families = studies.curvature_families(cfg)
     grams = ("param_gram",) + (("param_gram_adaptive",) if "adaptive_sharpness" in families
                                else ())
     ctx = Context(model, x, targets, loss, operator,

@@ -1,8 +1,8 @@
 """Statistics of the study: correlations with bootstrap CIs, regressions, violation rates.
 
 This module assembles them into ``stats.nc`` and ``summary.json``; the coefficients, CIs and
-p-values are computed by ``flatrep.correlations``, the regressions by ``flatrep.regressions``,
-on the cube views of ``flatrep.views``.
+p-values are computed by ``flatrep.analysis.correlations``, the regressions by
+``flatrep.analysis.regressions``, on the cube views of ``flatrep.cube.views``.
 
 * Correlations (Pearson — the paper's statistic —, Spearman, Kendall tau-b) of sharpness with
   each compression measure, with percentile-bootstrap CIs (resampling units), scipy's
@@ -16,7 +16,7 @@ on the cube views of ``flatrep.views``.
   mixed model with a random intercept per run on the same pooled checkpoints.
 * Violation rate of every bound with an exact (Clopper-Pearson) binomial CI, over every
   evaluated point and over the points where the bound's assumptions hold; violations are
-  attributed to the assumptions that failed where they occurred (``flatrep.bounds``).
+  attributed to the assumptions that failed where they occurred (``flatrep.analysis.bounds``).
 * Paired bootstrap comparison of every bound with Ma & Ying's (tightness, Kendall tau).
 """
 
@@ -28,13 +28,14 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep.bounds import ASSUMPTIONS, assumption_flags
-from flatrep.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootstrap_mean_ci, cells,
+from flatrep.analysis.bounds import ASSUMPTIONS, assumption_flags
+from flatrep.analysis.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootstrap_mean_ci, cells,
                                   coefficients, correlate, correlation, granulated_kendall,
                                   holm, percentile_ci, unit_groups, usable_pairs)
-from flatrep.late_phase import counts as late_phase_counts, late_phase, phase_statistics
-from flatrep.regressions import finite_logs, log_regression, mixed_regression
-from flatrep.views import diverged_runs, final_healthy, healthy_runs, hyperparameters, run_level
+from flatrep.analysis.late_phase import counts as late_phase_counts, late_phase, phase_statistics
+from flatrep.analysis.regressions import finite_logs, log_regression, mixed_regression
+from flatrep.cube.views import (diverged_runs, final_healthy, healthy_runs, hyperparameters,
+                                run_level)
 
 #: Sharpness is correlated with each of these run-level measures (mean over subset=train).
 PAIRED_MEASURES = ("mls", "log_lvr", "log_lvr_top3", "nmls", "log_nvr", "local_dim")
@@ -99,8 +100,8 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
     """Correlations over time of sharpness with each measure, per run, after interpolation.
 
     Per run, every coefficient is computed over the checkpoints of its late phase
-    (``flatrep.late_phase.late_phase``: at and after the first with train accuracy 1 and train
-    loss below ``threshold``; at least 3 usable ones needed: Pearson's finite, the rank
+    (``flatrep.analysis.late_phase.late_phase``: at and after the first with train accuracy 1 and
+    train loss below ``threshold``; at least 3 usable ones needed: Pearson's finite, the rank
     coefficients' with +-inf ranked as in ``correlate``); the per-run coefficients are
     summarised by their mean with a percentile-bootstrap CI over runs.
     """

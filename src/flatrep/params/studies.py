@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ def find_run(study: dict, rid: str) -> Run:
     raise ConfigError(f"run {rid!r} is not in the study's grid")
 
 
-#: ``train.ensemble`` modes: how runs share a training process (``flatrep.ensemble``).
+#: ``train.ensemble`` modes: how runs share a training process (``flatrep.training.ensemble``).
 ENSEMBLE_MODES = ("none", "seeds", "configs")
 #: What the members of one ensemble must share: the shapes and the update rule.
 ENSEMBLE_SHARED = ("batch_size", "optimizer", "averaging_start")
@@ -358,3 +359,14 @@ def selected_studies(params: dict) -> list[str]:
         if study not in params["studies"]:
             raise ConfigError(f"run_studies[{index}]: {_unknown_study(study, params['studies'])}")
     return list(selected)
+
+
+#: The study sections a cube depends on (the params of the DVC stage ``runs``): editing
+#: ``stats`` or ``figures`` leaves the cube untouched.
+CUBE_SECTIONS = ("data", "model", "train", "measure")
+
+
+def cube_sections(study: dict) -> str:
+    """The cube's ``config`` attribute: the ``CUBE_SECTIONS`` of ``study`` as sorted JSON.
+    Also the Snakemake cube rule's param, so that only these sections rerun it."""
+    return json.dumps({key: study[key] for key in CUBE_SECTIONS}, sort_keys=True)

@@ -20,13 +20,15 @@ import numpy as np
 import xarray as xr
 
 import flatrep
-from flatrep import atomic, config, losses
+from flatrep import atomic, losses
+from flatrep.params import studies
 
 #: Global attribute holding ``content_digest`` of the file's content.
 DIGEST_ATTR = "content_sha256"
 #: Global attributes that may differ between the runs of a study: the code revision, the
-#: training device (``provenance``) and the measure device (``flatrep.measure.measure_run``).
-#: ``combine`` keeps the one value, or the JSON list of the distinct values.
+#: training device (``provenance``) and the measure device
+#: (``flatrep.cube.measuring.measure_checkpoints``). ``combine`` keeps the one value, or the JSON
+#: list of the distinct values.
 RUN_ATTRS = ("git_revision", "device", "measure_device")
 
 
@@ -53,7 +55,7 @@ def provenance(study_name: str, study: dict, device: str, determinism: str) -> d
             "determinism": determinism}
 
 
-def with_run_dim(ds: xr.Dataset, run: config.Run) -> xr.Dataset:
+def with_run_dim(ds: xr.Dataset, run: studies.Run) -> xr.Dataset:
     """Add a length-1 ``run`` dim whose coordinates are the run's hyperparameters."""
     ds = ds.expand_dims(run=[run.run_id])
     return ds.assign_coords({key: ("run", [value]) for key, value in run.hparams.items()})
@@ -78,7 +80,7 @@ def measurement_attrs(num_outputs: int, input_shape: list[int], measure_cfg: dic
             "curvature": json.dumps(measure_cfg.get("curvature", {"enabled": False}),
                                     sort_keys=True),
             "curvature_definition": "hessian_* variables: loss over `points` training rows "
-                                    "(all rows if null) drawn by flatrep.measure."
+                                    "(all rows if null) drawn by flatrep.cube.measuring."
                                     "measurement_indices with the 'curvature' sub-seed of "
                                     "measure.point_seed; model in eval mode",
             "measure_dtype": "float64"}

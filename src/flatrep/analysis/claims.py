@@ -39,13 +39,13 @@ implicit Sobolev regularisation: g_x rises with g_W; test accuracy falls with g_
 ``lr_flatter`` / ``batch_flatter``: g_W(1)^2 = mean_i ||J_i||_F^2 is the sharpness S itself
 (for every loss; the Hessian trace at an MSE interpolation up to its factor), so a g_W twin
 would count one test twice in Holm's family. A2 and B2-B4 are bounds
-of ``flatrep.bounds`` with their own violation statistics in stats.nc.
+of ``flatrep.analysis.bounds`` with their own violation statistics in stats.nc.
 
 Chen et al.'s volume claims are judged on two log volumes: ``log_lvr`` sums the logs of all
 K singular values of the input Jacobian (the LVR of the theorem), ``log_lvr_top3`` the top 3
 (the "log volume" the authors plot, reference ``paper_chen2023.md``); the two can disagree in
 sign. Their trajectory claims (Fig. 1/2) are judged within runs over the late phase
-(``flatrep.late_phase``): ``late_sharpness_falls`` (tau of the iteration with S) and
+(``flatrep.analysis.late_phase``): ``late_sharpness_falls`` (tau of the iteration with S) and
 ``late_<measure>_follows`` (tau of S with MLS, each log volume and NMLS), with local
 dimensionality's "not bounded" form ``late_local_dim_unbounded``.
 
@@ -79,7 +79,8 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep import bounds, correlations, late_phase, stats, table_text, views
+from flatrep.analysis import bounds, correlations, late_phase, stats, table_text
+from flatrep.cube import views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
@@ -170,8 +171,8 @@ def rank_deficiency_note(point: xr.Dataset, name: str) -> str:
 
 
 def paper_axes_note(sharpness: np.ndarray, y: np.ndarray, y_name: str) -> str:
-    """Pearson r of y with sqrt(S), the paper's sharpness axis (``flatrep.conventions``), over
-    the runs where both are finite: tau is unchanged by the square root, r is not."""
+    """Pearson r of y with sqrt(S), the paper's sharpness axis (``flatrep.analysis.conventions``),
+    over the runs where both are finite: tau is unchanged by the square root, r is not."""
     x = np.sqrt(sharpness)
     finite = np.isfinite(x) & np.isfinite(y)
     if finite.sum() < 3 or np.ptp(x[finite]) == 0 or np.ptp(y[finite]) == 0:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from flatrep import config
+from flatrep.params import studies
 
 #: Relative tolerance of "holds": the measures are float64 sums of O(1e5) terms, whose
 #: round-off is ~1e-12 relative; 1e-9 leaves three orders of margin and cannot hide a real gap.
@@ -54,11 +54,11 @@ def _everywhere(cube: xr.Dataset, value: bool) -> xr.DataArray:
 
 def hyperparameter(cube: xr.Dataset, name: str) -> xr.DataArray:
     """A training hyperparameter per run: its ``run`` coordinate when swept, else the study's
-    ``train`` value (or ``flatrep.config.TRAIN_DEFAULTS``) broadcast over runs."""
+    ``train`` value (or ``flatrep.params.studies.TRAIN_DEFAULTS``) broadcast over runs."""
     if name in cube.coords:
         return cube[name]
     train = json.loads(cube.attrs["config"])["train"]
-    return xr.full_like(cube["run"], train.get(name, config.TRAIN_DEFAULTS.get(name)),
+    return xr.full_like(cube["run"], train.get(name, studies.TRAIN_DEFAULTS.get(name)),
                         dtype=object if name == "optimizer" else float)
 
 
@@ -97,7 +97,7 @@ class Bound:
     equation: str
     kind: str = THEOREM
     #: names in ``ASSUMPTIONS`` this bound needs; its violations where one fails are
-    #: attributed to it (``flatrep.stats``)
+    #: attributed to it (``flatrep.analysis.stats``)
     requires: tuple[str, ...] = ()
 
 

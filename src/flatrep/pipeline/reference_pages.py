@@ -5,10 +5,12 @@ Each page is a function of a catalogue, so the docs cannot drift from the code:
 * ``params.md``: every key of ``workflow/schemas/params.schema.yaml`` with what it allows and
   its description;
 * ``measures.md``: the curvature families (``flatrep.measures.suite.COSTS``, defaults from
-  ``flatrep.config.CURVATURE_FAMILIES``) and every variable of ``flatrep.variables``;
-* ``bounds.md``: the assumptions and bounds of ``flatrep.bounds``;
-* ``claims.md``: the claims of ``flatrep.claims.CLAIMS`` and the verdict options of
-  ``stats.claims``.
+  ``flatrep.params.studies.CURVATURE_FAMILIES``) and every variable of ``flatrep.cube.variables``;
+* ``bounds.md``: the assumptions and bounds of ``flatrep.analysis.bounds``;
+* ``claims.md``: the claims of ``flatrep.analysis.claims.CLAIMS`` and the verdict options of
+  ``stats.claims``;
+* ``package.md``: the package's rooms (subpackages) and every module in them, from their
+  docstrings.
 
 ``docs/gen_reference.py`` writes them into the site at build time (mkdocs-gen-files);
 ``tests/test_docs.py`` checks that every catalogue entry has its row.
@@ -16,13 +18,16 @@ Each page is a function of a catalogue, so the docs cannot drift from the code:
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from flatrep import bounds, claims, config, validation, variables
+from flatrep.analysis import bounds, claims
+from flatrep.cube import variables
+from flatrep.params import studies, validation
 from flatrep.measures import suite
 
 
@@ -102,7 +107,7 @@ def params_page(schema_path: Path = validation.SCHEMA) -> str:
             "Generated from `workflow/schemas/params.schema.yaml`, against which `flatrep "
             "validate` and every `snakemake` run check `params.yaml` before any job starts. "
             "Checks a schema cannot express (checkpoint steps, class indices, sizes against "
-            "the data, model options against the builder) are in `flatrep.validation`.\n\n"
+            "the data, model options against the builder) are in `flatrep.params.validation`.\n\n"
             + table(("key", "allowed", "description"), rows))
 
 
@@ -110,15 +115,15 @@ def params_page(schema_path: Path = validation.SCHEMA) -> str:
 
 def measures_page() -> str:
     families = [(name, suite.COSTS[name],
-                 json.dumps(config.CURVATURE_FAMILIES.get(name, {})) if name != "core" else "")
+                 json.dumps(studies.CURVATURE_FAMILIES.get(name, {})) if name != "core" else "")
                 for name in suite.COSTS]
     measured = [(name, ", ".join(("step",) + var.dims), var.long_name, var.definition)
                 for name, var in variables.CATALOG.items()]
     per_run = [(name, ", ".join(("run",) + var.dims), var.long_name, var.definition)
                for name, var in variables.PER_RUN.items()]
     return ("# Measures\n\n"
-            "Generated from `flatrep.measures.suite.COSTS`, `flatrep.config.CURVATURE_FAMILIES` "
-            "and `flatrep.variables`. Every variable of a cube carries its long name and "
+            "Generated from `flatrep.measures.suite.COSTS`, "
+            "`flatrep.params.studies.CURVATURE_FAMILIES` and `flatrep.cube.variables`. Every variable of a cube carries its long name and "
             "definition as NetCDF attributes.\n\n"
             "## Curvature families and their cost per checkpoint\n\n"
             "`measure.curvature.enabled` turns the suite on; a family key that is absent or "
@@ -142,8 +147,8 @@ def bounds_page() -> str:
                  ", ".join(b.requires) or "none") for b in registry.values()]
     header = ("bound", "kind", "statement", "holds when", "paper", "requires")
     return ("# Bounds\n\n"
-            "Generated from `flatrep.bounds`. For every bound, `bounds.nc` holds per run and "
-            "checkpoint the left and right sides, `holds` (LHS <= RHS (1 + "
+            "Generated from `flatrep.analysis.bounds`. For every bound, `bounds.nc` holds per "
+            "run and checkpoint the left and right sides, `holds` (LHS <= RHS (1 + "
             f"{bounds.RTOL:g})) and the tightness LHS / RHS. A *theorem* holds at every "
             "parameter value, so a violation is a bug; a *conditional* bound needs the "
             "assumptions it `requires`, and its violations where one fails are counted "
@@ -163,18 +168,52 @@ def claims_page(schema_path: Path = validation.SCHEMA) -> str:
                if row[0].startswith("stats.claims.")]
     rows = [(c.name, c.source, c.statement, c.statistic, c.direction) for c in claims.CLAIMS]
     return ("# Claims\n\n"
-            "Generated from `flatrep.claims.CLAIMS` and the `stats.claims` options of the "
-            "params schema. How a direction becomes a verdict is stated under *Verdict "
-            "rules* below, from `flatrep.claims` itself.\n\n"
+            "Generated from `flatrep.analysis.claims.CLAIMS` and the `stats.claims` options of "
+            "the params schema. How a direction becomes a verdict is stated under *Verdict "
+            "rules* below, from `flatrep.analysis.claims` itself.\n\n"
             + table(("claim", "paper", "statement", "statistic", "direction"), rows)
             + "\n## Options of the verdict rules (`stats.claims`)\n\n"
             + table(("key", "allowed", "description"), options)
-            + "\n## Verdict rules\n\n::: flatrep.claims\n    options:\n"
+            + "\n## Verdict rules\n\n::: flatrep.analysis.claims\n    options:\n"
               "      show_root_heading: false\n      members: false\n")
 
 
+# --- package.md ------------------------------------------------------------------------------
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def docstring(path: Path) -> str:
+    """The module docstring of the source file ``path``, read without importing it."""
+    return ast.get_docstring(ast.parse(path.read_text())) or ""
+
+
+def summary(text: str) -> str:
+    """The first paragraph of a docstring, on one line."""
+    return " ".join(text.split("\n\n")[0].split())
+
+
+def package_page(root: Path = PACKAGE_ROOT) -> str:
+    """The package's layout: the top-level modules, then each subpackage (a room with one
+    job) with its docstring and a row per module."""
+    def rows(folder: Path) -> list[tuple[str, str]]:
+        return [(path.stem, summary(docstring(path))) for path in sorted(folder.glob("*.py"))
+                if path.name != "__init__.py"]
+
+    parts = ["# Package layout\n\n"
+             "Generated from the docstrings of `src/flatrep/`: a folder is a room with one job, "
+             "and a module's first paragraph says what it does.\n\n"
+             "## flatrep\n\n" + docstring(root / "__init__.py") + "\n\n"
+             + table(("module", "what it does"), rows(root))]
+    for package in sorted(path.parent for path in root.glob("*/__init__.py")):
+        parts.append(f"## flatrep.{package.name}\n\n{docstring(package / '__init__.py')}\n\n"
+                     + table(("module", "what it does"), rows(package)))
+    return "\n".join(parts)
+
+
 PAGES = {"reference/params.md": params_page, "reference/measures.md": measures_page,
-         "reference/bounds.md": bounds_page, "reference/claims.md": claims_page}
+         "reference/bounds.md": bounds_page, "reference/claims.md": claims_page,
+         "reference/package.md": package_page}
 
 
 def pages() -> dict[str, str]:

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match, relevance
 
-from flatrep import config, schedules
+from flatrep.params import schedules, studies
 
 #: The params schema, relative to the project folder.
 SCHEMA = Path("workflow") / "schemas" / "params.schema.yaml"
@@ -40,7 +40,7 @@ def check_workflow(params: dict, params_files, folders=WRITTEN_FOLDERS) -> None:
     has already read them, keeping the last of duplicate keys), ``check_params``, and the
     folders the workflow writes are writable (``check_writable``)."""
     for path in params_files:
-        config.read_yaml(path)
+        studies.read_yaml(path)
     check_params(params)
     check_writable(folders)
 
@@ -50,30 +50,31 @@ def check_params(params: dict) -> None:
     _check_schema(params)
     _check_finite(params)
     check_studies(params["studies"])
-    config.selected_studies(params)
+    studies.selected_studies(params)
 
 
-def check_studies(studies: dict) -> None:
-    """Raise ConfigError for the first study with a semantic error (``config.check_study``,
+def check_studies(configs: dict) -> None:
+    """Raise ConfigError for the first study with a semantic error (``studies.check_study``,
     the augmentation against the dataset, the output width, model options against the
     builder, the learning-rate schedule, the ensemble mode, the claims' ratio band). Imports
     torch (seconds), which a schema error does not need."""
-    from flatrep import data, models
+    from flatrep import models
+    from flatrep.data import datasets
 
-    for name, study in studies.items():
-        config.check_study(name, study, data.spec(study["data"]["name"]).num_classes)
+    for name, study in configs.items():
+        studies.check_study(name, study, datasets.spec(study["data"]["name"]).num_classes)
         _check_augment(name, study)
         try:
-            data.num_outputs(study["data"])
+            datasets.num_outputs(study["data"])
             models.check_options(study["model"])
             schedule = schedules.resolve(study["train"].get("lr_schedule"))
-            for run in config.expand_runs(study):
-                schedules.for_run(schedule, config.hyperparameters(study["train"],
+            for run in studies.expand_runs(study):
+                schedules.for_run(schedule, studies.hyperparameters(study["train"],
                                                                    run)["averaging_start"])
-        except (data.DataError, models.ModelError, schedules.ScheduleError) as err:
-            raise config.ConfigError(f"studies.{name}: {err}") from None
-        config.ensemble_groups(study)
-        _check_sizes(name, study, data.split_sizes(study["data"]))
+        except (datasets.DataError, models.ModelError, schedules.ScheduleError) as err:
+            raise studies.ConfigError(f"studies.{name}: {err}") from None
+        studies.ensemble_groups(study)
+        _check_sizes(name, study, datasets.split_sizes(study["data"]))
         _check_ensemble_options(name, study)
         _check_ratio_band(name, study["stats"]["claims"]["ratio_band"])
 
@@ -81,7 +82,7 @@ def check_studies(studies: dict) -> None:
 def _check_sizes(name: str, study: dict, sizes: dict[str, int] | None) -> None:
     """Values that must fit the data: ``measure.points`` in both splits (a subset of each),
     ``measure.curvature.points`` in train, every run's batch size in train
-    (``data.split_sizes``; nothing to check where the sizes are unknown before the data
+    (``datasets.split_sizes``; nothing to check where the sizes are unknown before the data
     file is prepared, and the job then says the same)."""
     if sizes is None:
         return
@@ -91,26 +92,26 @@ def _check_sizes(name: str, study: dict, sizes: dict[str, int] | None) -> None:
     limits = [(f"{prefix}.measure.points", measure.get("points"), smaller),
               (f"{prefix}.measure.curvature.points",
                measure.get("curvature", {}).get("points"), "train")]
-    for run in config.expand_runs(study):
-        batch_size = config.hyperparameters(study["train"], run).get("batch_size")
+    for run in studies.expand_runs(study):
+        batch_size = studies.hyperparameters(study["train"], run).get("batch_size")
         if batch_size is None:
-            raise config.ConfigError(f"{prefix}: run {run.run_id} has no batch_size; set "
+            raise studies.ConfigError(f"{prefix}: run {run.run_id} has no batch_size; set "
                                      "train.batch_size or sweep it in train.grid")
         limits.append((f"{prefix}: run {run.run_id}'s batch_size", batch_size, "train"))
     for key, value, split in limits:
         if value is not None and value > sizes[split]:
             options = {k: v for k, v in study["data"].items() if k != "name"}
-            raise config.ConfigError(
+            raise studies.ConfigError(
                 f"{key} = {value}: more than the {sizes[split]} samples of the {split} split "
                 f"(dataset {study['data']['name']} {options}: train {sizes['train']}, test "
                 f"{sizes['test']}); allowed: 1..{sizes[split]}")
 
 
 def _check_ratio_band(name: str, band: list[float]) -> None:
-    """``stats.claims.ratio_band`` = [low, high] needs low < high (``flatrep.claims``)."""
+    """``stats.claims.ratio_band`` = [low, high] needs low < high (``flatrep.analysis.claims``)."""
     low, high = band
     if not low < high:
-        raise config.ConfigError(
+        raise studies.ConfigError(
             f"studies.{name}.stats.claims.ratio_band = [{low}, {high}]: the low end must be "
             "below the high end, e.g. [10, 90]")
 
@@ -118,17 +119,17 @@ def _check_ratio_band(name: str, band: list[float]) -> None:
 def _check_ensemble_options(name: str, study: dict) -> None:
     """Dropout models train one run per process: ensemble members would share torch's
     global generator, so their dropout masks, and trajectories, would not be their single
-    runs' (``flatrep.ensemble``). ``train.compile`` compiles the ensemble's batched gradient,
-    so it needs an ensemble."""
+    runs' (``flatrep.training.ensemble``). ``train.compile`` compiles the ensemble's batched
+    gradient, so it needs an ensemble."""
     mode = study["train"].get("ensemble", "none")
     dropout = study["model"].get("dropout", 0.0)
     if mode != "none" and dropout > 0:
-        raise config.ConfigError(
+        raise studies.ConfigError(
             f"studies.{name}.train.ensemble = {mode!r} with model.dropout = {dropout}: "
             "ensemble members cannot draw their own single runs' dropout masks; set "
             "train.ensemble: none (or model.dropout: 0)")
     if mode == "none" and study["train"].get("compile", False):
-        raise config.ConfigError(
+        raise studies.ConfigError(
             f"studies.{name}.train.compile = true with train.ensemble = 'none': compiling "
             "applies to ensembles; set train.ensemble: seeds or configs (or compile: false)")
 
@@ -150,7 +151,7 @@ def check_writable(folders) -> None:
 
 def _check_augment(name: str, study: dict) -> None:
     """``train.augment`` must apply to the dataset's samples (crops need images)."""
-    from flatrep import augment
+    from flatrep.data import augment
 
     augmentation = study["train"].get("augment", "none")
     dataset = study["data"]["name"]
@@ -158,7 +159,7 @@ def _check_augment(name: str, study: dict) -> None:
                 for choice in augment.AUGMENTATIONS}
     if problems[augmentation]:
         allowed = [choice for choice, problem in problems.items() if problem is None]
-        raise config.ConfigError(f"studies.{name}.train.augment = {augmentation!r}: "
+        raise studies.ConfigError(f"studies.{name}.train.augment = {augmentation!r}: "
                                  f"{problems[augmentation]} (dataset {dataset!r}); allowed: "
                                  f"{allowed}")
 
@@ -175,7 +176,7 @@ def _value_error(check, *args) -> str | None:
 def _check_finite(tree, parts: tuple = ()) -> None:
     """ConfigError for the first NaN or infinite number (the schema's bounds let NaN pass)."""
     if isinstance(tree, float) and not math.isfinite(tree):
-        raise config.ConfigError(f"{config.key_path(parts)} = {tree}: must be a finite number")
+        raise studies.ConfigError(f"{studies.key_path(parts)} = {tree}: must be a finite number")
     children = (tree.items() if isinstance(tree, dict)
                 else enumerate(tree) if isinstance(tree, list) else ())
     for key, child in children:
@@ -192,7 +193,7 @@ def schema_path() -> Path:
     """The params schema of the project in the working directory (where `snakemake` and
     `flatrep validate` run, also in a cluster job), else of the source tree that holds the
     package (an editable install used from elsewhere)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         if (root / SCHEMA).is_file():
             return root / SCHEMA
     raise FileNotFoundError(f"the params schema {SCHEMA} is neither in {Path.cwd()} nor beside "
@@ -218,7 +219,7 @@ def _check_schema(params: dict) -> None:
     """ConfigError with one line for the most relevant schema violation, if any."""
     error = best_match(_validator().iter_errors(params), key=_relevance)
     if error is not None:
-        raise config.ConfigError(_schema_message(error))
+        raise studies.ConfigError(_schema_message(error))
 
 
 def _relevance(error: jsonschema.ValidationError) -> tuple:
@@ -230,24 +231,24 @@ def _relevance(error: jsonschema.ValidationError) -> tuple:
 def _schema_message(error: jsonschema.ValidationError) -> str:
     """One line for a schema violation: the key path, the offending value, what is allowed."""
     parts = list(error.absolute_path)
-    where = config.key_path(parts) or "params"
+    where = studies.key_path(parts) or "params"
     value = _short.repr(error.instance)
     if "propertyNames" in error.absolute_schema_path:
         return f"{where}: name {value} must match {error.validator_value}"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         key = next(key for key in error.instance if key not in allowed)
-        return (f"{config.key_path([*parts, key])}: unknown key"
-                f"{config.did_you_mean(key, allowed)}; allowed: {allowed}")
+        return (f"{studies.key_path([*parts, key])}: unknown key"
+                f"{studies.did_you_mean(key, allowed)}; allowed: {allowed}")
     if error.validator == "required":
         key = next(key for key in error.validator_value if key not in error.instance)
-        return (f"{config.key_path([*parts, key])}: required key missing; must be "
+        return (f"{studies.key_path([*parts, key])}: required key missing; must be "
                 f"{_describe(error.schema['properties'][key])}")
     if error.validator == "not":
         return _forbidden_message(error, parts)
     if error.validator == "enum":
         return (f"{where} = {value}: unknown value"
-                f"{config.did_you_mean(error.instance, error.validator_value)}; allowed: "
+                f"{studies.did_you_mean(error.instance, error.validator_value)}; allowed: "
                 f"{error.validator_value}")
     return f"{where} = {value}: must be {_describe(error.schema)}{_yaml_number_hint(error)}"
 
@@ -279,7 +280,7 @@ def _forbidden_message(error: jsonschema.ValidationError, parts: list) -> str:
     keys = [key for option in options for key in option.get("required", [])
             if key in error.instance]
     reason = error.schema.get("description", "see the schema")
-    return f"{config.key_path([*parts, *keys[:1]])}: not allowed here ({reason})"
+    return f"{studies.key_path([*parts, *keys[:1]])}: not allowed here ({reason})"
 
 
 def _resolve(schema: dict) -> dict:

@@ -1,7 +1,7 @@
 """``summary.md``: the study's headline results as Markdown, beside its cubes.
 
 The phase of training the runs reach and whether the two log volumes agree, then three
-tables from stats.nc: the claims with their verdicts (``flatrep.claims``), the
+tables from stats.nc: the claims with their verdicts (``flatrep.analysis.claims``), the
 across-runs correlations of sharpness with each compression measure, and every bound's
 violation rate (over all points and where its assumptions hold), the assumptions blamed
 for its violations, and its tightness.
@@ -14,8 +14,8 @@ import json
 import numpy as np
 import xarray as xr
 
-from flatrep import claims, late_phase, table_text
-from flatrep.bounds import ASSUMPTIONS
+from flatrep.analysis import claims, late_phase, table_text
+from flatrep.analysis.bounds import ASSUMPTIONS
 
 
 def correlations(stats_ds: xr.Dataset) -> str:
@@ -80,7 +80,7 @@ def diverged_note(stats_ds: xr.Dataset) -> str:
 
 
 def phase(stats_ds: xr.Dataset) -> str:
-    """Which phase of training the study reaches (``flatrep.late_phase``): how many runs
+    """Which phase of training the study reaches (``flatrep.analysis.late_phase``): how many runs
     interpolate and how many end at S <= FALL_FRACTION x a peak reached after interpolation,
     the late phase of Chen et al. Fig. 1/2 that their trajectory claims speak about."""
     count = late_phase.counts(stats_ds)

@@ -12,7 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from flatrep import atomic, config, conventions, correlations, table_text, views  # noqa: E402
+from flatrep import atomic  # noqa: E402
+
+from flatrep.analysis import conventions, correlations, table_text
+from flatrep.cube import views
+from flatrep.params import studies
 
 
 def _save(fig, path: str | Path) -> None:
@@ -36,7 +40,7 @@ def _rows(cube: xr.Dataset, rows_cfg: dict) -> list[tuple[str, xr.Dataset, str]]
                        cube.where(cube["lr"] == at, drop=True), "batch_size"))
     result = [row for row in result if row[1].sizes["run"] > 0 and row[2] in row[1].coords]
     if not result:
-        swept = [name for name in config.SWEEPABLE if name != "seed" and name in cube.coords]
+        swept = [name for name in studies.SWEEPABLE if name != "seed" and name in cube.coords]
         labels = [", ".join(f"{name}={_text(cube[name].values[i])}" for name in swept) or "all"
                   for i in range(cube.sizes["run"])]
         result.append(("coloured by configuration",

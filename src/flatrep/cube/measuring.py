@@ -7,7 +7,7 @@ the same for every run of a study (so ``sample_index`` has no run dimension). Th
 checkpoint misclassifies: the first ones in a seeded permutation of the whole test split (Chen
 et al.'s ``--hard_sample``), their rows in ``misclassified_index`` (NaN past their number).
 
-They run on the device ``measure_run`` picks from ``measure.device`` (``auto``: CUDA when
+They run on the device ``measure_checkpoints`` picks from ``measure.device`` (``auto``: CUDA when
 present, as ``train.device``), recorded in the ``measure_device`` attribute. Random probes are
 drawn on the CPU from seeded CPU generators and moved to that device, so a GPU gives the CPU
 values up to floating-point rounding.
@@ -23,7 +23,10 @@ import xarray as xr
 from torch import nn
 from tqdm import tqdm
 
-from flatrep import checkpoint, config, cube, data, determinism, losses, variables
+from flatrep import checkpoint, determinism, losses
+from flatrep.cube import netcdf, variables
+from flatrep.data import datasets
+from flatrep.params import studies
 from flatrep.measures import invariant, jacobian, layers, suite
 
 SUBSETS = ("train", "test", "test_misclassified")
@@ -77,7 +80,7 @@ def _padded(value: np.ndarray, n_points: int) -> np.ndarray:
 
 def point_measures(model: nn.Module, x: torch.Tensor, chunk_size: int,
                    moments: tuple[int, ...],
-                   max_bytes: int = config.MEASURE_MEMORY_MB << 20) -> dict[str, np.ndarray]:
+                   max_bytes: int = studies.MEASURE_MEMORY_MB << 20) -> dict[str, np.ndarray]:
     """All per-sample measures at points x (float64 model and inputs). The input and layer
     Jacobians of a piece of the points and the parameter Jacobian of one of its chunks
     (``jacobian.per_sample_jacobians``) are held at once, so each gets half of ``max_bytes``:
@@ -132,7 +135,7 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     """
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
-    max_bytes = config.measure_memory_bytes(measure_cfg)
+    max_bytes = studies.measure_memory_bytes(measure_cfg)
     device = splits["train"][0].device
     model = model.double().to(device)
     rows = {key: torch.as_tensor(points[key], device=device)
@@ -178,8 +181,8 @@ def nan_like(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {key: np.full(np.shape(value), np.nan) for key, value in values.items()}
 
 
-def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
-                data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
+def measure_checkpoints(checkpoint_paths: list[str | Path], measure_cfg: dict,
+                        data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
     """Measure every checkpoint of one run; returns the run's Dataset (no ``run`` dim yet).
 
     ``measure_cfg`` is the study's ``measure`` section (``points``, ``point_seed``,
@@ -198,7 +201,7 @@ def measure_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
     num_outputs = first_meta["num_outputs"]
     loss = losses.get(study["train"].get("loss", "mse"))
     splits = {split: tuple((t.double() if t.is_floating_point() else t).to(device)
-                           for t in data.load_study_split(study["data"], split, data_root))
+                           for t in datasets.load_study_split(study["data"], split, data_root))
               for split in ("train", "test")}
     seed = measure_cfg["point_seed"]
     points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
@@ -246,29 +249,29 @@ def checkpoints_by_run(checkpoints: list[str | Path],
     runs: dict[Path, list[Path]] = {out: [] for out in folders.values()}
     for path in map(Path, checkpoints):
         if path.parent not in folders:
-            raise config.ConfigError(f"checkpoint {path} is in none of the folders of the "
+            raise studies.ConfigError(f"checkpoint {path} is in none of the folders of the "
                                      "measures files (--out): give each run's measures.nc in "
                                      "the folder of its checkpoints")
         runs[folders[path.parent]].append(path)
     for out, paths in runs.items():
         if not paths:
-            raise config.ConfigError(f"no checkpoint given in the folder of {out}: list its "
+            raise studies.ConfigError(f"no checkpoint given in the folder of {out}: list its "
                                      "run's checkpoints after --checkpoints")
     return {out: sorted(paths, key=lambda p: int(p.stem.split("_")[1]))
             for out, paths in runs.items()}
 
 
-def measured_run(checkpoint_paths: list[str | Path], measure_cfg: dict,
-                 data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
-    """``measure_run`` with the run dim, provenance and measurement conventions attached: the
-    content of ``measures.nc``."""
-    ds = measure_run(checkpoint_paths, measure_cfg, data_root, threads)
+def measures_file(checkpoint_paths: list[str | Path], measure_cfg: dict,
+                  data_root: str | Path = "data", threads: int | None = None) -> xr.Dataset:
+    """The content of a run's ``measures.nc``: ``measure_checkpoints`` with the run dim,
+    provenance and measurement conventions attached."""
+    ds = measure_checkpoints(checkpoint_paths, measure_cfg, data_root, threads)
     meta = checkpoint.read(checkpoint_paths[-1])["meta"]
-    ds = cube.with_run_dim(ds, config.Run(meta["run"], meta["hparams"]))
-    ds.attrs.update(cube.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
+    ds = netcdf.with_run_dim(ds, studies.Run(meta["run"], meta["hparams"]))
+    ds.attrs.update(netcdf.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
                                     meta["device"], meta["determinism"]))
     loss = meta["config"]["train"].get("loss", "mse")
-    ds.attrs.update(cube.measurement_attrs(meta["num_outputs"], meta["input_shape"],
+    ds.attrs.update(netcdf.measurement_attrs(meta["num_outputs"], meta["input_shape"],
                                            measure_cfg, loss))
     return ds
 

@@ -128,7 +128,7 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 #: The datasets read from torchvision's raw files: their torchvision class, folder under
-#: ``data.root``, file names per split and reader (``flatrep.synthetic`` writes the same).
+#: ``data.root``, file names per split and reader (``flatrep.data.synthetic`` writes the same).
 RAW_IMAGES = {
     "mnist": RawImages("MNIST", "MNIST/raw", _IDX_FILES, _read_idx_split),
     "fashion_mnist": RawImages("FashionMNIST", "FashionMNIST/raw", _IDX_FILES, _read_idx_split),

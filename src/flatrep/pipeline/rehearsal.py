@@ -1,8 +1,8 @@
 """Rehearsals: every stage of a study run for real, at toy scale, before its GPU-hours are spent.
 
 ``flatrep rehearse`` copies the workflow into a folder of its own, writes random images in
-torchvision's raw formats there (``flatrep.synthetic``) for every torchvision dataset the chosen
-studies read, shrinks each study (``rehearsal_study``: a few iterations and seeds, every
+torchvision's raw formats there (``flatrep.data.synthetic``) for every torchvision dataset the
+chosen studies read, shrinks each study (``rehearsal_study``: a few iterations and seeds, every
 measurement family at a handful of points, probes and steps, short bootstraps) and runs
 ``snakemake --keep-going`` on it. The studies keep their names, models, optimizers, schedules,
 grids, ensembles, losses, augmentation, class subsets and scalings, so the rehearsal exercises
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from flatrep import config, synthetic
+from flatrep.data import synthetic
+from flatrep.params import studies
 
 #: Rehearsal sizes of the torchvision datasets (random images, labels cycling the classes).
 RAW_TRAIN_IMAGES = 500
@@ -96,7 +97,7 @@ def rehearsal_study(study: dict, raw_root: str | Path, iterations: int, seeds: i
     curvature = small["measure"].get("curvature")
     if isinstance(curvature, dict):
         curvature.update({family: options for family, options
-                          in config.curvature_families(curvature).items() if options})
+                          in studies.curvature_families(curvature).items() if options})
     for keys, limit in CAPS.items():
         _cap(small, keys, limit)
     return small

@@ -1,7 +1,8 @@
-"""SGD, Adam and AdamW on stacked parameters: one update for M ensemble members at once.
+"""The optimisers: SGD, Adam and AdamW of torch.optim for one run (``make_optimizer``), and
+``StackedOptimizer``, the same updates on stacked parameters for M ensemble members at once.
 
-Every parameter tensor has the member axis first, shape (M, ...); the learning rate, momentum
-and weight decay are per-member vectors of length M, so members with different
+Stacked, every parameter tensor has the member axis first, shape (M, ...); the learning rate,
+momentum and weight decay are per-member vectors of length M, so members with different
 hyperparameters share one update. The formulas are torch.optim's (torch 2.x, no dampening, no
 Nesterov, not maximising), member by member, with base learning rate eta_t:
 
@@ -24,7 +25,22 @@ from __future__ import annotations
 
 import torch
 
-from flatrep.train import OPTIMIZERS
+from flatrep.params import studies
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
+    """SGD (the paper's optimiser; L2 coupled to the gradient), Adam (L2 coupled) or AdamW
+    (decay decoupled from the adaptive step, Loshchilov & Hutter 2019)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise studies.ConfigError(f"unknown train.optimizer {name!r}; allowed: {list(OPTIMIZERS)}")
+
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8

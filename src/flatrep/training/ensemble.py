@@ -7,18 +7,18 @@ The M members' parameters are stacked along a leading axis
 in the parameters' own memory layout: about 1.3x faster on CPU, see bench/RESULTS.md): each member
 draws its own minibatches (its ``data_order`` stream, the same permutation per epoch as a
 single run), augments with its own stream, and has its own learning rate, momentum, weight
-decay and seed; ``flatrep.stacked_optim`` applies torch.optim's update member by member.
+decay and seed; ``flatrep.training.optimizers`` applies torch.optim's update member by member.
 Members must share what fixes the tensor shapes and the update rule: the batch size, the
-optimizer kind and the iterate-averaging start (``config.ensemble_groups``).
+optimizer kind and the iterate-averaging start (``studies.ensemble_groups``).
 
-Each member's trajectory is the single run's (``flatrep.train.train_run``) up to floating-point
-rounding: batched matrix products may sum in another order than the single run's, so the
-numbers agree to rounding error (tests compare them in float32 and float64), not bit for bit.
+Each member's trajectory is the single run's (``flatrep.training.single.train_run``) up to
+floating-point rounding: batched matrix products may sum in another order than the single run's, so
+the numbers agree to rounding error (tests compare them in float32 and float64), not bit for bit.
 Checkpoints are written per run, in the single run's format; a member whose loss turns NaN/inf
 is frozen at that step and recorded as diverged, while the others go on.
 Models that draw random numbers in their forward pass (Dropout) are refused: the members
 would share torch's global generator and could not draw their single runs' masks
-(``flatrep.validation`` says so before any job starts).
+(``flatrep.params.validation`` says so before any job starts).
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from flatrep import augment, averaging, checkpoint, config, resume, train
-from flatrep.stacked_optim import StackedOptimizer
+from flatrep import checkpoint
+from flatrep.data import augment
+from flatrep.params import studies
+from flatrep.training import averaging, loop, optimizers, preparation, resume, run_state
+from flatrep.training.batches import BatchOrder
+from flatrep.training.optimizers import StackedOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class EnsembleError(ValueError):
     """Runs that cannot share one ensemble (different shapes or update rules)."""
 
 
-def _shared(runs: list[config.Run], setup: train.Setup, key: str):
+def _shared(runs: list[studies.Run], setup: preparation.Setup, key: str):
     """The one value of ``key`` all members share, else EnsembleError."""
     values = {setup.hyperparameters(run)[key] for run in runs}
     if len(values) != 1:
@@ -50,7 +54,7 @@ def _shared(runs: list[config.Run], setup: train.Setup, key: str):
     return values.pop()
 
 
-def _member_vector(runs, setup: train.Setup, key: str) -> torch.Tensor:
+def _member_vector(runs, setup: preparation.Setup, key: str) -> torch.Tensor:
     """A hyperparameter of every member as a float64 vector on the device."""
     return torch.tensor([float(setup.hyperparameters(run)[key]) for run in runs],
                         dtype=torch.float64, device=setup.device)
@@ -66,14 +70,19 @@ def compiled(study: dict) -> bool:
 
 
 class Ensemble:
-    """The stacked state of M members: parameters, buffers, optimizer, averages, RNGs."""
+    """The trainer (``flatrep.training.loop.Trainer``) of M members trained together: their
+    stacked parameters, buffers, optimizer, averages and RNGs, writing
+    ``out_root/<run>/step_<k>.pt``."""
 
-    def __init__(self, study_name: str, study: dict, runs: list[config.Run],
-                 setup: train.Setup):
+    def __init__(self, study_name: str, study: dict, runs: list[studies.Run],
+                 setup: preparation.Setup, out_root: str | Path):
         self.study_name, self.study, self.runs, self.setup = study_name, study, runs, setup
+        self.out_root = Path(out_root)
+        self.written: list[Path] = []
+        self._resumable: list[dict] = []
         self.batch_size = int(_shared(runs, setup, "batch_size"))
         self.hparams = [setup.hyperparameters(run) for run in runs]
-        train.seed_global_generator(self.hparams[0]["seed"])
+        preparation.seed_global_generator(self.hparams[0]["seed"])
         self.members = [setup.initial_model(study, hp["seed"]) for hp in self.hparams]
         if any(isinstance(module, nn.Dropout) and module.p > 0
                for module in self.members[0].modules()):
@@ -89,9 +98,9 @@ class Ensemble:
             _shared(runs, setup, "optimizer"), list(self.params.values()),
             _member_vector(runs, setup, "momentum"), _member_vector(runs, setup, "weight_decay"))
         self.base_lr = _member_vector(runs, setup, "lr")
-        self.rngs = [train.generators(hp["seed"]) for hp in self.hparams]
-        self.batches = train.BatchOrder(len(setup.x), self.batch_size,
-                                        [rng["data_order"] for rng in self.rngs], setup.device)
+        self.rngs = [preparation.generators(hp["seed"]) for hp in self.hparams]
+        self.batches = BatchOrder(len(setup.x), self.batch_size,
+                                 [rng["data_order"] for rng in self.rngs], setup.device)
         self.averaging_start = _shared(runs, setup, "averaging_start")
         self.average = averaging.IterateAverage(averaging.start_step(
             self.averaging_start, setup.iterations), members=len(runs),
@@ -112,9 +121,12 @@ class Ensemble:
         return torch.stack([augment.augment(self.setup.x[row], self.setup.augmentation,
                                             rng["augment"]) for row, rng in zip(idx, self.rngs)])
 
-    def step(self, step: int) -> None:
+    def observe(self, step: int) -> None:
+        self.average.update(step, self.params, self.active)
+
+    def step(self, step: int) -> bool:
         """One update of every member still active; members whose loss is NaN/inf freeze
-        and record ``step`` as the step of divergence."""
+        and record ``step`` as the step of divergence while the others go on."""
         idx = self.batches.next()
         grads, values = self.batched_gradients(self.params, self.buffers, self._inputs(idx),
                                                self.setup.targets[idx])
@@ -124,6 +136,7 @@ class Ensemble:
         self.optimizer.step([grads[name] for name in self.params],
                             self.setup.learning_rate(self.base_lr, step, self.averaging_start),
                             self.active)
+        return True
 
     def member(self, m: int) -> nn.Module:
         """Member ``m``'s module, its weights and buffers copied out of the stack."""
@@ -135,28 +148,44 @@ class Ensemble:
                 tensor.copy_(self.buffers[name][m])
         return module
 
-    def save(self, step: int, out_root: Path) -> list[Path]:
+    def save(self, step: int) -> None:
         """Copy each member out of the stack into its module and write its checkpoint."""
         diverged = [value if value >= 0 else None for value in self.diverged_at.tolist()]
-        written = []
         for m, (run, hp) in enumerate(zip(self.runs, self.hparams)):
             module = self.member(m)
-            meta = train.run_meta(self.study_name, self.study, run, step, self.setup,
-                                  diverged[m], self.average.count_of(m))
-            single = train.make_optimizer(hp["optimizer"], module.parameters(), hp["lr"],
-                                          hp["momentum"], hp["weight_decay"])
-            written.append(train.save_checkpoint(
-                out_root / run.run_id / f"step_{step}.pt", meta, module, self.average,
-                self.setup, self.batches, self.optimizer.member_state_dict(m, single),
+            meta = run_state.run_meta(self.study_name, self.study, run, step, self.setup,
+                                      diverged[m], self.average.count_of(m))
+            torch_optimizer = optimizers.make_optimizer(hp["optimizer"], module.parameters(),
+                                                        hp["lr"], hp["momentum"],
+                                                        hp["weight_decay"])
+            self.written.append(run_state.save_checkpoint(
+                self.out_root / run.run_id / f"step_{step}.pt", meta, module, self.average,
+                self.setup, self.batches, self.optimizer.member_state_dict(m, torch_optimizer),
                 self.rngs[m], member=m))
-        return written
 
-    def restore(self, step: int, contents: list[dict]) -> None:
-        """Continue every member from its checkpoint at ``step`` (``contents`` in member
-        order): weights, optimizer state, divergence, RNG states, minibatch order, average."""
+    def resume_point(self) -> int | None:
+        """The last step at which every member has a checkpoint to resume from; None to
+        start afresh."""
+        found = [resume.latest(self.out_root / run.run_id, self.setup.checkpoint_steps,
+                               run_state.belongs_to(self.study_name, self.study, run))
+                 for run in self.runs]
+        if any(point is None for point in found):
+            return None
+        step = min(point[0] for point in found)
+        self._resumable = [
+            point[1] if point[0] == step else
+            checkpoint.read(resume.scratch_dir(self.out_root / run.run_id) / f"step_{step}.pt")
+            for run, point in zip(self.runs, found)]
+        return step
+
+    def restore(self, step: int) -> None:
+        """Continue every member from its checkpoint at ``step``: weights, optimizer state,
+        divergence, RNG states, minibatch order, average; their earlier checkpoints become
+        outputs again."""
+        contents = self._resumable
         with torch.no_grad():
             for m, (content, module) in enumerate(zip(contents, self.members)):
-                module.load_state_dict(train.iterate_weights(content))
+                module.load_state_dict(run_state.iterate_weights(content))
                 for name, tensor in module.named_parameters():
                     self.params[name][m].copy_(tensor)
                 for name, tensor in module.named_buffers():
@@ -165,53 +194,23 @@ class Ensemble:
                 diverged_at = content["meta"]["diverged_at"]
                 self.diverged_at[m] = -1 if diverged_at is None else diverged_at
         self.active = self.diverged_at < 0
-        train.restore_streams(contents, self.rngs, self.batches, self.average, self.setup.device,
-                              stacked=True)
+        run_state.restore_streams(contents, self.rngs, self.batches, self.average,
+                                  self.setup.device, stacked=True)
+        for run in self.runs:
+            self.written += resume.restore(self.out_root / run.run_id,
+                                           [k for k in self.setup.checkpoint_steps if k <= step])
+        log.info("ensemble of %d runs resumes from step %d", len(self.runs), step)
 
-    def resume_point(self, out_root: Path) -> int | None:
-        """The last step at which every member has a checkpoint to resume from (restoring
-        the members there, and their earlier checkpoints as outputs); None to start afresh."""
-        found = [resume.latest(out_root / run.run_id, self.setup.checkpoint_steps,
-                               train.belongs_to(self.study_name, self.study, run))
-                 for run in self.runs]
-        if any(point is None for point in found):
-            return None
-        step = min(point[0] for point in found)
-        contents = [point[1] if point[0] == step else
-                    checkpoint.read(resume.scratch_dir(out_root / run.run_id) / f"step_{step}.pt")
-                    for run, point in zip(self.runs, found)]
-        self.restore(step, contents)
-        return step
-
-
-def train_ensemble(study_name: str, study: dict, runs: list[config.Run], out_root: str | Path,
+def train_ensemble(study_name: str, study: dict, runs: list[studies.Run], out_root: str | Path,
                    data_root: str | Path = "data", threads: int | None = None) -> list[Path]:
     """Train ``runs`` together; write ``out_root/<run>/step_<k>.pt`` for every run and step,
     resuming from the last step every member checkpointed when a job was interrupted."""
-    setup = train.prepare(study, data_root, threads)
-    ensemble = Ensemble(study_name, study, runs, setup)
-    out_root = Path(out_root)
-    written: list[Path] = []
-    start = ensemble.resume_point(out_root)
-    if start is not None:
-        for run in runs:
-            written += resume.restore(out_root / run.run_id,
-                                      [k for k in setup.checkpoint_steps if k <= start])
-        log.info("ensemble of %d runs resumes from step %d", len(runs), start)
-
-    def save(step: int) -> None:
-        written.extend(ensemble.save(step, out_root))
-
-    def advance(step: int) -> bool:
-        ensemble.step(step)
-        return True
-
-    train.drive(setup, start or 0, start is not None,
-                lambda step: ensemble.average.update(step, ensemble.params, ensemble.active),
-                save, advance, f"{len(runs)} members")
+    setup = preparation.prepare(study, data_root, threads)
+    ensemble = Ensemble(study_name, study, runs, setup, out_root)
+    loop.train(ensemble, setup.checkpoint_steps, f"{len(runs)} members")
     for run in runs:
-        resume.discard(out_root / run.run_id)
+        resume.discard(Path(out_root) / run.run_id)
     diverged = {run.run_id: at for run, at in zip(runs, ensemble.diverged_at.tolist()) if at >= 0}
     if diverged:
         log.warning("diverged runs (step of divergence): %s", diverged)
-    return written
+    return ensemble.written

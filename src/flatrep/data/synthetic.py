@@ -1,9 +1,9 @@
 """Random images written as torchvision's raw files, for rehearsals and benchmarks without the
 real datasets.
 
-``write_raw_files(name, root, num_train, num_test)`` writes the files ``flatrep.data`` reads for
-``name`` (its registry ``data.RAW_IMAGES``, so that the folder and file names have one
-source: the same names and formats that torchvision's download leaves), so a study
+``write_raw_files(name, root, num_train, num_test)`` writes the files ``flatrep.data.datasets``
+reads for ``name`` (its registry ``datasets.RAW_IMAGES``, so that the folder and file names have
+one source: the same names and formats that torchvision's download leaves), so a study
 pointed at ``root`` with ``data.download: false`` runs every stage unchanged: the same
 sample shapes and class count, hence the same cost, but no learnable signal.
 Labels cycle through the classes (``i mod K``), so every prefix of ``num_train`` rows and every
@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from flatrep import atomic, data
+from flatrep import atomic
+from flatrep.data import datasets
 
 #: Sample shape (C, H, W) of each torchvision dataset.
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
@@ -64,10 +65,10 @@ def write_raw_files(name: str, root: str | Path, num_train: int, num_test: int,
     """Write uniform random uint8 images with labels ``i mod K`` for both splits of ``name``
     into ``<root>/<folder of the dataset>``; return the files written."""
     if name not in _WRITERS:
-        raise data.DataError(f"no raw-file writer for dataset {name!r}; "
+        raise datasets.DataError(f"no raw-file writer for dataset {name!r}; "
                              f"known: {sorted(_WRITERS)}")
-    raw = data.RAW_IMAGES[name]
-    num_classes = data.spec(name).num_classes
+    raw = datasets.RAW_IMAGES[name]
+    num_classes = datasets.spec(name).num_classes
     rng = np.random.default_rng(seed)
     written = []
     for split, count in (("train", num_train), ("test", num_test)):

@@ -31,14 +31,22 @@ from flatrep import checkpoint, models
 from flatrep.data import datasets
 from flatrep.params import studies
 from flatrep.training import single
-from flatrep.measures import curvature, jacobian
+from flatrep.measures import curvature, jacobian, trace_estimators
 
 TARGET = 0.01
 
 
 def exact_trace(operator, chunk=256) -> float:
     eye = torch.eye(operator.dim, dtype=operator.theta.dtype)
-    return sum((block * operator(block)).sum().item() for block in eye.split(chunk))
+    return sum((block * operator.apply(block)).sum().item() for block in eye.split(chunk))
+
+
+def control_variate(operator, gauss_newton, m, generator):
+    """Tr G (exact) + Hutchinson on H - G over ``m`` Rademacher probes, v^T G v by JVPs."""
+    vectors = trace_estimators.rademacher(m, operator.dim, generator)
+    return trace_estimators.control_variate_trace(
+        gauss_newton, vectors, operator.apply(vectors),
+        curvature.GaussNewtonOperator(operator).quadratic(vectors))
 
 
 def matched(name, estimate, exact, repeats, budgets):
@@ -106,20 +114,19 @@ def main():
 
     def pyhessian(m, gen):
         slow = curvature.HessianOperator(model, x, y, "double_backward", probe_chunk=m)
-        return curvature.hutchinson(slow, m, gen)["trace"].value
+        return trace_estimators.hutchinson(slow, m, gen).trace.value
 
     rows = [matched("Hutchinson, double backward, one probe at a time (PyHessian)", pyhessian,
                     exact, args.repeats, budgets),
             matched("Hutchinson, vmapped forward-over-reverse (flatrep)",
-                    lambda m, gen: curvature.hutchinson(fast, m, gen)["trace"].value,
+                    lambda m, gen: trace_estimators.hutchinson(fast, m, gen).trace.value,
                     exact, args.repeats, budgets),
             matched("Hutch++, vmapped forward-over-reverse (flatrep)",
-                    lambda m, gen: curvature.hutch_plus_plus(fast, m, gen).value,
+                    lambda m, gen: trace_estimators.hutch_plus_plus(fast, m, gen).value,
                     exact, args.repeats, budgets),
             matched("exact Gauss-Newton trace + Hutchinson on H - G (flatrep)",
-                    lambda m, gen: curvature.control_variate_trace(
-                        fast, gauss_newton_trace(model, x),
-                        curvature.rademacher(m, fast.dim, gen)).value,
+                    lambda m, gen: control_variate(fast, gauss_newton_trace(model, x), m,
+                                                   gen).value,
                     exact, args.repeats, [3, 6] + budgets)]
     base = rows[0]["seconds"]
     print(f"{args.regime} MLP 40-{'-'.join(map(str, args.hidden))}-10 tanh, {fast.dim} parameters, "

@@ -4,7 +4,7 @@ Trains one short run of the ``quick`` study (MLP 40-256-256-10 on MNIST-1D, 4 ch
 then:
 
 1. measures its last checkpoint in-process with the ``quick`` study's own ``measure`` section,
-   counting and timing every call of ``HessianOperator._apply`` (a chunk of ``probe_chunk``
+   counting and timing every call of ``HessianOperator._part_products`` (a chunk of ``probe_chunk``
    HVPs): how many calls one checkpoint makes and what share of its measurement they take;
    the operator of the first call is kept and one chunk timed eager (``vmap(jvp(grad))``) and
    through ``torch.compile`` side by side (best of ``--repeats`` interleaved rounds of
@@ -73,7 +73,7 @@ def per_call_seconds(fn, vectors: torch.Tensor, calls: int) -> float:
 def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
     """(seconds of the measure, [(shape, seconds)] of its HVP chunks, the first operator)."""
     calls, operators = [], []
-    apply = curvature.HessianOperator._apply
+    apply = curvature.HessianOperator._part_products
 
     def counted(operator, vectors, x, targets):
         start = time.perf_counter()
@@ -83,13 +83,13 @@ def hvp_calls(paths: list[Path], study: dict, root: Path, threads: int):
             operators.append(operator)
         return out
 
-    curvature.HessianOperator._apply = counted
+    curvature.HessianOperator._part_products = counted
     try:
         start = time.perf_counter()
         measuring.measure_checkpoints(paths[-1:], study["measure"], root, threads)
         return time.perf_counter() - start, calls, operators[0]
     finally:
-        curvature.HessianOperator._apply = apply
+        curvature.HessianOperator._part_products = apply
 
 
 def chunk_table(operator, shape: tuple, calls: int, repeats: int) -> list[str]:
@@ -97,7 +97,7 @@ def chunk_table(operator, shape: tuple, calls: int, repeats: int) -> list[str]:
                           generator=torch.Generator().manual_seed(0)).to(operator.device)
     points = operator.x, operator.targets
     forward_over_reverse = torch.compile(operator._forward_over_reverse)
-    eager = synchronized(lambda v: operator._apply(v, *points))
+    eager = synchronized(lambda v: operator._part_products(v, *points))
     compiled = synchronized(lambda v: forward_over_reverse(v, *points))
     start = time.perf_counter()
     first = compiled(vectors)

@@ -5,10 +5,10 @@ intermediates. This runs each batched pass once, on the shipped studies' network
 (random initialisation, inputs and labels; the study's K, probes, steps and point counts),
 and reports how far the process's memory rises during it, beside the part B bounds:
 
-* ``hvp``: one forward-over-reverse pass of the probes and points ``curvature.hvp_chunking``
+* ``hvp``: one forward-over-reverse pass of the probes and points ``memory.hvp_chunking``
   picks for the study's ``probe_chunk`` and curvature points; bounded part
   probes * (PARAMETER_COPIES * P + ACTIVATION_COPIES * A * points) floats (A: the floats one
-  sample's forward pass allocates, ``curvature.activation_floats``).
+  sample's forward pass allocates, ``memory.activation_floats``).
 * ``grams``: the curvature core's per-sample Jacobians (J_i J_i^T only, ``input_jacobians``
   off) of ``--jacobian-points`` points; bounded part one chunk's K rows a sample (dense) or one
   row block, each row P floats and A for its VJP's cotangents (``jacobian.row_bytes``,
@@ -20,7 +20,7 @@ and reports how far the process's memory rises during it, beside the part B boun
 * ``points``: ``measuring.point_measures`` on the study's ``measure.points`` (capped by
   ``--jacobian-points``); bounded part one piece's input and layer Jacobians and one of its
   chunks' parameter Jacobian (dense) or row block, each within half the budget.
-* ``lanczos``: one batch of output-curvature Lanczos runs (``krylov.batch_rows``
+* ``lanczos``: one batch of output-curvature Lanczos runs (``memory.batch_rows``
   rows); bounded part (steps + ROW_VECTORS) * P floats a row.
 
 Each pass runs in a fresh process after the same pass on one point (lazy initialisation,
@@ -49,7 +49,7 @@ from flatrep import losses, models
 from flatrep.cube import measuring
 from flatrep.data import datasets
 from flatrep.params import studies
-from flatrep.measures import curvature, jacobian, krylov, output_curvature
+from flatrep.measures import curvature, jacobian, memory, output_curvature, trace_estimators
 
 #: Sample shapes of the datasets the shipped studies use.
 SAMPLE_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
@@ -134,18 +134,18 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     num_params = sum(p.numel() for p in model.parameters())
     itemsize = x.element_size()
     if what == "hvp":
-        probes, chunk = curvature.hvp_chunking(model, x[:setup["curvature_points"]],
-                                               num_params, setup["probe_chunk"], budget)
-        bounded = probes * (curvature.PARAMETER_COPIES * num_params + curvature.ACTIVATION_COPIES
-                            * curvature.activation_floats(model, x) * chunk) * itemsize
-        vectors = curvature.rademacher(probes, num_params, torch.Generator().manual_seed(0),
-                                       device=device)
+        probes, chunk = memory.hvp_chunking(model, x[:setup["curvature_points"]],
+                                            num_params, setup["probe_chunk"], budget)
+        bounded = probes * (memory.PARAMETER_COPIES * num_params + memory.ACTIVATION_COPIES
+                            * memory.activation_floats(model, x) * chunk) * itemsize
+        vectors = trace_estimators.rademacher(probes, num_params,
+                                              torch.Generator().manual_seed(0), device=device)
 
         def run(points):
             operator = curvature.HessianOperator(model, x[:points], targets[:points],
                                                  probe_chunk=probes, loss=loss, max_bytes=budget,
                                                  point_chunk=points)
-            return operator(vectors)
+            return operator.apply(vectors)
         return run, chunk, f"{chunk} points x {probes} probes", bounded
     if what in ("grams", "grams_with_input"):
         chunking, bounded = parameter_jacobian_block(model, x, k, 32, jacobian_points, budget)
@@ -166,7 +166,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
         return (run, points, f"pieces of {piece}",
                 min(piece, points) * jacobian.input_jacobian_bytes(model, x) + block)
     steps = min(setup["lanczos_steps"], num_params)
-    rows = krylov.batch_rows(num_params, steps, itemsize, setup["lanczos_point_chunk"] * k,
+    rows = memory.batch_rows(num_params, steps, itemsize, setup["lanczos_point_chunk"] * k,
                              budget)
     points = math.ceil(rows / k)
 
@@ -177,7 +177,7 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
             operator, steps, torch.Generator().manual_seed(0),
             setup["lanczos_point_chunk"], budget)
     return (run, points, f"{rows} rows x {steps} steps",
-            rows * (steps + krylov.ROW_VECTORS) * num_params * itemsize)
+            rows * (steps + memory.ROW_VECTORS) * num_params * itemsize)
 
 
 def one_pass(args) -> dict:

@@ -2,9 +2,9 @@
 
 The core (``flatrep.measures.suite.core``) pushes its ``probes`` Rademacher vectors through
 two operators over the same curvature points: H V (``HessianOperator``: the Hutchinson
-trace, ||H||_F, effective rank) and G V (``curvature.gauss_newton_products``: ||H - G||_F,
+trace, ||H||_F, effective rank) and G V (``curvature.GaussNewtonOperator.apply``: ||H - G||_F,
 Ma & Ying's B1, and v^T G v = v . G v for the control variate). Before B1 the control
-variate took v^T G v from JVPs alone (``curvature.gauss_newton_quadratic``); session 17 added
+variate took v^T G v from JVPs alone (``GaussNewtonOperator.quadratic``); session 17 added
 G V beside it; since session 18 G V serves both. This times the three passes side by side,
 interleaved, best of ``--repeats`` rounds, in float64 as the measures run, at the paper
 studies' core settings (256 points, 24 probes) on the quick study's MLP 40-256-256-10
@@ -24,7 +24,7 @@ import time
 import torch
 
 from flatrep import losses, models
-from flatrep.measures import curvature
+from flatrep.measures import curvature, trace_estimators
 
 NETS = {"mlp 40-256-256-10": (lambda: models.mlp(40, 10, [256, 256]), (40,)),
         "vgg_small (CIFAR)": (lambda: models.vgg_small((3, 32, 32), 10), (3, 32, 32))}
@@ -47,11 +47,11 @@ def time_core(name: str, points: int, probes: int, repeats: int, device: str) ->
     x = torch.rand(points, *shape, dtype=torch.float64, device=device)
     targets = torch.randn(points, 10, dtype=torch.float64, device=device)
     operator = curvature.HessianOperator(model, x, targets, loss=losses.get("mse"))
-    vectors = curvature.rademacher(probes, operator.dim, torch.Generator().manual_seed(0),
-                                   device=device)
-    pieces = {"H V": operator,
-              "v^T G v": lambda v: curvature.gauss_newton_quadratic(operator, v),
-              "G V": lambda v: curvature.gauss_newton_products(operator, v)}
+    gauss_newton = curvature.GaussNewtonOperator(operator)
+    vectors = trace_estimators.rademacher(probes, operator.dim, torch.Generator().manual_seed(0),
+                                          device=device)
+    pieces = {"H V": operator.apply, "v^T G v": gauss_newton.quadratic,
+              "G V": gauss_newton.apply}
     for fn in pieces.values():             # warm-up, untimed
         fn(vectors[:1])
     best = {key: float("inf") for key in pieces}

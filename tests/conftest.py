@@ -61,14 +61,14 @@ def float64_default():
 
 
 class MatrixOperator:
-    """v -> A v for an explicit symmetric matrix A: the operator interface the curvature and
-    spectrum estimators use (rows of V are vectors; ``dim``, ``dtype`` and ``device``)."""
+    """v -> A v for an explicit symmetric matrix A: a ``flatrep.measures.operators.LinearOperator``
+    (rows of V are vectors; ``dim``, ``dtype`` and ``device``)."""
 
     def __init__(self, matrix: torch.Tensor):
         self.matrix, self.dim = matrix, len(matrix)
         self.dtype, self.device = matrix.dtype, matrix.device
 
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors @ self.matrix
 
 @pytest.fixture

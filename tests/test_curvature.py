@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.func import hessian
+
+import dense_reference
 
 from flatrep import losses, models
-from flatrep.measures import curvature, jacobian, krylov
+from flatrep.measures import (batchnorm_train, conv, curvature, jacobian, krylov, memory, operators,
+                              stability, trace_estimators)
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -22,16 +24,12 @@ def linear_regression(n=50, d=6, k=1, seed=0):
     return model, x, torch.randn(n, k)
 
 
-def dense(operator):
-    return hessian(operator.loss)(operator.theta)
-
-
 def test_hvp_of_linear_regression_is_xtx_over_n():
     """L = (1/2n)||Xw - y||^2 has H = X^T X / n for any w (K = 1)."""
     model, x, y = linear_regression()
     operator = curvature.HessianOperator(model, x, y)
     v = torch.randn(3, 6)
-    assert torch.allclose(operator(v), v @ (x.T @ x / len(x)))
+    assert torch.allclose(operator.apply(v), v @ (x.T @ x / len(x)))
 
 
 @pytest.mark.parametrize("method", curvature.HVP_METHODS)
@@ -48,7 +46,8 @@ def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method, loss_name, point_chunk,
                                          loss=losses.LOSSES[loss_name], point_chunk=point_chunk)
     assert [len(part_x) for part_x, _ in operator.parts()] == chunk_sizes
     v = torch.randn(5, operator.dim)
-    assert torch.allclose(operator(v), v @ dense(operator).T, atol=1e-12)
+    h = dense_reference.loss_hessian(model, x, y, losses.LOSSES[loss_name])
+    assert torch.allclose(operator.apply(v), v @ h.T, atol=1e-12)
 
 
 def test_hutchinson_within_standard_errors_of_the_dense_values():
@@ -56,20 +55,20 @@ def test_hutchinson_within_standard_errors_of_the_dense_values():
     model = models.mlp(4, 3, [6], activation="tanh").double()
     x, y = torch.randn(30, 4), torch.randn(30, 3)
     operator = curvature.HessianOperator(model, x, y)
-    h = dense(operator)
-    est = curvature.hutchinson(operator, 400, torch.Generator().manual_seed(0))
-    assert abs(est["trace"].value - torch.trace(h).item()) < 4 * est["trace"].standard_error
-    assert abs(est["fro"].value - h.norm().item()) < 4 * est["fro"].standard_error
-    assert est["trace"].standard_error > 0
+    h = dense_reference.loss_hessian(model, x, y)
+    est = trace_estimators.hutchinson(operator, 400, torch.Generator().manual_seed(0))
+    assert abs(est.trace.value - torch.trace(h).item()) < 4 * est.trace.standard_error
+    assert abs(est.frobenius.value - h.norm().item()) < 4 * est.frobenius.standard_error
+    assert est.trace.standard_error > 0
     rank = torch.trace(h).item() ** 2 / h.norm().item() ** 2
-    assert est["effective_rank"] == pytest.approx(rank, rel=0.2)
+    assert est.effective_rank == pytest.approx(rank, rel=0.2)
 
 
 def test_hutch_plus_plus_is_exact_when_the_sketch_spans_a_low_rank_hessian():
     """Linear regression with d = 6 parameters: 3 x 9 matvecs sketch the whole space."""
     model, x, y = linear_regression()
     operator = curvature.HessianOperator(model, x, y)
-    est = curvature.hutch_plus_plus(operator, 27, torch.Generator().manual_seed(0))
+    est = trace_estimators.hutch_plus_plus(operator, 27, torch.Generator().manual_seed(0))
     assert est.value == pytest.approx(torch.trace(x.T @ x / len(x)).item(), rel=1e-10)
 
 
@@ -78,13 +77,15 @@ def test_hutch_plus_plus_beats_hutchinson_on_a_decaying_spectrum():
     model = models.mlp(5, 2, [8], activation="tanh").double()
     x, y = torch.randn(40, 5), torch.randn(40, 2)
     operator = curvature.HessianOperator(model, x, y)
-    exact = torch.trace(dense(operator)).item()
+    exact = torch.trace(dense_reference.loss_hessian(model, x, y)).item()
     errors = {"hutch": [], "hpp": []}
     for seed in range(20):
         gen = torch.Generator().manual_seed(seed)
-        errors["hutch"].append(abs(curvature.hutchinson(operator, 30, gen)["trace"].value - exact))
+        errors["hutch"].append(abs(trace_estimators.hutchinson(operator, 30, gen).trace.value
+                                   - exact))
         gen = torch.Generator().manual_seed(seed)
-        errors["hpp"].append(abs(curvature.hutch_plus_plus(operator, 30, gen).value - exact))
+        errors["hpp"].append(abs(trace_estimators.hutch_plus_plus(operator, 30, gen).value
+                                 - exact))
     assert sum(errors["hpp"]) < sum(errors["hutch"])
 
 
@@ -93,7 +94,7 @@ def test_lanczos_extreme_eigenvalues_match_eigvalsh():
     model = models.mlp(4, 3, [6], activation="tanh").double()
     x, y = torch.randn(30, 4), torch.randn(30, 3)
     operator = curvature.HessianOperator(model, x, y)
-    eig = torch.linalg.eigvalsh(dense(operator))
+    eig = torch.linalg.eigvalsh(dense_reference.loss_hessian(model, x, y))
     result = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
     assert result.lambda_max == pytest.approx(eig[-1].item(), rel=1e-9)
     assert result.lambda_min == pytest.approx(eig[0].item(), abs=1e-9 * eig.abs().max().item())
@@ -114,7 +115,7 @@ def test_softmax_free_linear_regression_with_k_outputs_has_block_diagonal_trace(
     """K outputs, W in R^{K x d}: H = I_K (x) X^T X / n, so Tr H = K Tr(X^T X)/n."""
     model, x, y = linear_regression(k=3)
     operator = curvature.HessianOperator(model, x, y)
-    est = curvature.hutch_plus_plus(operator, 3 * 18, torch.Generator().manual_seed(2))
+    est = trace_estimators.hutch_plus_plus(operator, 3 * 18, torch.Generator().manual_seed(2))
     assert est.value == pytest.approx(3 * torch.trace(x.T @ x).item() / len(x), rel=1e-10)
     assert math.isfinite(est.standard_error)
 
@@ -134,8 +135,7 @@ def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(me
     x, targets = x[:60].double(), nn.functional.one_hot(y[:60], 10).double()
     cfg = {"probes": 60, "lanczos": {"steps": 40}}
     values = suite.measure(model, x, targets, losses.get("mse"), cfg, seed=0)
-    operator = curvature.HessianOperator(model, x, targets)
-    h = dense(operator)
+    h = dense_reference.loss_hessian(model, x, targets)
     eig = torch.linalg.eigvalsh(h)
     assert abs(values["hessian_trace"] - torch.trace(h).item()) < 4 * values["hessian_trace_se"]
     assert abs(values["hessian_trace_hutchinson"] - torch.trace(h).item()) < \
@@ -151,8 +151,8 @@ def test_point_chunks_leave_the_per_sample_quadratic_forms_unchanged():
     model = models.mlp(4, 3, [5], activation="tanh").double()
     x, y = torch.randn(7, 4), torch.randn(7, 3)
     v = torch.randn(4, 43)
-    whole, chunked = (curvature.per_sample_quadratic(
-        curvature.HessianOperator(model, x, y, probe_chunk=3, point_chunk=chunk), v)
+    whole, chunked = (curvature.GaussNewtonOperator(curvature.HessianOperator(
+        model, x, y, probe_chunk=3, point_chunk=chunk)).per_sample_quadratic(v)
         for chunk in (None, 2))
     assert chunked.shape == (4, 7)
     torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=0.0)
@@ -164,11 +164,11 @@ def test_hvp_chunking_fits_probes_then_points_in_the_budget():
     float64s (1032 bytes) whatever its points, and 4 * 13 float64s (416 bytes) a point."""
     model = models.mlp(4, 3, [5], activation="tanh").double().train()
     x = torch.randn(50, 4)
-    assert curvature.activation_floats(model, x) == 13 and model.training
-    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8
-    point_bytes = curvature.ACTIVATION_COPIES * 13 * 8
+    assert memory.activation_floats(model, x) == 13 and model.training
+    probe_bytes = memory.PARAMETER_COPIES * 43 * 8
+    point_bytes = memory.ACTIVATION_COPIES * 13 * 8
     assert (probe_bytes, point_bytes) == (1032, 416)
-    chunking = functools.partial(curvature.hvp_chunking, model, x, 43, 8)
+    chunking = functools.partial(memory.hvp_chunking, model, x, 43, 8)
     assert chunking(max_bytes=10**9) == (8, 50)
     assert chunking(max_bytes=8 * (probe_bytes + 12 * point_bytes) + 1) == (8, 12)
     assert chunking(max_bytes=8 * (probe_bytes + point_bytes)) == (8, 1)
@@ -189,7 +189,7 @@ def test_activation_floats_count_what_runs_outside_modules():
             scores = tokens @ tokens.transpose(-2, -1)
             return (scores / 2.0).softmax(-1) @ tokens
 
-    assert curvature.activation_floats(Attention(), torch.randn(3, 6, 4)) == 3 * 36 + 24
+    assert memory.activation_floats(Attention(), torch.randn(3, 6, 4)) == 3 * 36 + 24
 
 
 def test_fewer_probes_a_pass_give_the_same_hessian_vector_products():
@@ -199,50 +199,41 @@ def test_fewer_probes_a_pass_give_the_same_hessian_vector_products():
     model = models.mlp(4, 3, [5], activation="tanh").eval()
     x, y = torch.randn(9, 4), torch.randn(9, 3)
     v = torch.randn(5, 43)
-    probe_bytes = curvature.PARAMETER_COPIES * 43 * 8 + curvature.ACTIVATION_COPIES * 13 * 8
+    probe_bytes = memory.PARAMETER_COPIES * 43 * 8 + memory.ACTIVATION_COPIES * 13 * 8
     split = curvature.HessianOperator(model, x, y, probe_chunk=8, max_bytes=2 * probe_bytes)
     assert (split.probe_chunk, split.point_chunk) == (2, 1)
     whole = curvature.HessianOperator(model, x, y, probe_chunk=8)
     assert (whole.probe_chunk, whole.point_chunk) == (8, 9)
-    torch.testing.assert_close(split(v), whole(v), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(split.apply(v), whole.apply(v), rtol=1e-12, atol=1e-14)
 
 
 def test_gauss_newton_quadratic_form_matches_the_jacobians():
-    """v^T G v = (1/n) sum_i ||J_i v||^2 with J_i from autograd, independently."""
+    """v^T G v = (1/n) sum_i ||J_i v||^2 with J_i from the dense reference (jacrev)."""
     torch.manual_seed(5)
     model = models.mlp(4, 3, [5], activation="tanh").double()
     x, y = torch.randn(7, 4), torch.randn(7, 3)
     operator = curvature.HessianOperator(model, x, y)
     v = torch.randn(4, operator.dim)
-    jac = torch.autograd.functional.jacobian(
-        lambda theta: torch.func.functional_call(model, operator._unflatten(theta), (x,)),
-        operator.theta).reshape(7 * 3, -1)
+    jac = dense_reference.jacobians(model, x).reshape(7 * 3, -1)
     expected = (v @ jac.T).pow(2).sum(1) / 7
-    assert torch.allclose(curvature.gauss_newton_quadratic(operator, v), expected)
+    assert torch.allclose(curvature.GaussNewtonOperator(operator).quadratic(v), expected)
 
 
 @pytest.mark.parametrize("loss_name, point_chunk", [("mse", None), ("cross_entropy", 3)])
 def test_gauss_newton_products_match_the_dense_gauss_newton_matrix(loss_name, point_chunk):
-    """G V against G = (1/n) sum_i J_i^T M_i J_i built from autograd Jacobians and the loss's
-    output Hessians written out (identity for 1/2-MSE, diag(p) - p p^T for cross-entropy),
-    over all points and over chunks 3, 3, 1, four probes two at a time."""
+    """G V against the dense G = (1/n) sum_i J_i^T M_i J_i of the reference (J_i by jacrev,
+    M_i the Hessian of the per-sample loss in the outputs: identity for 1/2-MSE,
+    diag(p) - p p^T for cross-entropy), over all points and over chunks 3, 3, 1, four probes
+    two at a time."""
     torch.manual_seed(10)
     model = models.mlp(4, 3, [5], activation="tanh").double()
     x = torch.randn(7, 4)
     y = torch.randn(7, 3) if loss_name == "mse" else torch.randint(0, 3, (7,))
     operator = curvature.HessianOperator(model, x, y, probe_chunk=2,
                                          loss=losses.LOSSES[loss_name], point_chunk=point_chunk)
-    jac = torch.autograd.functional.jacobian(
-        lambda theta: torch.func.functional_call(model, operator._unflatten(theta), (x,)),
-        operator.theta)                                   # (n, K, P)
-    if loss_name == "mse":
-        m = torch.eye(3).expand(7, 3, 3)
-    else:
-        p = torch.softmax(model(x).detach(), 1)
-        m = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    gauss_newton = torch.einsum("nkp,nkl,nlq->pq", jac, m, jac) / 7
+    gauss_newton = dense_reference.gauss_newton(model, x, y, losses.LOSSES[loss_name])
     v = torch.randn(4, operator.dim)
-    torch.testing.assert_close(curvature.gauss_newton_products(operator, v),
+    torch.testing.assert_close(curvature.GaussNewtonOperator(operator).apply(v),
                                v @ gauss_newton, rtol=1e-10, atol=1e-13)
 
 
@@ -253,21 +244,19 @@ def test_residual_frobenius_within_standard_errors_and_zero_for_a_linear_model()
     model = models.mlp(4, 3, [6], activation="tanh").double()
     x, y = torch.randn(30, 4), torch.randn(30, 3)
     operator = curvature.HessianOperator(model, x, y)
-    jac = torch.autograd.functional.jacobian(
-        lambda theta: torch.func.functional_call(model, operator._unflatten(theta), (x,)),
-        operator.theta)
-    residual = dense(operator) - torch.einsum("nkp,nkq->pq", jac, jac) / 30
-    probes = curvature.hutchinson(operator, 400, torch.Generator().manual_seed(0))
-    est = curvature.residual_frobenius(
-        probes["products"], curvature.gauss_newton_products(operator, probes["vectors"]))
-    assert residual.norm().item() > 0.1 * dense(operator).norm().item()    # far from G
+    h = dense_reference.loss_hessian(model, x, y)
+    residual = h - dense_reference.gauss_newton(model, x, y)
+    probes = trace_estimators.hutchinson(operator, 400, torch.Generator().manual_seed(0))
+    est = trace_estimators.residual_frobenius(
+        probes.products, curvature.GaussNewtonOperator(operator).apply(probes.vectors))
+    assert residual.norm().item() > 0.1 * h.norm().item()    # far from G
     assert abs(est.value - residual.norm().item()) < 4 * est.standard_error
     linear, x_lin, y_lin = linear_regression(k=2)
     operator = curvature.HessianOperator(linear, x_lin, y_lin)
-    probes = curvature.hutchinson(operator, 8, torch.Generator().manual_seed(0))
-    est = curvature.residual_frobenius(
-        probes["products"], curvature.gauss_newton_products(operator, probes["vectors"]))
-    assert est.value < 1e-12 * probes["fro"].value and est.standard_error < 1e-12
+    probes = trace_estimators.hutchinson(operator, 8, torch.Generator().manual_seed(0))
+    est = trace_estimators.residual_frobenius(
+        probes.products, curvature.GaussNewtonOperator(operator).apply(probes.vectors))
+    assert est.value < 1e-12 * probes.frobenius.value and est.standard_error < 1e-12
 
 
 def test_control_variate_trace_within_standard_errors_and_far_tighter_than_hutchinson():
@@ -279,16 +268,19 @@ def test_control_variate_trace_within_standard_errors_and_far_tighter_than_hutch
     x = torch.randn(30, 4)
     y = model(x).detach() + 0.05 * torch.randn(30, 3)   # near interpolation
     operator = curvature.HessianOperator(model, x, y)
-    exact = torch.trace(dense(operator)).item()
+    exact = torch.trace(dense_reference.loss_hessian(model, x, y)).item()
     gauss_newton = jacobian.per_sample_jacobians(model, x)["param_sq"].mean().item()
-    probes = curvature.rademacher(50, operator.dim, torch.Generator().manual_seed(0))
-    est = curvature.control_variate_trace(operator, gauss_newton, probes)
-    plain = curvature.hutchinson(operator, 50, torch.Generator().manual_seed(0))["trace"]
+    probes = trace_estimators.rademacher(50, operator.dim, torch.Generator().manual_seed(0))
+    gauss_newton_operator = curvature.GaussNewtonOperator(operator)
+    products = operator.apply(probes)
+    est = trace_estimators.control_variate_trace(gauss_newton, probes, products,
+                                                 gauss_newton_operator.quadratic(probes))
+    plain = trace_estimators.hutchinson(operator, 50, torch.Generator().manual_seed(0)).trace
     assert abs(est.value - exact) < 4 * est.standard_error
     assert est.standard_error < 0.1 * plain.standard_error
-    from_products = curvature.control_variate_trace(
-        operator, gauss_newton, probes,
-        gauss_newton_products=curvature.gauss_newton_products(operator, probes))
+    from_products = trace_estimators.control_variate_trace(
+        gauss_newton, probes, products,
+        (probes * gauss_newton_operator.apply(probes)).sum(1))
     assert from_products.value == pytest.approx(est.value, rel=1e-12)
     assert from_products.standard_error == pytest.approx(est.standard_error, rel=1e-9)
 
@@ -297,11 +289,15 @@ def test_control_variate_trace_is_exact_at_interpolation():
     torch.manual_seed(7)
     model = models.mlp(4, 3, [6], activation="tanh").double()
     x = torch.randn(20, 4)
-    operator = curvature.HessianOperator(model, x, model(x).detach())
+    y = model(x).detach()
+    operator = curvature.HessianOperator(model, x, y)
     gauss_newton = jacobian.per_sample_jacobians(model, x)["param_sq"].mean().item()
-    probes = curvature.rademacher(4, operator.dim, torch.Generator().manual_seed(0))
-    est = curvature.control_variate_trace(operator, gauss_newton, probes)
-    assert est.value == pytest.approx(torch.trace(dense(operator)).item(), rel=1e-12)
+    probes = trace_estimators.rademacher(4, operator.dim, torch.Generator().manual_seed(0))
+    est = trace_estimators.control_variate_trace(
+        gauss_newton, probes, operator.apply(probes),
+        curvature.GaussNewtonOperator(operator).quadratic(probes))
+    exact = torch.trace(dense_reference.loss_hessian(model, x, y)).item()
+    assert est.value == pytest.approx(exact, rel=1e-12)
     assert est.standard_error < 1e-12
 
 
@@ -310,17 +306,15 @@ def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices(poin
     """Non-uniformity, mean ||G_i||_F^2 and the Rayleigh spread from G_i = J_i^T M_i J_i built
     densely with autograd, for MSE and cross-entropy, over all 12 points at once and in
     chunks of 5, 5, 2."""
-    from flatrep.measures import stability
-
     torch.manual_seed(9)
     model = models.mlp(4, 3, [5], activation="tanh").double()
     x, labels = torch.randn(12, 4), torch.randint(0, 3, (12,))
     for loss in (losses.get("mse"), losses.get("cross_entropy")):
-        operator = curvature.HessianOperator(model, x, loss.targets(labels, 3, x.dtype),
-                                             loss=loss, point_chunk=point_chunk)
-        jac = torch.func.jacrev(operator.outputs)(operator.theta)          # (n, K, P)
-        m = loss.output_hessian(operator.output_values)
-        per_sample = torch.einsum("nkp,nkl,nlq->npq", jac, m, jac)
+        targets = loss.targets(labels, 3, x.dtype)
+        operator = curvature.HessianOperator(model, x, targets, loss=loss,
+                                             point_chunk=point_chunk)
+        per_sample = dense_reference.per_sample_gauss_newton(model, x, targets, loss)
+        m = dense_reference.output_hessians(model, x, targets, loss)
         g = per_sample.mean(0)
         spread_matrix = (per_sample @ per_sample).mean(0) - g @ g
         grams = jacobian.per_sample_jacobians(model, x)["param_gram"]
@@ -330,10 +324,30 @@ def test_stability_ingredients_match_dense_per_sample_gauss_newton_matrices(poin
                                       rel=1e-8)
         assert stability.per_sample_fro_sq(m, grams) == pytest.approx(
             per_sample.pow(2).sum((1, 2)).mean().item(), rel=1e-12)
-        eigenvalues, vectors = torch.linalg.eigh(dense(operator))
+        eigenvalues, vectors = torch.linalg.eigh(dense_reference.loss_hessian(model, x, targets,
+                                                                              loss))
         top = vectors[:, -1]
         expected = (torch.einsum("p,npq,q->n", top, per_sample, top) - eigenvalues[-1]).pow(2)
-        assert stability.rayleigh_spread(operator, top, eigenvalues[-1].item()) == \
+        assert stability.rayleigh_spread(curvature.GaussNewtonOperator(operator), top,
+                                         eigenvalues[-1].item()) == \
             pytest.approx(expected.mean().item(), rel=1e-10)
         ritz = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(1))
         assert abs(torch.dot(ritz.top_vector, top).item()) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_every_curvature_operator_meets_the_linear_operator_contract():
+    """H, G, the BatchNorm-train Hessian, the non-uniformity operator and a convolution's
+    A^T A all carry ``dim``, ``dtype``, ``device`` and ``apply``, and apply to (m, dim)."""
+    torch.manual_seed(12)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, y = torch.randn(6, 4), torch.randn(6, 3)
+    hessian = curvature.HessianOperator(model, x, y)
+    grams = jacobian.per_sample_jacobians(model, x)["param_gram"]
+    layer = nn.Conv1d(2, 3, 3, padding=1, bias=False).double()
+    for operator in (hessian, curvature.GaussNewtonOperator(hessian),
+                     batchnorm_train.operator(model, x, y, losses.get("mse"), 4),
+                     stability.NonUniformityOperator(hessian, grams),
+                     conv.NormalOperator(layer, (2, 5))):
+        assert isinstance(operator, operators.LinearOperator)
+        vectors = torch.randn(2, operator.dim, dtype=operator.dtype, device=operator.device)
+        assert operator.apply(vectors).shape == (2, operator.dim)

@@ -5,7 +5,7 @@ import torch
 
 from conftest import MatrixOperator
 
-from flatrep.measures import krylov, spectrum
+from flatrep.measures import krylov, memory, spectrum
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -110,7 +110,7 @@ def test_a_byte_budget_splits_slq_without_changing_it(lanczos_batches):
     operator = MatrixOperator(a)
     whole = spectrum.slq(operator, 5, 6, torch.Generator().manual_seed(10))
     lanczos_batches.clear()
-    row_bytes = (6 + krylov.ROW_VECTORS) * 15 * 8
+    row_bytes = (6 + memory.ROW_VECTORS) * 15 * 8
     split = spectrum.slq(operator, 5, 6, torch.Generator().manual_seed(10),
                          max_bytes=2 * row_bytes + row_bytes // 2)
     assert lanczos_batches == [2, 2, 1]
@@ -119,7 +119,7 @@ def test_a_byte_budget_splits_slq_without_changing_it(lanczos_batches):
 
 
 def test_batch_rows_by_hand():
-    row_bytes = (20 + krylov.ROW_VECTORS) * 1000 * 8
-    assert krylov.batch_rows(1000, 20, 8, 160, 10**12) == 160
-    assert krylov.batch_rows(1000, 20, 8, 160, 7 * row_bytes) == 7
-    assert krylov.batch_rows(1000, 20, 8, 160, row_bytes - 1) == 1
+    row_bytes = (20 + memory.ROW_VECTORS) * 1000 * 8
+    assert memory.batch_rows(1000, 20, 8, 160, 10**12) == 160
+    assert memory.batch_rows(1000, 20, 8, 160, 7 * row_bytes) == 7
+    assert memory.batch_rows(1000, 20, 8, 160, row_bytes - 1) == 1

@@ -1,32 +1,23 @@
 """Cross-entropy and MSE Hessians against closed forms and dense autograd, in float64.
 
-Independent references: the softmax-regression Hessian (1/n) sum_i M_i (x) x~_i x~_i^T, the
-Gauss-Newton matrix built from autograd Jacobians, and ``torch.func.hessian`` of the loss.
+Independent references: the softmax-regression Hessian (1/n) sum_i M_i (x) x~_i x~_i^T, and
+the dense H and Gauss-Newton matrix of ``dense_reference``.
 """
 
 import pytest
 import torch
 from torch import nn
-from torch.func import hessian, jacrev
+from torch.func import hessian
+
+import dense_reference
 
 from flatrep import losses, models
-from flatrep.measures import curvature, jacobian, krylov
+from flatrep.measures import curvature, jacobian, krylov, trace_estimators
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 CE = losses.get("cross_entropy")
 MSE = losses.get("mse")
-
-
-def dense(operator):
-    return hessian(operator.loss)(operator.theta)
-
-
-def dense_gauss_newton(operator, loss):
-    """(1/n) sum_i J_i^T M_i J_i with J from autograd on the flat parameters."""
-    jac = jacrev(operator.outputs)(operator.theta)               # (n, K, P)
-    m = loss.output_hessian(operator.output_values)
-    return torch.einsum("nkp,nkl,nlq->pq", jac, m, jac) / len(jac)
 
 
 def softmax_regression(n=40, d=5, k=4, seed=0):
@@ -48,7 +39,7 @@ def test_softmax_regression_hessian_is_the_kronecker_closed_form():
     cross = torch.einsum("njl,na->jal", m, x).reshape(k * d, k) / n
     expected = torch.cat([torch.cat([blocks, cross], 1),
                           torch.cat([cross.T, m.mean(0)], 1)], 0)
-    h = dense(operator)
+    h = dense_reference.loss_hessian(model, x, labels, CE)
     assert torch.allclose(h, expected, atol=1e-14)
     eig = torch.linalg.eigvalsh(expected)
     # Each M_i has null vector 1, so rank H <= (K-1)(d+1) (here n > d + 1).
@@ -58,8 +49,8 @@ def test_softmax_regression_hessian_is_the_kronecker_closed_form():
     assert trace == pytest.approx(torch.trace(expected).item(), rel=1e-12)
     ritz = krylov.lanczos(operator, operator.dim, torch.Generator().manual_seed(0))
     assert ritz.lambda_max == pytest.approx(eig[-1].item(), rel=1e-10)
-    est = curvature.hutchinson(operator, 2000, torch.Generator().manual_seed(1))
-    assert abs(est["fro"].value - expected.norm().item()) < 4 * est["fro"].standard_error
+    est = trace_estimators.hutchinson(operator, 2000, torch.Generator().manual_seed(1))
+    assert abs(est.frobenius.value - expected.norm().item()) < 4 * est.frobenius.standard_error
 
 
 def test_linear_regression_mse_hessian_closed_form():
@@ -76,7 +67,8 @@ def test_linear_regression_mse_hessian_closed_form():
         expected[3 * j:3 * j + 3, 6 + j] = gram[:3, 3]
         expected[6 + j, 3 * j:3 * j + 3] = gram[3, :3]
         expected[6 + j, 6 + j] = 1.0
-    assert torch.allclose(dense(operator), expected, atol=1e-14)
+    assert torch.allclose(dense_reference.loss_hessian(model, x, y), expected, atol=1e-14)
+    assert torch.allclose(operator.apply(torch.eye(8)), expected, atol=1e-14)
     eig = torch.linalg.eigvalsh(expected)
     assert torch.allclose(eig, torch.linalg.eigvalsh(gram).repeat_interleave(2), atol=1e-12)
 
@@ -86,15 +78,17 @@ def test_gauss_newton_trace_from_per_sample_grams_matches_autograd(loss):
     torch.manual_seed(2)
     model = models.mlp((4,), 3, [6], activation="tanh").double()
     x, labels = torch.randn(15, 4), torch.randint(0, 3, (15,))
-    operator = curvature.HessianOperator(model, x, loss.targets(labels, 3, x.dtype), loss=loss)
+    targets = loss.targets(labels, 3, x.dtype)
+    operator = curvature.HessianOperator(model, x, targets, loss=loss)
     gram = jacobian.per_sample_jacobians(model, x, chunk_size=4)["param_gram"]
-    expected = torch.trace(dense_gauss_newton(operator, loss)).item()
+    gauss_newton = dense_reference.gauss_newton(model, x, targets, loss)
+    expected = torch.trace(gauss_newton).item()
     assert loss.gauss_newton_trace(operator.output_values, gram) == pytest.approx(expected,
                                                                                   rel=1e-12)
-    probes = curvature.rademacher(6, operator.dim, torch.Generator().manual_seed(0))
-    quadratic = curvature.gauss_newton_quadratic(operator, probes)
+    probes = trace_estimators.rademacher(6, operator.dim, torch.Generator().manual_seed(0))
+    quadratic = curvature.GaussNewtonOperator(operator).quadratic(probes)
     assert torch.allclose(quadratic, torch.einsum("mp,pq,mq->m", probes,
-                                                  dense_gauss_newton(operator, loss), probes))
+                                                  gauss_newton, probes))
 
 
 @pytest.mark.parametrize("loss", [MSE, CE], ids=["mse", "cross_entropy"])
@@ -104,8 +98,10 @@ def test_relu_net_hessian_trace_equals_gauss_newton_trace_off_interpolation(loss
     torch.manual_seed(3)
     model = models.mlp((4,), 3, [7, 5], activation="relu").double()
     x, labels = torch.randn(20, 4), torch.randint(0, 3, (20,))
-    operator = curvature.HessianOperator(model, x, loss.targets(labels, 3, x.dtype), loss=loss)
-    h, g = dense(operator), dense_gauss_newton(operator, loss)
+    targets = loss.targets(labels, 3, x.dtype)
+    operator = curvature.HessianOperator(model, x, targets, loss=loss)
+    h = dense_reference.loss_hessian(model, x, targets, loss)
+    g = dense_reference.gauss_newton(model, x, targets, loss)
     assert (h - g).norm() > 1e-3 * h.norm()          # off interpolation: H != G
     assert torch.trace(h).item() == pytest.approx(torch.trace(g).item(), rel=1e-11)
     gram = jacobian.per_sample_jacobians(model, x)["param_gram"]
@@ -119,10 +115,11 @@ def test_control_variate_trace_of_cross_entropy_within_standard_errors():
     x, labels = torch.randn(30, 4), torch.randint(0, 3, (30,))
     operator = curvature.HessianOperator(model, x, labels, loss=CE)
     gram = jacobian.per_sample_jacobians(model, x)["param_gram"]
-    probes = curvature.rademacher(200, operator.dim, torch.Generator().manual_seed(0))
-    est = curvature.control_variate_trace(operator, CE.gauss_newton_trace(
-        operator.output_values, gram), probes)
-    exact = torch.trace(dense(operator)).item()
+    probes = trace_estimators.rademacher(200, operator.dim, torch.Generator().manual_seed(0))
+    est = trace_estimators.control_variate_trace(
+        CE.gauss_newton_trace(operator.output_values, gram), probes, operator.apply(probes),
+        curvature.GaussNewtonOperator(operator).quadratic(probes))
+    exact = torch.trace(dense_reference.loss_hessian(model, x, labels, CE)).item()
     assert abs(est.value - exact) < 4 * est.standard_error
     assert est.standard_error > 0
 

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
+from torch.func import functional_call
+
+import dense_reference
 
 from flatrep import models
 from flatrep.measures import jacobian, layers
@@ -75,27 +77,13 @@ def test_linear_regression_sharpness_is_trace_of_xtx_over_n():
     assert torch.allclose(jac["param_sq"].mean(), torch.trace(x.T @ x) / len(x))
 
 
-def _dense_loss_hessian(model, x, y):
-    """Dense Hessian of L = (1/2n) sum ||f(x_i) - y_i||^2 over all parameters, flattened."""
-    names = [name for name, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(theta):
-        chunks = torch.split(theta, [math.prod(s) for s in shapes])
-        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
-        return 0.5 * (functional_call(model, params, (x,)) - y).pow(2).sum(1).mean()
-
-    return hessian(loss)(flat)
-
-
 def test_sharpness_equals_dense_hessian_trace_at_interpolation():
     """At an interpolating point the 1/2-MSE Hessian is the Gauss-Newton matrix."""
     torch.manual_seed(3)
     model = models.mlp(4, 3, [6, 5], activation="tanh").double()
     x = torch.randn(9, 4)
     y = model(x).detach()  # targets the model fits exactly: residuals are zero
-    dense = _dense_loss_hessian(model, x, y)
+    dense = dense_reference.loss_hessian(model, x, y)
     sharpness = jacobian.per_sample_jacobians(model, x, chunk_size=4)["param_sq"].mean()
     assert torch.allclose(sharpness, torch.trace(dense), rtol=1e-10)
 
@@ -106,7 +94,7 @@ def test_sharpness_differs_from_hessian_trace_off_interpolation():
     model = models.mlp(4, 3, [6], activation="tanh").double()
     x = torch.randn(9, 4)
     y = model(x).detach() + torch.randn(9, 3)
-    dense = _dense_loss_hessian(model, x, y)
+    dense = dense_reference.loss_hessian(model, x, y)
     sharpness = jacobian.per_sample_jacobians(model, x)["param_sq"].mean()
     assert not torch.allclose(sharpness, torch.trace(dense), rtol=1e-3)
 

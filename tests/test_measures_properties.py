@@ -24,7 +24,7 @@ from conftest import MatrixOperator
 
 from flatrep import losses, models
 from flatrep.cube import measuring, variables
-from flatrep.measures import curvature, jacobian, layers, suite
+from flatrep.measures import jacobian, layers, suite, trace_estimators
 
 FLOAT = torch.float64
 #: Variables whose value is -inf where a singular value vanishes (documented in the catalogue).
@@ -431,11 +431,11 @@ def test_zero_hessian_gives_zero_norms_standard_errors_and_effective_rank(activa
 
 def test_hutchinson_of_the_zero_operator():
     """All products 0: trace, ||H||_F, both SEs and the effective rank are exactly 0."""
-    result = curvature.hutchinson(MatrixOperator(torch.zeros(7, 7, dtype=FLOAT)), 5,
-                                  torch.Generator().manual_seed(0))
-    assert (result["trace"].value, result["trace"].standard_error) == (0.0, 0.0)
-    assert (result["fro"].value, result["fro"].standard_error) == (0.0, 0.0)
-    assert result["effective_rank"] == 0.0
+    result = trace_estimators.hutchinson(MatrixOperator(torch.zeros(7, 7, dtype=FLOAT)), 5,
+                                         torch.Generator().manual_seed(0))
+    assert (result.trace.value, result.trace.standard_error) == (0.0, 0.0)
+    assert (result.frobenius.value, result.frobenius.standard_error) == (0.0, 0.0)
+    assert result.effective_rank == 0.0
 
 
 def test_hutch_plus_plus_standard_error_needs_two_residual_probes():
@@ -444,7 +444,8 @@ def test_hutch_plus_plus_standard_error_needs_two_residual_probes():
     (A = diag(1..6): the sketch of at most 3 columns never spans A, a residual remains)."""
     operator = MatrixOperator(torch.diag(torch.arange(1.0, 7.0, dtype=FLOAT)))
     for matvecs, se_defined in ((3, False), (5, False), (6, True), (9, True)):
-        result = curvature.hutch_plus_plus(operator, matvecs, torch.Generator().manual_seed(0))
+        result = trace_estimators.hutch_plus_plus(operator, matvecs,
+                                                  torch.Generator().manual_seed(0))
         assert math.isfinite(result.value)
         assert math.isfinite(result.standard_error) == se_defined, matvecs
 

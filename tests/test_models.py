@@ -140,7 +140,7 @@ def test_vit_hessian_vector_product_matches_finite_differences():
     operator = vit_operator()
     v = torch.randn(2, operator.dim, generator=torch.Generator().manual_seed(1))
     v = v / v.norm(dim=1, keepdim=True)
-    hv = operator(v)        # forward over reverse: jvp of grad, batched by vmap
+    hv = operator.apply(v)  # forward over reverse: jvp of grad, batched by vmap
     gradient = torch.func.grad(operator.loss)
     eps = 1e-5              # central differences: error O(eps^2), round-off O(1e-16 / eps)
     for vector, product in zip(v, hv):
@@ -149,7 +149,7 @@ def test_vit_hessian_vector_product_matches_finite_differences():
         torch.testing.assert_close(product, difference, rtol=0,
                                    atol=1e-7 * product.abs().max().item())
     operator.method = "double_backward"
-    torch.testing.assert_close(operator(v), hv, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(operator.apply(v), hv, rtol=1e-10, atol=1e-12)
 
 
 def test_vit_input_jacobian_by_jacrev_and_forward_mode():

@@ -22,14 +22,14 @@ import copy
 from torch import nn
 
 from flatrep import losses
-from flatrep.measures import curvature
+from flatrep.measures import curvature, memory
 
 
 def train_mode_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in train mode whose BatchNorm layers normalise by the statistics of
     the batch in front of them and update no running statistics (``track_running_stats``
     off: in train mode torch then passes none to ``batch_norm``; the copied buffers serve
-    only an eval-mode pass, such as ``curvature.activation_floats``'), with every Dropout's p
+    only an eval-mode pass, such as ``memory.activation_floats``'), with every Dropout's p
     set to 0, so that the loss is a deterministic function of the parameters."""
     copied = copy.deepcopy(model).train()
     for module in copied.modules():
@@ -42,7 +42,7 @@ def train_mode_copy(model: nn.Module) -> nn.Module:
 
 def operator(model: nn.Module, x, targets, loss: losses.Loss, batch_size: int,
              method: str = "forward_over_reverse", probe_chunk: int = 16,
-             max_bytes: int = curvature.HVP_BYTES) -> curvature.HessianOperator:
+             max_bytes: int = memory.HVP_BYTES) -> curvature.HessianOperator:
     """v -> H_bn v: a ``HessianOperator`` on ``train_mode_copy(model)`` whose point chunks are
     the batches (consecutive ``batch_size`` rows of ``x``), each contributing
     (1/n) sum_{i in b} l_i, i.e. its mean loss weighted by |b|/n. The batches are the

@@ -57,7 +57,7 @@ def _adjoint(conv: ConvLayer, y: torch.Tensor, input_shape: tuple[int, ...]) -> 
 
 
 class NormalOperator:
-    """v -> A^T A v on flattened inputs of one shape: the operator ``krylov.lanczos`` takes.
+    """v -> A^T A v on flattened inputs of one shape, a ``LinearOperator`` for ``krylov.lanczos``.
 
     A is applied with ``conv1d``/``conv2d`` (the layer's stride, padding, dilation, groups, no
     bias) and A^T with ``conv_transpose1d``/``conv_transpose2d``, its adjoint. Its vectors live
@@ -70,7 +70,7 @@ class NormalOperator:
         self.dim, self.dtype = math.prod(self.input_shape), conv.weight.dtype
         self.device = conv.weight.device
 
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.stack([
                 _adjoint(self.conv, _forward(self.conv, v.reshape(self.input_shape)),

@@ -27,13 +27,13 @@ from torch import nn
 from torch.func import vmap
 
 from flatrep import losses
-from flatrep.measures import curvature, layers
+from flatrep.measures import curvature, layers, trace_estimators
 
 
 def relative_flatness(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str,
                       probes: int, generator: torch.Generator,
                       method: str = "forward_over_reverse",
-                      loss: losses.Loss = losses.LOSSES["mse"]) -> curvature.Estimate:
+                      loss: losses.Loss = losses.LOSSES["mse"]) -> trace_estimators.Estimate:
     """kappa_Tr of the layer named ``layer``, Hutchinson with ``probes`` HVPs.
 
     A conv kernel is read as the matrix (C_out x C_in k) of its rows, each output channel's
@@ -44,10 +44,11 @@ def relative_flatness(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
     operator = curvature.HessianOperator(model, x, targets, method, wrt=[f"{layer}.weight"],
                                          loss=loss)
     matrix = weight.reshape(len(weight), -1)
-    v = curvature.rademacher(probes, operator.dim, generator, weight.dtype, operator.device)
-    hv = operator(v).reshape(probes, *matrix.shape)
+    v = trace_estimators.rademacher(probes, operator.dim, generator, weight.dtype,
+                                    operator.device)
+    hv = operator.apply(v).reshape(probes, *matrix.shape)
     samples = (v.reshape(probes, *matrix.shape) * (matrix @ matrix.T @ hv)).sum((1, 2))
-    return curvature.mean_and_se(samples)
+    return trace_estimators.mean_and_se(samples)
 
 
 def last_layer_relative_flatness(model: nn.Module, x: torch.Tensor,
@@ -62,18 +63,22 @@ def last_layer_relative_flatness(model: nn.Module, x: torch.Tensor,
     return (h.pow(2).sum(1) * (output_hessian * (weight @ weight.T)).sum((1, 2))).mean().item()
 
 
-def adaptive_sharpness(operator: curvature.HessianOperator, gauss_newton_part: float,
-                       vectors: torch.Tensor) -> curvature.Estimate:
+def adaptive_sharpness(gauss_newton: curvature.GaussNewtonOperator, gauss_newton_part: float,
+                       vectors: torch.Tensor) -> trace_estimators.Estimate:
     """Tr(D H D) = Tr(D G D) (exact, given) + Hutchinson on D (H - G) D with probes D v.
 
-    ``vectors``: Rademacher probes v; costs one HVP and one JVP per probe.
+    ``vectors``: Rademacher probes v; costs one HVP (of ``gauss_newton.hessian``) and one JVP
+    per probe.
     """
-    return curvature.control_variate_trace(operator, gauss_newton_part,
-                                           vectors * operator.theta.abs())
+    hessian = gauss_newton.hessian
+    scaled = vectors * hessian.theta.abs()
+    return trace_estimators.control_variate_trace(gauss_newton_part, scaled,
+                                                  hessian.apply(scaled),
+                                                  gauss_newton.quadratic(scaled))
 
 
 def adaptive_sharpness_monte_carlo(operator: curvature.HessianOperator, rho: float, pairs: int,
-                                   generator: torch.Generator) -> curvature.Estimate:
+                                   generator: torch.Generator) -> trace_estimators.Estimate:
     """(2 / rho^2) * mean over antithetic pairs of (L(theta + d) + L(theta - d))/2 - L(theta),
     d = rho |theta| * z with z ~ N(0, I): an estimate of Tr(D H D) with bias O(rho^2).
 
@@ -89,7 +94,7 @@ def adaptive_sharpness_monte_carlo(operator: curvature.HessianOperator, rho: flo
         base = operator.loss(theta)
         values = torch.cat([0.5 * (batched_loss(theta + d) + batched_loss(theta - d)) - base
                             for d in deltas.split(operator.probe_chunk)])
-    return curvature.mean_and_se(values * (2.0 / rho ** 2))
+    return trace_estimators.mean_and_se(values * (2.0 / rho ** 2))
 
 
 def iimls(input_jacobians: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from flatrep.measures import layers
-from flatrep.measures.curvature import activation_floats
+from flatrep.measures.memory import activation_floats
 
 #: The most bytes the parameter Jacobian of one chunk, chunk x K x P values, may take in the
 #: ``generic`` method; a larger one is never formed (``_blocked_generic_jacobians``).
@@ -108,7 +108,7 @@ def input_jacobian_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def row_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes one row of a sample's parameter Jacobian costs the generic method: the row,
     P floats, and the cotangents of the activations its VJP pulls back through, A floats
-    (``curvature.activation_floats``; they outweigh P for the transformer), in x's dtype."""
+    (``memory.activation_floats``; they outweigh P for the transformer), in x's dtype."""
     num_params = sum(p.numel() for p in model.parameters())
     return (num_params + activation_floats(model, x)) * x.element_size()
 

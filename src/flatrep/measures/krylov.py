@@ -19,7 +19,8 @@ orthonormal to rounding.
 ``lanczos_runs`` carries m independent runs at once, one call of the operator per step on
 the m current vectors (a batched Hessian-vector product costs much less than m single ones:
 bench/RESULTS.md); a run that stops early no longer enters the operator. ``lanczos`` is one
-run from a Gaussian start.
+run from a Gaussian start; ``flatrep.measures.memory.batch_rows`` says how many runs fit
+in memory at once.
 """
 
 from __future__ import annotations
@@ -29,13 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-#: Default bound on the working set of one batch of Lanczos runs (``batch_rows``).
-LANCZOS_BYTES = 1 << 30
-#: P-vectors a run holds besides its ``steps`` basis vectors: its start, the gathered active
-#: column, the residual w and the temporaries of its two reorthogonalisations and of the next
-#: column, and the gradient, tangent and product of a forward-over-reverse HVP (an estimate
-#: that bench/measure_memory.py checks against the measured rise).
-ROW_VECTORS = 11
+from flatrep.measures import operators
+
 #: A run stops when beta <= this times the largest |alpha| or beta it has seen.
 INVARIANCE = 1e-10
 
@@ -108,7 +104,7 @@ def lanczos_runs(apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
     ``apply(active, Q)`` returns A_r q_r for the rows r of the boolean mask ``active`` (the
     runs still going) and their current vectors Q (one row each): one operator for all runs
-    (``lambda active, rows: operator(rows)``) or one per run (the per-sample output Hessians
+    (``lambda active, rows: operator.apply(rows)``) or one per run (the per-sample output Hessians
     of ``flatrep.measures.output_curvature``).
     """
     m, dim = starts.shape
@@ -145,19 +141,13 @@ def lanczos_runs(apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return LanczosRuns(alphas, betas, last_beta, lengths, basis[:, :int(lengths.max())])
 
 
-def lanczos(operator, steps: int, generator: torch.Generator) -> LanczosResult:
-    """One Lanczos run of min(steps, P) steps on ``operator`` (``operator(V)`` gives A V for the
-    rows of V; ``dim``, ``dtype``, ``device``) from a Gaussian start, drawn on the CPU from
-    ``generator`` and moved to the operator's device; the result lives there too."""
+def lanczos(operator: operators.LinearOperator, steps: int,
+            generator: torch.Generator) -> LanczosResult:
+    """One Lanczos run of min(steps, P) steps on ``operator`` from a Gaussian start, drawn on
+    the CPU from ``generator`` and moved to the operator's device; the result lives there
+    too."""
     start = torch.randn(operator.dim, generator=generator, dtype=operator.dtype)
-    runs = lanczos_runs(lambda active, rows: operator(rows), start.to(operator.device)[None],
-                        steps)
+    runs = lanczos_runs(lambda active, rows: operator.apply(rows),
+                        start.to(operator.device)[None], steps)
     return runs.result(0)
 
-
-def batch_rows(dim: int, steps: int, itemsize: int, rows: int,
-               max_bytes: int = LANCZOS_BYTES) -> int:
-    """How many runs one ``lanczos_runs`` call takes: ``rows``, fewer where their working set,
-    about (steps + ROW_VECTORS) * P floats a run, would pass ``max_bytes`` (at least one)."""
-    row_bytes = (steps + ROW_VECTORS) * dim * itemsize
-    return max(1, min(rows, max_bytes // row_bytes))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from flatrep.measures import curvature, krylov
+from flatrep.measures import curvature, krylov, memory
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,15 @@ def _rows(operator: curvature.HessianOperator, generator: torch.Generator, point
 
 def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
                          generator: torch.Generator, point_chunk: int = 4,
-                         max_bytes: int = krylov.LANCZOS_BYTES,
+                         max_bytes: int = memory.LANCZOS_BYTES,
                          points: int | None = None) -> OutputCurvature:
     """||grad^2_theta f_c(x_i; theta)||_2 for the first ``points`` points x_i of ``operator``
     (all when None) and every output c.
 
     Lanczos with min(steps, P) Hessian-vector products jvp(grad(f_c(x_i; .)), theta, v) per
-    (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``krylov.batch_rows`` at
+    (i, c), the rows (i, c) taken in order and batched by ``vmap``, ``memory.batch_rows`` at
     a time: point_chunk * K rows, fewer where the Lanczos bases and the forward-over-reverse
-    vectors, about (steps + krylov.ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a
+    vectors, about (steps + memory.ROW_VECTORS) * P floats a row, would pass ``max_bytes`` (a
     batch may then split a point's outputs). One standard-normal start vector per point, drawn
     point by point from ``generator`` on the CPU and moved to the operator's device, so the
     result depends neither on the batching nor on the device. The K outputs of a point share
@@ -77,7 +77,7 @@ def output_hessian_norms(operator: curvature.HessianOperator, steps: int,
     steps = min(steps, operator.dim)
     n, k = operator.output_values.shape
     n = n if points is None else min(points, n)
-    batch = krylov.batch_rows(operator.dim, steps, operator.theta.element_size(), point_chunk * k,
+    batch = memory.batch_rows(operator.dim, steps, operator.theta.element_size(), point_chunk * k,
                               max_bytes)
     hvp = _output_hvp(operator)
     rows = _rows(operator, generator, n)

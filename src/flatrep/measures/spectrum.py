@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import vjp, vmap
 
-from flatrep.measures import curvature, krylov, layers
+from flatrep.measures import curvature, krylov, layers, memory, operators, trace_estimators
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ class SLQResult:
         """mean_probes sum_j w_j theta_j^k, which estimates Tr(H^k) / P."""
         return self._per_probe(self.nodes ** k).mean().item()
 
-    def trace(self) -> curvature.Estimate:
+    def trace(self) -> trace_estimators.Estimate:
         """Tr H = P * moment(1), with the standard error over probes."""
-        return curvature.mean_and_se(self.dim * self._per_probe(self.nodes))
+        return trace_estimators.mean_and_se(self.dim * self._per_probe(self.nodes))
 
     def density(self, grid: torch.Tensor, sigma: float) -> torch.Tensor:
         """rho(lambda) = mean_probes sum_j w_j N(lambda; theta_j, sigma^2) on ``grid``.
@@ -77,18 +77,18 @@ class SLQResult:
         """mean_probes sum_{|theta_j| <= eps} w_j, which estimates #{|lambda| <= eps} / P."""
         return self._mass_near_zero(eps).mean().item()
 
-    def rank_estimate(self, eps: float) -> curvature.Estimate:
+    def rank_estimate(self, eps: float) -> trace_estimators.Estimate:
         """P (1 - mass_near_zero(eps)) (Ubaru & Saad 2016), with the SE over probes."""
-        return curvature.mean_and_se(self.dim * (1 - self._mass_near_zero(eps)))
+        return trace_estimators.mean_and_se(self.dim * (1 - self._mass_near_zero(eps)))
 
 
-def slq(operator, probes: int, steps: int, generator: torch.Generator,
-        max_bytes: int = krylov.LANCZOS_BYTES) -> SLQResult:
+def slq(operator: operators.LinearOperator, probes: int, steps: int,
+        generator: torch.Generator, max_bytes: int = memory.LANCZOS_BYTES) -> SLQResult:
     """Stochastic Lanczos quadrature: ``probes`` Lanczos runs of ``steps`` on ``operator``.
 
     Each run starts from its own Gaussian vector, drawn probe by probe from ``generator`` on
     the CPU and normalised (a uniform direction). The runs are carried together
-    (``krylov.lanczos_runs``: one batched operator call per step), ``krylov.batch_rows`` at a
+    (``krylov.lanczos_runs``: one batched operator call per step), ``memory.batch_rows`` at a
     time, so that their bases stay within ``max_bytes``; the batching changes no value beyond
     rounding. A run takes at most min(steps, P) steps (the Krylov space is then the whole
     space); the result always has ``steps`` columns (the cube's ``slq_node`` coordinate),
@@ -100,10 +100,10 @@ def slq(operator, probes: int, steps: int, generator: torch.Generator,
     weights = torch.zeros((probes, steps), dtype=dtype)
     starts = torch.stack([torch.randn(operator.dim, generator=generator, dtype=dtype)
                           for _ in range(probes)]).to(operator.device)
-    batch = krylov.batch_rows(operator.dim, min(steps, operator.dim), starts.element_size(),
+    batch = memory.batch_rows(operator.dim, min(steps, operator.dim), starts.element_size(),
                               probes, max_bytes)
     for first in range(0, probes, batch):
-        runs = krylov.lanczos_runs(lambda active, rows: operator(rows),
+        runs = krylov.lanczos_runs(lambda active, rows: operator.apply(rows),
                                    starts[first:first + batch], steps)
         for row in range(len(runs.lengths)):
             result = runs.result(row)
@@ -140,13 +140,14 @@ def density_grid(result: SLQResult, bins: int, smoothing: float) -> tuple[torch.
 DENSE_PROBE_CHUNK = 64
 
 
-def dense_hessian(operator, chunk: int = DENSE_PROBE_CHUNK) -> torch.Tensor:
+def dense_hessian(operator: operators.LinearOperator,
+                  chunk: int = DENSE_PROBE_CHUNK) -> torch.Tensor:
     """The P x P Hessian from ``operator`` applied to ``chunk`` rows of I at a time.
 
     Returns (H + H^T) / 2, which removes the round-off asymmetry of the products.
     """
     dtype, dim, device = operator.dtype, operator.dim, operator.device
-    h = torch.cat([operator(_unit_rows(start, min(start + chunk, dim), dim, dtype, device))
+    h = torch.cat([operator.apply(_unit_rows(start, min(start + chunk, dim), dim, dtype, device))
                    for start in range(0, dim, chunk)])
     return (h + h.T) / 2
 
@@ -168,7 +169,8 @@ def numerical_rank(eigenvalues: torch.Tensor, tolerances: Sequence[float]) -> li
     return [int((magnitudes > tau * scale).sum()) for tau in tolerances]
 
 
-def gauss_newton_gram(operator, output_hessian: torch.Tensor | None = None,
+def gauss_newton_gram(operator: curvature.HessianOperator,
+                      output_hessian: torch.Tensor | None = None,
                       chunk: int = 8) -> torch.Tensor:
     """K = M^{1/2} J J^T M^{1/2} / n, the nK x nK Gram matrix of the Gauss-Newton matrix.
 

@@ -59,13 +59,15 @@ class NonUniformityOperator:
         return self._mean_pullback(torch.einsum("nkl,nl->nk", self.output_hessian,
                                                 self._tangent(v)))
 
-    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+    def _product(self, v: torch.Tensor) -> torch.Tensor:
         second_moment = self._mean_pullback(torch.einsum("nkl,nl->nk", self.squared,
                                                          self._tangent(v)))
         return second_moment - self._gauss_newton(self._gauss_newton(v))
 
-    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
-        return torch.cat([vmap(self._apply)(chunk) for chunk in vectors.split(self.probe_chunk)])
+    def apply(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The products of the rows of ``vectors``, ``probe_chunk`` rows at a time."""
+        return torch.cat([vmap(self._product)(chunk)
+                          for chunk in vectors.split(self.probe_chunk)])
 
 
 def nonuniformity(operator: curvature.HessianOperator, grams: torch.Tensor, steps: int,
@@ -81,8 +83,8 @@ def per_sample_fro_sq(output_hessian: torch.Tensor, grams: torch.Tensor) -> floa
     return (product * product.transpose(1, 2)).sum((1, 2)).mean().item()
 
 
-def rayleigh_spread(operator: curvature.HessianOperator, vector: torch.Tensor,
+def rayleigh_spread(gauss_newton: curvature.GaussNewtonOperator, vector: torch.Tensor,
                     eigenvalue: float) -> float:
     """(1/n) sum_i (v^T G_i v - lambda)^2 for a unit vector v."""
-    quadratic = curvature.per_sample_quadratic(operator, vector[None])[0]
+    quadratic = gauss_newton.per_sample_quadratic(vector[None])[0]
     return (quadratic - eigenvalue).pow(2).mean().item()

@@ -19,7 +19,7 @@ from torch import nn
 from flatrep import losses
 from flatrep.params import studies
 from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
-                              output_curvature, spectrum)
+                              output_curvature, spectrum, trace_estimators)
 from flatrep.measures import stability as stability_measures
 
 #: What each family computes and its cost per checkpoint (``core`` runs whenever curvature is
@@ -73,14 +73,16 @@ def coords(cfg: dict) -> dict[str, tuple[str, list]]:
 
 @dataclass
 class Context:
-    """What every family may use: the operator, the loss, the Jacobian pass and the probes."""
+    """What every family may use: the operators H and G, the loss, the Jacobian pass and the
+    core's Hutchinson probes."""
     model: nn.Module
     x: torch.Tensor
     targets: torch.Tensor
     loss: losses.Loss
     operator: curvature.HessianOperator
+    gauss_newton: curvature.GaussNewtonOperator
     jacobians: dict
-    probes: dict
+    probes: trace_estimators.HutchinsonResult
     cfg: dict
     seed: int
     max_bytes: int
@@ -112,26 +114,26 @@ def core(ctx: Context) -> dict:
     (H - G)^2, sqrt(mean ||H v - G v||^2)), beside the plain Hutchinson estimates of Tr H and
     ||H||_F and the effective rank from the same probes."""
     outputs = ctx.operator.output_values
-    vectors, products = ctx.probes["vectors"], ctx.probes["products"]
+    vectors, products = ctx.probes.vectors, ctx.probes.products
     gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
-    gauss_newton_products = curvature.gauss_newton_products(ctx.operator, vectors)
-    controlled = curvature.control_variate_trace(ctx.operator, gauss_newton, vectors, products,
-                                                 gauss_newton_products)
-    residual = curvature.residual_frobenius(products, gauss_newton_products)
+    gauss_newton_products = ctx.gauss_newton.apply(vectors)
+    controlled = trace_estimators.control_variate_trace(
+        gauss_newton, vectors, products, (vectors * gauss_newton_products).sum(1))
+    residual = trace_estimators.residual_frobenius(products, gauss_newton_products)
     return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
             "hessian_gauss_newton_trace": gauss_newton,
-            "hessian_trace_hutchinson": ctx.probes["trace"].value,
-            "hessian_trace_hutchinson_se": ctx.probes["trace"].standard_error,
-            "hessian_fro": ctx.probes["fro"].value,
-            "hessian_fro_se": ctx.probes["fro"].standard_error,
+            "hessian_trace_hutchinson": ctx.probes.trace.value,
+            "hessian_trace_hutchinson_se": ctx.probes.trace.standard_error,
+            "hessian_fro": ctx.probes.frobenius.value,
+            "hessian_fro_se": ctx.probes.frobenius.standard_error,
             "hessian_residual_fro": residual.value,
             "hessian_residual_fro_se": residual.standard_error,
-            "hessian_effective_rank": ctx.probes["effective_rank"],
+            "hessian_effective_rank": ctx.probes.effective_rank,
             "loss_weighted_jacobian_sq": loss_weighted_jacobian_sq(ctx)}
 
 
 def hutch_plus_plus(ctx: Context, _options: dict) -> dict:
-    plus = curvature.hutch_plus_plus(ctx.operator, ctx.cfg["probes"], ctx.generator())
+    plus = trace_estimators.hutch_plus_plus(ctx.operator, ctx.cfg["probes"], ctx.generator())
     return {"hessian_trace_hutchpp": plus.value, "hessian_trace_hutchpp_se": plus.standard_error}
 
 
@@ -159,7 +161,7 @@ def relative_flatness(ctx: Context, _options: dict) -> dict:
 def adaptive_sharpness(ctx: Context, options: dict) -> dict:
     outputs = ctx.operator.output_values
     exact_part = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram_adaptive"])
-    controlled = invariant.adaptive_sharpness(ctx.operator, exact_part, ctx.probes["vectors"])
+    controlled = invariant.adaptive_sharpness(ctx.gauss_newton, exact_part, ctx.probes.vectors)
     sampled = invariant.adaptive_sharpness_monte_carlo(ctx.operator, options["rho"],
                                                        options["pairs"], ctx.generator(1))
     return {"adaptive_sharpness": controlled.value,
@@ -214,7 +216,7 @@ def stability(ctx: Context, options: dict) -> dict:
             "per_sample_hessian_fro_sq": stability_measures.per_sample_fro_sq(output_hessian,
                                                                               grams),
             "stability_rayleigh_spread": stability_measures.rayleigh_spread(
-                ctx.operator, top.top_vector, top.lambda_max)}
+                ctx.gauss_newton, top.top_vector, top.lambda_max)}
 
 
 def output_curvature_family(ctx: Context, options: dict) -> dict:
@@ -236,8 +238,8 @@ def batchnorm_train_family(ctx: Context, options: dict) -> dict:
                                         options["batch_size"], ctx.operator.method,
                                         ctx.operator.probe_chunk, ctx.max_bytes)
     ritz = krylov.lanczos(operator, options["steps"], ctx.generator())
-    trace = curvature.mean_and_se((ctx.probes["vectors"]
-                                   * operator(ctx.probes["vectors"])).sum(1))
+    trace = trace_estimators.mean_and_se((ctx.probes.vectors
+                                          * operator.apply(ctx.probes.vectors)).sum(1))
     return {"hessian_bn_train_lambda_max": ritz.lambda_max,
             "hessian_bn_train_lambda_max_residual": ritz.residuals[-1].item(),
             "hessian_bn_train_lambda_min": ritz.lambda_min,
@@ -270,11 +272,11 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     families = studies.curvature_families(cfg)
     grams = ("param_gram",) + (("param_gram_adaptive",) if "adaptive_sharpness" in families
                                else ())
-    ctx = Context(model, x, targets, loss, operator,
+    ctx = Context(model, x, targets, loss, operator, curvature.GaussNewtonOperator(operator),
                   jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes,
                                                 grams=grams, input_jacobians=False),
-                  curvature.hutchinson(operator, cfg["probes"],
-                                       torch.Generator().manual_seed(seed)),
+                  trace_estimators.hutchinson(operator, cfg["probes"],
+                                              torch.Generator().manual_seed(seed)),
                   cfg, seed, max_bytes)
     values = core(ctx)
     for name, options in families.items():

@@ -25,8 +25,8 @@ import torch
 from ensemble_training import timed
 
 from flatrep import models
-from flatrep.params import studies
 from flatrep.measures import jacobian
+from flatrep.params import studies
 
 CASES = {"cnn": {"name": "cnn2d", "channels": [32, 64], "kernel_size": 3, "hidden": [256]},
          "vgg16_bn": {"name": "vgg16_bn"}}

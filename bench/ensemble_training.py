@@ -154,7 +154,7 @@ def main() -> None:
         def one_at_a_time(steps: int, members: list[studies.Run]) -> float:
             root = tmp / f"single_{steps}"
             return timed(lambda: [single.train_run("bench", study(steps), run, root / run.run_id,
-                                                  tmp / "data", args.threads)
+                                                   tmp / "data", args.threads)
                                   for run in members])
 
         def in_processes(steps: int, members: list[studies.Run]) -> float:

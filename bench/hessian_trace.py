@@ -29,9 +29,9 @@ import torch
 
 from flatrep import checkpoint, models
 from flatrep.data import datasets
+from flatrep.measures import curvature, jacobian, trace_estimators
 from flatrep.params import studies
 from flatrep.training import single
-from flatrep.measures import curvature, jacobian, trace_estimators
 
 TARGET = 0.01
 

@@ -37,9 +37,9 @@ import yaml
 from flatrep import determinism
 from flatrep.cube import measuring
 from flatrep.data import datasets
+from flatrep.measures import curvature
 from flatrep.params import studies
 from flatrep.training import single
-from flatrep.measures import curvature
 
 CHECKPOINTS = (1, 4)
 
@@ -142,7 +142,7 @@ def main() -> None:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor_jobs")}
         root = tmp / "data"
         datasets.prepare(study["data"]["name"], root,
-                     **{k: v for k, v in study["data"].items() if k != "name"})
+                         **{k: v for k, v in study["data"].items() if k != "name"})
         run = studies.expand_runs(study)[0]
         paths = single.train_run("quick", study, run, tmp / "run", root, args.threads)
         measure_seconds, calls, operator = hvp_calls(paths, study, root, args.threads)

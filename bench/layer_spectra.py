@@ -55,7 +55,7 @@ def main() -> None:
     for n, k, d in SHAPES:
         j = torch.randn(n, k, d, generator=generator, dtype=torch.float64)
         gram, svd = (seconds(f, j, args.repeats) for f in (gram_singular_values,
-                                                            jacobian.spectrum))
+                                                           jacobian.spectrum))
         top = jacobian.spectrum(j)[:, 0]
         diff = ((gram_singular_values(j)[:, 0] - top).abs() / top).max().item()
         print(f"| {n} | {k} | {d} | {gram:.2e} | {svd:.2e} | {svd / gram:.1f} | {diff:.1e} |")

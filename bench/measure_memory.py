@@ -48,8 +48,8 @@ import torch
 from flatrep import losses, models
 from flatrep.cube import measuring
 from flatrep.data import datasets
-from flatrep.params import studies
 from flatrep.measures import curvature, jacobian, memory, output_curvature, trace_estimators
+from flatrep.params import studies
 
 #: Sample shapes of the datasets the shipped studies use.
 SAMPLE_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),

@@ -65,10 +65,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         datasets.prepare(study["data"]["name"], root,
-                     **{k: v for k, v in study["data"].items() if k != "name"})
+                         **{k: v for k, v in study["data"].items() if k != "name"})
         run = studies.expand_runs(study)[0]
         paths = single.train_run("quick", study, run, Path(tmp) / "run", root,
-                                threads=args.threads)
+                                 threads=args.threads)
 
         def measured(points: int, checkpoints: int):
             cfg = copy.deepcopy(study["measure"])

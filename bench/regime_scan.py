@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from flatrep.analysis import late_phase
-from flatrep.data import datasets
-from flatrep.params import studies
 from flatrep.cube.measuring import evaluate
+from flatrep.data import datasets
 from flatrep.measures import jacobian
+from flatrep.params import studies
 from flatrep.training import loop, preparation
 from flatrep.training.ensemble import Ensemble
 

@@ -54,7 +54,7 @@ def train_group(name: str, study: dict, runs: list[studies.Run], out: Path, data
     """Seconds to train one ensemble group (or one run, for ``train.ensemble: none``)."""
     if study["train"].get("ensemble", "none") == "none":
         return timed(lambda: single.train_run(name, study, runs[0], out / runs[0].run_id,
-                                             data_root, threads))
+                                              data_root, threads))
     return timed(lambda: ensemble.train_ensemble(name, study, runs, out, data_root, threads))
 
 
@@ -118,7 +118,7 @@ def main() -> None:
         checkpoint_paths = [[tmp / f"runs_2_{lengths[1]}" / run.run_id / f"step_{k}.pt"
                              for k in (0, lengths[1])] for run in measured]
         measure_seconds = timed(lambda: [measuring.measures_file(paths, study["measure"],
-                                                              tmp / "data", args.threads)
+                                                                 tmp / "data", args.threads)
                                          for paths in checkpoint_paths])
     per_checkpoint = measure_seconds / (2 * len(measured))
     measure_hours = per_checkpoint * n_runs * len(full_steps) / 3600

@@ -34,7 +34,7 @@ def test_averaged_checkpoint_is_the_mean_of_the_raw_iterates(tiny_study, data_ro
     hparams = {"lr": lr, "batch_size": 20, "seed": 0, "optimizer": optimizer,
                "weight_decay": 5e-4}
     raw_paths = single.train_run("t", _study(tiny_study), studies.Run("raw", hparams),
-                                tmp_path / "raw", data_root, threads=1)
+                                 tmp_path / "raw", data_root, threads=1)
     averaged_paths = single.train_run(
         "t", _study(tiny_study, averaging_every=every),
         studies.Run("ia", {**hparams, "averaging_start": 0.5}), tmp_path / "ia", data_root,

@@ -77,7 +77,7 @@ def test_mls_chain_is_ordered(measured_tiny_run):
     r = bounds.evaluate(ds)
     a = r["lhs"].sel(bound="mls_a_le_bprime")
     bprime, c, d = (r["rhs"].sel(bound=name) for name in ("mls_a_le_bprime", "mls_bprime_le_c",
-                                                           "mls_c_le_d"))
+                                                          "mls_c_le_d"))
     assert (a <= bprime).all() and (bprime <= c).all() and (c <= d * (1 + 1e-12)).all()
     np.testing.assert_allclose(r["rhs"].sel(bound="mls"), d)
 
@@ -157,7 +157,7 @@ def logistic_regression_run(tiny_study, data_root, tmp_path_factory):
                                          adaptive_sharpness=False, relative_flatness=False)
     run = studies.Run("lr0.5_bs20_seed0", {"lr": 0.5, "batch_size": 20, "seed": 0})
     paths = single.train_run("ce", study, run, tmp_path_factory.mktemp("logreg"), data_root,
-                            threads=1)
+                             threads=1)
     return measuring.measures_file(paths, study["measure"], data_root, threads=1), study, paths
 
 
@@ -173,7 +173,7 @@ def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
     assert (ds["loss_weighted_output_curvature"] == 0).all()     # f is linear in theta
     x, y = datasets.load_study_split(study["data"], "train", data_root)
     rows = measuring.measurement_indices(len(y), study["measure"]["curvature"]["points"],
-                                       determinism.sub_seed(0, "curvature"))
+                                         determinism.sub_seed(0, "curvature"))
     x, y = x[rows].double(), y[rows]
     x_tilde_sq = x.pow(2).sum(1) + 1
     for k, path in enumerate(paths):
@@ -197,7 +197,7 @@ def test_false_friend_loss_bounds_for_logistic_regression_in_closed_form(
 
 
 def test_the_rank_bound_bites_with_one_output_per_class_of_a_subset(tiny_study, data_root,
-                                                                     tmp_path):
+                                                                    tmp_path):
     """The False-Friend rank setting: logistic regression with cross-entropy on classes
     {0, 1, 2} of MNIST-1D (d = 40) and ``data.outputs: classes``, so K = C = 3 and
     P = 3 (d + 1) = 123. H = (1/n) sum_i M(p_i) (x) x~_i x~_i^T with M(p) 1 = 0, so the 41

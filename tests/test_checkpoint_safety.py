@@ -82,7 +82,7 @@ def test_a_crafted_scratch_checkpoint_stops_a_resumed_training_job(tmp_path, dat
     crafted(scratch, marker)
     with pytest.raises(checkpoint.CheckpointError, match="refuses to unpickle") as err:
         single.train_run("tiny", study, run, tmp_path / "runs" / run.run_id, data_root,
-                        threads=1)
+                         threads=1)
     assert str(scratch) in str(err.value)
     assert not marker.exists()
 
@@ -103,7 +103,7 @@ def test_every_checkpoint_flatrep_writes_is_plain_data(measured_tiny_run, tiny_s
     study["train"].update(iterations=8, checkpoints={"count": 2, "spacing": "linear"},
                           optimizer="adam", ensemble="seeds")
     runs = [studies.Run(f"seed{seed}", {"lr": 1e-3, "batch_size": 20, "seed": seed,
-                                       "averaging_start": 0.5}) for seed in (0, 1)]
+                                        "averaging_start": 0.5}) for seed in (0, 1)]
     members = ensemble.train_ensemble("tiny", study, runs, tmp_path / "runs", data_root,
                                       threads=1)
     for path in [*single, *members]:

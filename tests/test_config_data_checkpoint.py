@@ -4,7 +4,6 @@ import copy
 
 import jsonschema
 import numpy as np
-
 import pytest
 import torch
 import yaml
@@ -52,11 +51,11 @@ def test_float_formatting_in_run_ids():
 
 def test_data_load_subsets_classes_and_scales(data_root, tiny_study):
     options = {k: v for k, v in tiny_study["data"].items() if k not in ("name", "classes",
-                                                                         "scale")}
+                                                                        "scale")}
     x, y = datasets.load("mnist1d", "train", data_root, **options)
     assert x.shape == (300, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
     x2, y2 = datasets.load("mnist1d", "train", data_root, classes=[0, 1], scale="unit_interval",
-                       **options)
+                           **options)
     assert set(y2.tolist()) == {0, 1} and len(y2) == int(((y == 0) | (y == 1)).sum())
     assert x2.min() >= 0 and x2.max() <= 1
 

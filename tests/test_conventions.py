@@ -74,7 +74,7 @@ def test_the_paper_panels_plot_the_top3_volume_and_the_log_mean_local_dimension(
 
 
 @pytest.mark.parametrize("loss_name,torch_name", [("mse", "torch MSELoss"),
-                                                   ("cross_entropy", "torch CrossEntropyLoss")])
+                                                  ("cross_entropy", "torch CrossEntropyLoss")])
 def test_the_train_loss_axis_names_the_studys_torch_loss(loss_name, torch_name):
     for name in conventions.CONVENTIONS:
         axis = conventions.PANELS[name][0]

@@ -3,16 +3,14 @@
 import functools
 import math
 
+import dense_reference
 import pytest
 import torch
 from torch import nn
 
-import dense_reference
-
 from flatrep import losses, models
-from flatrep.measures import (batchnorm_train, conv, curvature, jacobian, krylov, memory, operators,
-                              stability, trace_estimators)
-
+from flatrep.measures import (batchnorm_train, conv, curvature, jacobian, krylov, memory,
+                              operators, stability, trace_estimators)
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -121,8 +119,8 @@ def test_softmax_free_linear_regression_with_k_outputs_has_block_diagonal_trace(
 
 
 def test_pipeline_curvature_on_a_trained_checkpoint_matches_the_dense_hessian(measured_tiny_run,
-                                                                               tiny_study,
-                                                                               data_root):
+                                                                              tiny_study,
+                                                                              data_root):
     from flatrep import checkpoint, losses
     from flatrep.data import datasets
     from flatrep.measures import suite

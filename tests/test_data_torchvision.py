@@ -120,7 +120,7 @@ def test_cifar_layout_num_train_and_class_subset(tmp_path, name, scale, divisor)
 
 
 @pytest.mark.parametrize("scale, axes", [("standardize", (0, 1, 2, 3)),
-                                          ("channel_standardize", (0, 2, 3))])
+                                         ("channel_standardize", (0, 2, 3))])
 def test_standardizing_uses_the_train_statistics_of_the_class_subset(tmp_path, scale, axes):
     arrays = fake_cifar(tmp_path / "raw", "cifar10")
     cfg = {"name": "cifar10", "root": str(tmp_path / "raw"), "download": False,
@@ -160,7 +160,7 @@ def test_outputs_classes_renumbers_the_labels_by_their_place_in_the_subset(tmp_p
 def test_prepared_file_depends_on_num_train_only():
     base = datasets.prepared_path("cifar10", "data")
     assert datasets.prepared_path("cifar10", "data", root="elsewhere", download=False,
-                              classes=[0, 1], scale="channel_standardize") == base
+                                  classes=[0, 1], scale="channel_standardize") == base
     assert datasets.prepared_path("cifar10", "data", num_train=100) != base
 
 

@@ -14,9 +14,9 @@ import yaml
 
 from flatrep.analysis import bounds, claims
 from flatrep.cube import variables
+from flatrep.measures import suite
 from flatrep.params import studies
 from flatrep.pipeline import reference_pages
-from flatrep.measures import suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

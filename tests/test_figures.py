@@ -31,7 +31,7 @@ def test_trajectories_of_a_study_with_optimiser_arms_only(measured_tiny_run, tmp
     assert list(rows[0][1]["configuration"].values) == ["optimizer=sgd, averaging_start=1",
                                                         "optimizer=adamw, averaging_start=0.5"]
     figures.trajectories(arms, {"lr_row_batch_size": 20, "batch_row_lr": 0.1},
-                        tmp_path / "trajectories.png")
+                         tmp_path / "trajectories.png")
     assert (tmp_path / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,10 +2,9 @@
 
 import copy
 
+import dense_reference
 import pytest
 import torch
-
-import dense_reference
 
 from flatrep import losses, models
 from flatrep.measures import curvature, invariant, jacobian, trace_estimators
@@ -173,4 +172,4 @@ def test_last_layer_identity_for_cross_entropy():
     exact = sum(torch.dot(weight[s], weight[t]) * torch.trace(h[s, :, t, :])
                 for s in range(m) for t in range(m)).item()
     assert invariant.last_layer_relative_flatness(model, x, loss) == pytest.approx(exact,
-                                                                                    rel=1e-10)
+                                                                                   rel=1e-10)

@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import MatrixOperator
 
 from flatrep.measures import krylov, memory, spectrum
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

@@ -4,10 +4,9 @@ on fabricated trajectories whose truth is known by construction."""
 import numpy as np
 import pytest
 import xarray as xr
+from test_claims import CFG, FIGURES, RULES, synthetic_study
 
 from flatrep.analysis import claims, late_phase
-
-from test_claims import CFG, FIGURES, RULES, synthetic_study
 
 STEPS = np.arange(0, 100, 10)
 #: train accuracy reaches 1 at index 3, the loss drops below 0.02 at index 4: interpolation at 4

@@ -4,12 +4,11 @@ Independent references: the softmax-regression Hessian (1/n) sum_i M_i (x) x~_i 
 the dense H and Gauss-Newton matrix of ``dense_reference``.
 """
 
+import dense_reference
 import pytest
 import torch
 from torch import nn
 from torch.func import hessian
-
-import dense_reference
 
 from flatrep import losses, models
 from flatrep.measures import curvature, jacobian, krylov, trace_estimators

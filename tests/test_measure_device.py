@@ -27,7 +27,7 @@ def short_run(tmp_path_factory, tiny_study, data_root):
     study["train"].update(iterations=20, checkpoints=[20])
     run = studies.expand_runs(study)[0]
     paths = single.train_run("tiny", study, run, tmp_path_factory.mktemp("short"), data_root,
-                            threads=1)
+                             threads=1)
     return paths, study["measure"]
 
 
@@ -110,7 +110,7 @@ def test_cuda_gives_the_cpu_values_up_to_rounding(short_run, data_root, measured
     ``cuda`` and ``cpu`` in float64: the same points, the same probes (drawn on the CPU)."""
     paths, measure_cfg = short_run
     on_cuda = measuring.measures_file(paths, {**measure_cfg, "device": "cuda"}, data_root,
-                                   threads=1)
+                                      threads=1)
     assert on_cuda.attrs["measure_device"].startswith("cuda")
     assert set(on_cuda.data_vars) == set(measured_on_cpu.data_vars)
     for name, var in measured_on_cpu.data_vars.items():

@@ -2,17 +2,14 @@
 
 import math
 
+import dense_reference
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
-import dense_reference
-
 from flatrep import models
 from flatrep.measures import jacobian, layers
-
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from conftest import MatrixOperator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import MatrixOperator
 
 from flatrep import losses, models
 from flatrep.cube import measuring, variables
@@ -73,7 +72,7 @@ def specs(draw, architectures=("mlp",)) -> Spec:
         inputs, hidden = draw(st.integers(1, 10)), draw(st.lists(st.integers(1, 8), max_size=3))
     else:
         inputs, hidden = draw(st.integers(3, 10)), draw(st.lists(st.integers(1, 3), min_size=1,
-                                                                  max_size=2))
+                                                                 max_size=2))
     weights = draw(st.sampled_from(["random", "zero", "constant", "dead_layer", "scaled"]))
     weight_scale = draw(_scale(st.one_of(st.floats(3, 8), st.floats(-8, -3)))
                         if weights == "scaled" else st.just(1.0))
@@ -205,11 +204,11 @@ def cube_of_one_checkpoint(spec: Spec, loss_name: str, curvature_cfg: dict):
     measure_cfg = {"chunk_size": 7, "moments": [1, 2], "point_seed": 0,
                    "curvature": curvature_cfg}
     values = measuring.measure_checkpoint(model, splits, points, spec.outputs, measure_cfg,
-                                        losses.get(loss_name))
+                                          losses.get(loss_name))
     with torch.no_grad():
         wrong = np.flatnonzero((model(splits["test"][0]).argmax(1) != splits["test"][1]).numpy())
     ds = measuring.run_dataset([{"step": 0, "diverged_at": None}], [values], points,
-                             layers.measured_layers(model), (1, 2), suite.coords(curvature_cfg))
+                               layers.measured_layers(model), (1, 2), suite.coords(curvature_cfg))
     return ds.isel(step=0), values, wrong, model, splits["test"][0]
 
 
@@ -227,8 +226,8 @@ def test_misclassified_points_are_the_first_wrong_rows_in_the_order(n_points, ex
     rows = np.arange(n_points)
     points = {"train": rows, "test": rows, "test_order": np.array([4, 0, 3, 1, 5, 2])}
     values = measuring.measure_checkpoint(model, splits, points, 2,
-                                        {"chunk_size": 4, "point_seed": 0},
-                                        losses.get("mse"))
+                                          {"chunk_size": 4, "point_seed": 0},
+                                          losses.get("mse"))
     index = values["misclassified_index"]
     np.testing.assert_array_equal(index[:len(expected)], expected)
     assert index.shape == (n_points,) and np.isnan(index[len(expected):]).all()
@@ -280,7 +279,7 @@ def check_documented_nan(ds, name: str, nan: np.ndarray) -> None:
        loss_name=st.sampled_from(["mse", "cross_entropy"]), probes=st.integers(3, 7),
        dense_max=st.sampled_from([0, 120]))
 def test_every_cube_variable_is_finite_or_non_finite_as_documented(spec, loss_name, probes,
-                                                                  dense_max):
+                                                                   dense_max):
     """measure_checkpoint with every curvature family, through run_dataset: every measured value
     has a catalogue entry (none is dropped), and its non-finite values are those its
     definition documents, where it documents them; plus the invariants every checkpoint

@@ -1,15 +1,13 @@
 """Output-Hessian norms against dense per-(i, c) Hessians, and the False-Friend A2 bound."""
 
+import dense_reference
 import pytest
 import torch
 from torch import nn
 from torch.func import hessian
 
-import dense_reference
-
 from flatrep import losses, models
 from flatrep.measures import curvature, memory, output_curvature
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 CE = losses.LOSSES["cross_entropy"]

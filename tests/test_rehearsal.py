@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import REPO
+
 from flatrep.data import datasets, synthetic
 from flatrep.params import studies, validation
 from flatrep.pipeline import rehearsal
@@ -31,7 +31,7 @@ def test_random_raw_files_load_through_the_dataset_readers(tmp_path, name):
         assert x.min() >= 0 and x.max() <= 255 and x.std() > 50   # uniform bytes: std ~ 74
         assert np.array_equal(x, x.round())
     x_pair, y_pair = datasets.load(name, "train", tmp_path / "data", classes=[0, 1],
-                               scale="unit_interval", **options)
+                                   scale="unit_interval", **options)
     assert set(y_pair.tolist()) == {0, 1} and x_pair.max() <= 1
     assert len(y_pair) == sum(1 for i in range(23) if i % num_classes < 2)
 
@@ -77,7 +77,7 @@ def test_every_shipped_study_shrinks_to_a_valid_study_that_keeps_its_design(tmp_
                                                         or before[keys] > after[keys])
     assert small["model"] == study["model"]
     assert studies.expand_runs(small) == [run for run in studies.expand_runs(study)
-                                         if run.hparams["seed"] in small["train"]["seeds"]]
+                                          if run.hparams["seed"] in small["train"]["seeds"]]
     if study["data"]["name"] in synthetic.IMAGE_SHAPES:
         assert small["data"]["root"] == str((tmp_path / "raw").resolve())
         assert small["data"]["download"] is False

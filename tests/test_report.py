@@ -32,7 +32,7 @@ def test_sharpness_vs_mls_writes_a_figure_next_to_the_cube(snakemake_project):
 
 
 def test_summary_number_matches_summary_json_and_fails_on_a_mismatch(snakemake_project,
-                                                                      tmp_path):
+                                                                     tmp_path):
     results = snakemake_project / "results/tiny"
     result = analysis("summary_number.py", "--results", "results/tiny", cwd=snakemake_project)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -36,7 +36,8 @@ def test_dvc_analysis_stage_depends_on_the_code_it_runs():
     stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["analysis"]["do"]
     needed = sources.closure("flatrep.analysis.bounds", "flatrep.analysis.claims",
                              "flatrep.analysis.markdown", "flatrep.analysis.stats",
-                             "flatrep.analysis.figures", "flatrep.cube.netcdf")
+                             "flatrep.analysis.trajectory_files", "flatrep.analysis.figures",
+                             "flatrep.cube.netcdf")
     assert set(needed) <= set(stage["deps"])
 
 

@@ -2,17 +2,15 @@
 
 import math
 
+import dense_reference
 import pytest
 import torch
+from conftest import MatrixOperator
 from torch import nn
 from torch.func import hessian
 
-import dense_reference
-from conftest import MatrixOperator
-
 from flatrep import models
 from flatrep.measures import curvature, spectrum
-
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

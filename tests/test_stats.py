@@ -40,7 +40,7 @@ def test_correlate_matches_scipy_and_brackets_the_estimate():
     x = rng.normal(size=40)
     y = 2.0 * x + rng.normal(size=40)
     table = correlations.correlate(x, y, n_boot=500, level=0.95, rng=np.random.default_rng(1),
-                            n_perm=300)
+                                   n_perm=300)
     expected = [scipy.stats.pearsonr(x, y)[0], scipy.stats.spearmanr(x, y)[0],
                 scipy.stats.kendalltau(x, y)[0]]
     np.testing.assert_allclose(table["estimate"], expected, rtol=1e-12)
@@ -82,14 +82,14 @@ def test_kendall_chunks_give_the_unchunked_coefficients(monkeypatch):
 def test_monotone_data_have_rank_correlation_one():
     x = np.arange(10.0)
     table = correlations.correlate(x, np.exp(x), n_boot=200, level=0.95, rng=np.random.default_rng(0),
-                            n_perm=50)
+                                   n_perm=50)
     assert table["estimate"][1] == pytest.approx(1.0)
     assert table["ci_low"][1] == pytest.approx(1.0)
 
 
 def test_too_few_points_give_nan_not_an_error():
     table = correlations.correlate(np.array([1.0, 2.0]), np.array([2.0, 1.0]), 100, 0.95,
-                            np.random.default_rng(0), 100)
+                                   np.random.default_rng(0), 100)
     assert np.isnan(table["estimate"]).all() and np.isnan(table["p_perm"]).all()
     assert (table["n"] == 2).all()
 
@@ -122,7 +122,7 @@ def test_permutation_p_values_are_uniform_under_independence():
     rng = np.random.default_rng(7)
     datasets, n_perm = 100, 100
     ps = [correlations.permutation_p_value(rng.normal(size=10), rng.normal(size=10), "pearson",
-                                    n_perm, rng) for _ in range(datasets)]
+                                           n_perm, rng) for _ in range(datasets)]
     # Under H0 p = (1 + K) / (1 + N), K | U ~ Binomial(N, U), U ~ Uniform(0, 1):
     # E p = 1/2 and Var p = (N/6 + N^2/12) / (N + 1)^2.
     se = np.sqrt((n_perm / 6 + n_perm ** 2 / 12) / (n_perm + 1) ** 2 / datasets)
@@ -163,7 +163,7 @@ def test_ratio_of_means_is_exact_for_constant_arms_and_undefined_without_a_posit
     assert correlations.ratio_of_means(np.full(5, 6.0), np.full(4, 2.0), 200, 0.95, rng) == (
         3.0, 3.0, 3.0)
     estimate, low, high = correlations.ratio_of_means(np.array([1.0, 2.0]), np.array([-1.0, 1.0]),
-                                               200, 0.95, rng)
+                                                      200, 0.95, rng)
     assert np.isnan(estimate)
     # a control arm with half its values <= 0: fewer than half the resamples are defined
     assert np.isnan(low) and np.isnan(high)
@@ -470,7 +470,7 @@ def test_study_statistics_and_summary_on_a_synthetic_grid():
     assert float(result["mixed_n_groups"].sel(bound="a")) == 15
     assert result.attrs["permutations"] == 100
     psi = correlations.granulated_kendall(sharp[healthy], cube["mls"].values[healthy, 0],
-                                   {key: values[healthy] for key, values in hparams.items()})
+                                          {key: values[healthy] for key, values in hparams.items()})
     assert float(result["granulated_kendall_psi"].sel(measure="mls")) == psi["psi"]
     assert set(result["axis"].values) == {"lr", "batch_size", "seed"}
     out = json.loads(json.dumps(stats.summary(result, cube)))
@@ -519,7 +519,7 @@ def test_rank_coefficients_keep_minus_infinity_and_pearson_drops_it():
     y[np.argsort(x)[:4]] = -np.inf            # the four smallest x: volume 0
     y[7] = np.nan                             # a point not measured
     table = correlations.correlate(x, y, n_boot=300, level=0.95, rng=np.random.default_rng(1),
-                            n_perm=200)
+                                   n_perm=200)
     finite, measured = np.isfinite(y), ~np.isnan(y)
     np.testing.assert_array_equal(table["n"], [finite.sum(), measured.sum(), measured.sum()])
     expected = [scipy.stats.pearsonr(x[finite], y[finite])[0],
@@ -538,7 +538,7 @@ def test_within_group_correlations_drop_infinite_values_for_every_method():
     y[0] = -np.inf
     groups = np.repeat([0, 1, 2], 4)
     table = correlations.correlate(x, y, n_boot=50, level=0.9, rng=np.random.default_rng(0),
-                            n_perm=50, groups=groups)
+                                   n_perm=50, groups=groups)
     np.testing.assert_array_equal(table["n"], [11, 11, 11])
     np.testing.assert_allclose(table["estimate"], 1.0)
 

@@ -10,8 +10,8 @@ from torch import nn
 from flatrep import checkpoint, losses
 from flatrep.cube import measuring
 from flatrep.data import datasets
-from flatrep.params import studies
 from flatrep.measures import suite
+from flatrep.params import studies
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -216,8 +216,8 @@ def test_measures_file_holds_consistent_curvature_values(measured_tiny_run):
 
 
 def test_measures_file_takes_misclassified_points_from_the_whole_test_split(measured_tiny_run,
-                                                                           tiny_study,
-                                                                           data_root):
+                                                                            tiny_study,
+                                                                            data_root):
     """At every checkpoint the subset test_misclassified holds min(points, wrong) test rows,
     wrong = (1 - test_acc) n_test, each misclassified by that checkpoint's network, measured
     there and NaN past them."""

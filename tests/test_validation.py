@@ -307,7 +307,7 @@ def test_a_key_defined_twice_is_named_with_its_lines(tmp_path):
                                            "      momentum: 0.0\n      optimizer: adam\n")
     path.write_text(text)
     with pytest.raises(studies.ConfigError, match=r":\d+: duplicate key studies\.tiny\.train\."
-                                                 r"optimizer \(first at line \d+\)"):
+                       r"optimizer \(first at line \d+\)"):
         studies.load_params(path)
     path.write_text("studies: {tiny: [}\n")
     with pytest.raises(studies.ConfigError, match=rf"^{path}:1: not valid YAML: [^\n]+$"):

@@ -64,7 +64,30 @@ def cmd_measure(args) -> None:
             checkpoint.read(path)
     for out, paths in runs.items():
         netcdf.write(measuring.measures_file(paths, _section(args, "measure"), args.data_root,
-                                        args.threads), out)
+                                             args.threads), out)
+
+
+def cmd_measure_model(args) -> None:
+    from flatrep import data, determinism
+    from flatrep.cube import any_model, netcdf
+
+    try:
+        options = json.loads(args.data_options)
+    except json.JSONDecodeError as err:
+        raise studies.ConfigError(f"--data-options {args.data_options!r} is not JSON "
+                                  f"({err}); e.g. '{{\"num_samples\": 400}}'") from None
+    determinism.configure(strict=True, threads=args.threads)
+    model = any_model.model_from_files(args.factory, args.weights)
+    (x, y), (x_test, y_test) = (data.load(args.dataset, split, args.data_root, **options)
+                                for split in ("train", "test"))
+    result = any_model.measure(model.to(determinism.pick_device(args.device)), x, y, args.loss,
+                               test_inputs=x_test, test_targets=y_test, points=args.points,
+                               point_seed=args.point_seed, families=args.families,
+                               curvature=not args.no_curvature,
+                               curvature_points=args.curvature_points)
+    result.attrs.update(dataset=args.dataset, data_options=json.dumps(options, sort_keys=True),
+                        weights=str(args.weights), factory=args.factory)
+    netcdf.write(result, args.out)
 
 
 def cmd_cube(args) -> None:
@@ -84,7 +107,7 @@ def cmd_bounds(args) -> None:
 
 def cmd_stats(args) -> None:
     from flatrep import atomic
-    from flatrep.analysis import claims, markdown, stats
+    from flatrep.analysis import claims, markdown, stats, trajectory_files
     from flatrep.cube import netcdf
 
     the_cube, the_bounds = netcdf.read(args.cube), netcdf.read(args.bounds)
@@ -96,6 +119,10 @@ def cmd_stats(args) -> None:
     atomic.write_text(args.summary, json.dumps(headline, indent=2, sort_keys=True) + "\n")
     study = the_cube.attrs.get("study", "study")
     atomic.write_text(args.markdown, markdown.study_summary(study, result, table))
+    Path(args.trajectory_dir).mkdir(parents=True, exist_ok=True)
+    for name in trajectory_files.TRAJECTORY_PLOTS:
+        atomic.write_text(Path(args.trajectory_dir) / f"{name}.csv",
+                          trajectory_files.csv_text(the_cube, name))
 
 
 def cmd_figures(args) -> None:
@@ -178,6 +205,31 @@ def parser() -> argparse.ArgumentParser:
                    help="one measures.nc per run, in the folder of that run's checkpoints")
     p.add_argument("--data-root", default="data")
     p.add_argument("--threads", type=int, default=1)
+    p = command("measure-model", cmd_measure_model,
+                "measure a model flatrep did not train (flatrep.cube.any_model) on a dataset's "
+                "train and test splits")
+    p.add_argument("--weights", required=True,
+                   help="a torch.save(model.state_dict()) file or a flatrep checkpoint, read "
+                   "with torch.load(weights_only=True)")
+    p.add_argument("--factory", required=True,
+                   help="package.module:function building the untrained module, called with "
+                   "no arguments (the module importable, e.g. on PYTHONPATH)")
+    p.add_argument("--dataset", required=True, help="a dataset of flatrep.data.load")
+    p.add_argument("--data-options", default="{}",
+                   help="options of flatrep.data.load as JSON (e.g. classes, scale, and the "
+                   "generation options that name the prepared file)")
+    p.add_argument("--data-root", default="data", help="folder of the prepared datasets")
+    p.add_argument("--points", type=int, help="measurement points per subset (default: all)")
+    p.add_argument("--point-seed", type=int, default=0)
+    p.add_argument("--families", nargs="*", default=[],
+                   help="curvature families beside the core (flatrep.measures.suite.COSTS)")
+    p.add_argument("--no-curvature", action="store_true", help="skip the Hessian measures")
+    p.add_argument("--curvature-points", type=int,
+                   help="training rows of the Hessian measures (default: all)")
+    p.add_argument("--loss", default="mse", help="mse or cross_entropy")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="the NetCDF file to write")
     p = command("cube", cmd_cube, "combine per-run files into the study cube", ["study"])
     p.add_argument("run_files", nargs="+")
     p.add_argument("--out", required=True)
@@ -190,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("bounds")
     for option in ("--out", "--summary", "--markdown"):
         p.add_argument(option, required=True)
+    p.add_argument("--trajectory-dir", required=True,
+                   help="folder of the trajectory files DVC plots (one CSV per quantity)")
     p = command("figures", cmd_figures, "trajectory, bound and correlation figures",
                 ["figures"])
     p.add_argument("cube")
@@ -220,6 +274,7 @@ def _library_errors() -> tuple[type[Exception], ...]:
                          ("flatrep.checkpoint", "CheckpointError"),
                          ("flatrep.training.ensemble", "EnsembleError"),
                          ("flatrep.cube.netcdf", "CubeError"),
+                         ("flatrep.cube.any_model", "MeasureError"),
                          ("flatrep.pipeline.rehearsal", "RehearsalError")):
         loaded = sys.modules.get(module)
         if loaded is not None:

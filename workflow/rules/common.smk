@@ -3,6 +3,7 @@ import json
 import re
 import sys
 
+from flatrep.analysis.trajectory_files import TRAJECTORY_PLOTS
 from flatrep.data import datasets
 from flatrep.params import studies, validation
 from flatrep.pipeline import sources
@@ -116,6 +117,7 @@ def study_targets(names):
             f"results/{name}/figures/correlations.png",
             f"results/{name}/figures/tightness.png",
             f"results/{name}/figures/claims.png",
+            *(f"results/{name}/trajectory/{plot}.csv" for plot in TRAJECTORY_PLOTS),
         )
     ]
 

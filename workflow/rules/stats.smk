@@ -46,12 +46,16 @@ rule stats:
             "flatrep.analysis.stats",
             "flatrep.analysis.claims",
             "flatrep.analysis.markdown",
+            "flatrep.analysis.trajectory_files",
             "flatrep.cube.netcdf",
         ),
     output:
         stats="results/{study}/stats.nc",
         summary="results/{study}/summary.json",
         markdown="results/{study}/summary.md",
+        trajectories=expand(
+            "results/{{study}}/trajectory/{name}.csv", name=TRAJECTORY_PLOTS
+        ),
     params:
         stats=section_json("stats"),
         figures=section_json("figures"),
@@ -67,4 +71,5 @@ rule stats:
     shell:
         "flatrep stats {input.cube} {input.bounds} --stats-json {params.stats:q} "
         "--figures-json {params.figures:q} --out {output.stats} --summary {output.summary} "
-        "--markdown {output.markdown} > {log} 2>&1"
+        "--markdown {output.markdown} --trajectory-dir results/{wildcards.study}/trajectory "
+        "> {log} 2>&1"

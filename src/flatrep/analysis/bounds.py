@@ -146,7 +146,8 @@ def _lvr_sum_min(cube: xr.Dataset) -> xr.DataArray:
     """(||W_1||_2^2 n S / (N min_i ||x_i||^2))^N."""
     n_points, big_n = _train(cube, "input_norm").sizes["sample"], _singular_values(cube)
     min_sq = (_train(cube, "input_norm") ** 2).min("sample")
-    return (_first_layer_norm(cube) ** 2 * n_points * cube["sharpness"] / (big_n * min_sq)) ** big_n
+    scale = _first_layer_norm(cube) ** 2 * n_points * cube["sharpness"] / (big_n * min_sq)
+    return scale ** big_n
 
 
 def _lvr_geometric(cube: xr.Dataset) -> xr.DataArray:
@@ -383,7 +384,7 @@ def _verdicts(lhs: xr.DataArray, rhs: xr.DataArray, prefix: str = "") -> dict:
             long_name="LHS <= RHS * (1 + rtol)", units="1", rtol=RTOL,
             definition="1 holds, 0 violated, NaN not evaluable (diverged checkpoint)"),
         f"{prefix}tightness": (lhs / rhs).assign_attrs(long_name="tightness LHS/RHS",
-                                                        units="1"),
+                                                       units="1"),
     }
 
 

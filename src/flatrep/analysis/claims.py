@@ -35,10 +35,10 @@ eval-mode and BatchNorm-train-mode Hessians), A5 (scale-normalised sharpness lam
 ||theta||^2 predicts the generalisation gap, raw lambda_max does not; both gaps of §C.9),
 A6 (rank bound), B1 (the Hessian tends to its Gauss-Newton part G as an MSE fit
 interpolates: ||H - G||_F / ||H||_F falls with the train loss within runs) and B5 (Ma & Ying's
-implicit Sobolev regularisation: g_x rises with g_W; test accuracy falls with g_x). B5's "a larger lr or a smaller batch lowers tr H and g_W" is
-``lr_flatter`` / ``batch_flatter``: g_W(1)^2 = mean_i ||J_i||_F^2 is the sharpness S itself
-(for every loss; the Hessian trace at an MSE interpolation up to its factor), so a g_W twin
-would count one test twice in Holm's family. A2 and B2-B4 are bounds
+implicit Sobolev regularisation: g_x rises with g_W; test accuracy falls with g_x). B5's "a larger
+lr or a smaller batch lowers tr H and g_W" is ``lr_flatter`` / ``batch_flatter``: g_W(1)^2 = mean_i
+||J_i||_F^2 is the sharpness S itself (for every loss; the Hessian trace at an MSE interpolation up
+to its factor), so a g_W twin would count one test twice in Holm's family. A2 and B2-B4 are bounds
 of ``flatrep.analysis.bounds`` with their own violation statistics in stats.nc.
 
 Chen et al.'s volume claims are judged on two log volumes: ``log_lvr`` sums the logs of all
@@ -146,8 +146,8 @@ def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
     """Kendall tau-b with bootstrap CI and permutation p (``correlations.correlate``)."""
     cfg = evidence.cfg
     row = correlations.correlate(np.asarray(x, float), np.asarray(y, float), cfg["bootstrap"],
-                          cfg["ci_level"], _rng(evidence),
-                          cfg.get("permutations", correlations.DEFAULT_PERMUTATIONS))
+                                 cfg["ci_level"], _rng(evidence),
+                                 cfg.get("permutations", correlations.DEFAULT_PERMUTATIONS))
     k = correlations.METHODS.index("kendall")
     if not np.isfinite(row["estimate"][k]):
         return f"fewer than 3 usable runs or a constant variable (n = {int(row['n'][k])})"
@@ -238,7 +238,7 @@ def _within_runs(x: xr.DataArray, y: xr.DataArray, evidence: Evidence,
     if len(taus) < 3:
         return "fewer than 3 runs with a defined trend"
     low, high = correlations.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
-                                        evidence.cfg["ci_level"], _rng(evidence))
+                                               evidence.cfg["ci_level"], _rng(evidence))
     return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus), note)
 
 
@@ -408,7 +408,7 @@ def _swept(coordinate: str, y_name: str, reason: str,
         if values(evidence.cube) is None:
             return reason
         return _unmeasured(evidence.cube, y_name) or _tau_at(at, evidence.cube, values, y_name,
-                                                              reason, evidence)
+                                                             reason, evidence)
     return measure
 
 
@@ -459,7 +459,7 @@ def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
             return f"fewer than 2 runs with a finite {y_name} in an arm"
         cfg = evidence.cfg
         estimate, low, high = correlations.ratio_of_means(adaptive, sgd, cfg["bootstrap"],
-                                                   cfg["ci_level"], _rng(evidence))
+                                                          cfg["ci_level"], _rng(evidence))
         if not np.isfinite(estimate):
             return f"the SGD arm's mean {y_name} is not positive"
         return Outcome(estimate, low, high, np.nan, len(adaptive) + len(sgd),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-
 METHODS = ("pearson", "spearman", "kendall")
 
 
@@ -134,7 +133,7 @@ def shuffle(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def percentile_ci(estimates: np.ndarray | list[float], n_boot: int,
-                   level: float) -> tuple[float, float]:
+                  level: float) -> tuple[float, float]:
     """Percentile interval of the finite bootstrap estimates; NaN if < half are finite."""
     finite = np.asarray(estimates, dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -241,7 +240,7 @@ def rank_stand_ins(values: np.ndarray) -> np.ndarray:
 
 
 def usable_pairs(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-            infinite: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 infinite: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Finite pairs, restricted to the groups that keep at least two of them; with
     ``infinite`` also the pairs with +-inf, replaced by ``rank_stand_ins`` (for rank
     coefficients)."""

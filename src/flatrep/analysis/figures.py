@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from flatrep import atomic  # noqa: E402
-
 from flatrep.analysis import conventions, correlations, table_text
 from flatrep.cube import views
 from flatrep.params import studies

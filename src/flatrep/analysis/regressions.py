@@ -11,7 +11,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 
 def finite_logs(lhs: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                              np.ndarray]:
+                                                           np.ndarray]:
     """(mask of the points with finite log LHS and log RHS, log LHS, log RHS)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         log_lhs, log_rhs = np.log(lhs), np.log(rhs)

@@ -30,9 +30,11 @@ import xarray as xr
 
 from flatrep.analysis.bounds import ASSUMPTIONS, assumption_flags
 from flatrep.analysis.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootstrap_mean_ci, cells,
-                                  coefficients, correlate, correlation, granulated_kendall,
-                                  holm, percentile_ci, unit_groups, usable_pairs)
-from flatrep.analysis.late_phase import counts as late_phase_counts, late_phase, phase_statistics
+                                           coefficients, correlate, correlation,
+                                           granulated_kendall, holm, percentile_ci, unit_groups,
+                                           usable_pairs)
+from flatrep.analysis.late_phase import counts as late_phase_counts
+from flatrep.analysis.late_phase import late_phase, phase_statistics
 from flatrep.analysis.regressions import finite_logs, log_regression, mixed_regression
 from flatrep.cube.views import (diverged_runs, final_healthy, healthy_runs, hyperparameters,
                                 run_level)
@@ -115,7 +117,8 @@ def within_runs(cube: xr.Dataset, threshold: float, n_boot: int, level: float,
         for m, name in enumerate(PAIRED_MEASURES):
             y = run_level(run, name).values[after]
             for k, method in enumerate(METHODS):
-                xk, yk, _ = usable_pairs(x, y, unit_groups(None, len(x)), infinite=method != "pearson")
+                xk, yk, _ = usable_pairs(x, y, unit_groups(None, len(x)),
+                                         infinite=method != "pearson")
                 if len(xk) >= 3 and np.ptp(xk) > 0 and np.ptp(yk) > 0:
                     per_run[r, m, k] = correlation(xk, yk, method)[0]
     shape = (len(PAIRED_MEASURES), len(METHODS))
@@ -437,7 +440,7 @@ def _per_method(stats: xr.Dataset, prefix: str, keys: tuple, measure: str,
                 methods: tuple) -> dict:
     """{method: {key: stats[prefix_key] at (measure, method)}}."""
     return {method: {key: _number(stats[f"{prefix}_{key}"].sel(measure=measure,
-                                                                coefficient=method))
+                                                               coefficient=method))
                      for key in keys}
             for method in methods}
 

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from flatrep import checkpoint, determinism, losses
 from flatrep.cube import netcdf, variables
 from flatrep.data import datasets
-from flatrep.params import studies
 from flatrep.measures import invariant, jacobian, layers, suite
+from flatrep.params import studies
 
 SUBSETS = ("train", "test", "test_misclassified")
 SUBSET_ATTRS = {"long_name": "set of measurement points",
@@ -55,14 +55,56 @@ def measurement_indices(n_available: int, n_points: int, seed: int,
     return np.sort(rng.permutation(n_available)[:n_points])
 
 
+def measured_subsets(points: dict) -> tuple[str, ...]:
+    """The subsets measured: all of ``SUBSETS`` when ``points`` has test rows, else ``train``
+    alone (``flatrep.measure`` given no test split)."""
+    return SUBSETS if "test" in points else SUBSETS[:1]
+
+
+def measurement_points(sizes: dict[str, int], measure_cfg: dict) -> dict[str, np.ndarray]:
+    """The rows measured in splits of ``sizes`` ({split: rows}, ``train`` and optionally
+    ``test``): ``measure.points`` seeded rows of each split (``measurement_indices``, seed
+    ``sub_seed(point_seed, "measure_points") + i`` for the i-th split), ``test_order`` (the
+    seeded permutation of the test rows the misclassified points are taken from) and, with
+    curvature on, the ``curvature`` training rows (all rows when ``curvature.points`` is null)."""
+    seed = measure_cfg["point_seed"]
+    points = {split: measurement_indices(sizes[split], measure_cfg["points"],
+                                         determinism.sub_seed(seed, "measure_points") + i)
+              for i, split in enumerate(("train", "test")) if split in sizes}
+    if "test" in sizes:
+        points["test_order"] = np.random.default_rng(
+            determinism.sub_seed(seed, "misclassified_points")).permutation(sizes["test"])
+    curvature_cfg = curvature_config(measure_cfg)
+    if curvature_cfg["enabled"]:
+        n_train = sizes["train"]
+        points["curvature"] = measurement_indices(
+            n_train, curvature_cfg.get("points") or n_train,
+            determinism.sub_seed(seed, "curvature"), "measure.curvature.points")
+    return points
+
+
+def loss_targets(loss: losses.Loss, y: torch.Tensor, num_outputs: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """What ``loss`` takes for the targets y of a split: class labels (n,) through
+    ``loss.targets`` (one-hot for mse), float targets (n, K) (one-hot, soft labels) as they
+    are, in ``dtype``."""
+    return y.to(dtype) if y.is_floating_point() else loss.targets(y, num_outputs, dtype)
+
+
+def labels(y: torch.Tensor) -> torch.Tensor:
+    """The class of each sample: the labels themselves, or argmax_k y_k of float targets."""
+    return y.argmax(1) if y.is_floating_point() else y
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_outputs: int,
              loss: losses.Loss):
     """(training loss in the training convention, accuracy, boolean mask of the samples
-    misclassified) on a full split, eval mode."""
+    misclassified) on a full split, eval mode; y labels or float targets (``loss_targets``),
+    a sample misclassified where argmax_k f_k(x) is not its class (``labels``)."""
     out = model(x)
-    value = loss.training(out, loss.targets(y, num_outputs, out.dtype))
-    right = out.argmax(1) == y
+    value = loss.training(out, loss_targets(loss, y, num_outputs, out.dtype))
+    right = out.argmax(1) == labels(y)
     return value.item(), right.double().mean().item(), (~right).cpu().numpy()
 
 
@@ -131,7 +173,9 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
     Computed on the device of ``splits`` (float64 tensors; the model is moved there in
     float64); ``points`` are numpy row indices of the splits (``train``, ``test``,
     ``curvature``) and ``test_order``, the permutation of the test rows that the misclassified
-    points are taken from in order.
+    points are taken from in order (``measurement_points``). Without a ``test`` split only
+    the ``train`` subset is measured (``measured_subsets``), and the test and gap variables
+    are absent.
     """
     chunk_size = measure_cfg["chunk_size"]
     moments = tuple(measure_cfg.get("moments", MOMENTS))
@@ -147,27 +191,29 @@ def measure_checkpoint(model: nn.Module, splits: dict, points: dict, num_outputs
             model, x, y, num_outputs, loss)
     per_subset = {subset: point_measures(model, splits[subset][0][rows[subset]], chunk_size,
                                          moments, max_bytes)
-                  for subset in ("train", "test")}
-    n_points = len(points["test"])
-    hard = misclassified_rows(wrong["test"], points["test_order"], n_points)
-    measured = (point_measures(model, splits["test"][0][torch.as_tensor(hard, device=device)],
-                               chunk_size, moments, max_bytes) if len(hard)
-                else {key: value[:0] for key, value in per_subset["test"].items()})
-    per_subset["test_misclassified"] = {key: _padded(value, n_points)
-                                        for key, value in measured.items()}
-    values["misclassified_index"] = _padded(hard.astype(np.float64), n_points)
+                  for subset in ("train", "test") if subset in splits}
+    if "test" in splits:
+        n_points = len(points["test"])
+        hard = misclassified_rows(wrong["test"], points["test_order"], n_points)
+        measured = (point_measures(model,
+                                   splits["test"][0][torch.as_tensor(hard, device=device)],
+                                   chunk_size, moments, max_bytes) if len(hard)
+                    else {key: value[:0] for key, value in per_subset["test"].items()})
+        per_subset["test_misclassified"] = {key: _padded(value, n_points)
+                                            for key, value in measured.items()}
+        values["misclassified_index"] = _padded(hard.astype(np.float64), n_points)
+        values["generalization_gap"] = values["train_acc"] - values["test_acc"]
+        values["generalization_loss_gap"] = values["test_loss"] - values["train_loss"]
     for key in per_subset["train"]:
-        values[key] = np.stack([per_subset[subset][key] for subset in SUBSETS])
+        values[key] = np.stack([per_subset[subset][key] for subset in measured_subsets(points)])
     values["sharpness"] = per_subset["train"]["sample_sharpness"].mean()
-    values["generalization_gap"] = values["train_acc"] - values["test_acc"]
-    values["generalization_loss_gap"] = values["test_loss"] - values["train_loss"]
     values["param_norm"] = torch.cat([p.detach().reshape(-1)
                                       for p in model.parameters()]).norm().item()
     curvature_cfg = curvature_config(measure_cfg)
     if curvature_cfg["enabled"]:
         x, y = splits["train"][0][rows["curvature"]], splits["train"][1][rows["curvature"]]
         seed = determinism.sub_seed(measure_cfg["point_seed"], "curvature")
-        values.update(suite.measure(model, x, loss.targets(y, num_outputs, x.dtype), loss,
+        values.update(suite.measure(model, x, loss_targets(loss, y, num_outputs, x.dtype), loss,
                                     curvature_cfg, seed, max_bytes))
     norms = layers.weight_norms(model, splits["train"][0][:1])
     values["weight_spectral_norm"] = norms["spectral"].cpu().numpy()
@@ -203,18 +249,8 @@ def measure_checkpoints(checkpoint_paths: list[str | Path], measure_cfg: dict,
     splits = {split: tuple((t.double() if t.is_floating_point() else t).to(device)
                            for t in datasets.load_study_split(study["data"], split, data_root))
               for split in ("train", "test")}
-    seed = measure_cfg["point_seed"]
-    points = {split: measurement_indices(len(splits[split][1]), measure_cfg["points"],
-                                         determinism.sub_seed(seed, "measure_points") + i)
-              for i, split in enumerate(("train", "test"))}
-    points["test_order"] = np.random.default_rng(
-        determinism.sub_seed(seed, "misclassified_points")).permutation(len(splits["test"][1]))
-    curvature_cfg = curvature_config(measure_cfg)
-    if curvature_cfg["enabled"]:
-        n_train = len(splits["train"][1])
-        points["curvature"] = measurement_indices(
-            n_train, curvature_cfg.get("points") or n_train,
-            determinism.sub_seed(seed, "curvature"), "measure.curvature.points")
+    points = measurement_points({split: len(y) for split, (_, y) in splits.items()},
+                                measure_cfg)
     template = None
     for path in tqdm(checkpoint_paths, desc="measure", mininterval=10, leave=False):
         model, meta = checkpoint.load(path)
@@ -225,7 +261,8 @@ def measure_checkpoints(checkpoint_paths: list[str | Path], measure_cfg: dict,
                                           loss)
         rows.append(nan_like(template) if diverged else template)
     dataset = run_dataset(metas, rows, points, layers.measured_layers(model),
-                          tuple(measure_cfg.get("moments", MOMENTS)), suite.coords(curvature_cfg))
+                          tuple(measure_cfg.get("moments", MOMENTS)),
+                          suite.coords(curvature_config(measure_cfg)))
     dataset.attrs["train_size"] = len(splits["train"][1])
     dataset.attrs["measure_device"] = device_label(device)
     return dataset
@@ -250,13 +287,13 @@ def checkpoints_by_run(checkpoints: list[str | Path],
     for path in map(Path, checkpoints):
         if path.parent not in folders:
             raise studies.ConfigError(f"checkpoint {path} is in none of the folders of the "
-                                     "measures files (--out): give each run's measures.nc in "
-                                     "the folder of its checkpoints")
+                                      "measures files (--out): give each run's measures.nc in "
+                                      "the folder of its checkpoints")
         runs[folders[path.parent]].append(path)
     for out, paths in runs.items():
         if not paths:
             raise studies.ConfigError(f"no checkpoint given in the folder of {out}: list its "
-                                     "run's checkpoints after --checkpoints")
+                                      "run's checkpoints after --checkpoints")
     return {out: sorted(paths, key=lambda p: int(p.stem.split("_")[1]))
             for out, paths in runs.items()}
 
@@ -269,10 +306,10 @@ def measures_file(checkpoint_paths: list[str | Path], measure_cfg: dict,
     meta = checkpoint.read(checkpoint_paths[-1])["meta"]
     ds = netcdf.with_run_dim(ds, studies.Run(meta["run"], meta["hparams"]))
     ds.attrs.update(netcdf.provenance(meta["study"], {**meta["config"], "measure": measure_cfg},
-                                    meta["device"], meta["determinism"]))
+                                      meta["device"], meta["determinism"]))
     loss = meta["config"]["train"].get("loss", "mse")
     ds.attrs.update(netcdf.measurement_attrs(meta["num_outputs"], meta["input_shape"],
-                                           measure_cfg, loss))
+                                             measure_cfg, loss))
     return ds
 
 
@@ -281,6 +318,8 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
                 extra_coords: dict | None = None) -> xr.Dataset:
     """Assemble per-checkpoint measures into one Dataset with catalogue attributes.
 
+    ``points``: the rows measured (``measurement_points``), which fix the subsets
+    (``measured_subsets``) and ``sample_index``.
     ``measured_layers``: (name, module) of the Linear/Conv layers (``layers.measured_layers``).
     ``extra_coords``: coordinates of the dims only some measures have (``suite.coords``).
     """
@@ -297,17 +336,18 @@ def run_dataset(metas: list[dict], rows: list[dict], points: dict,
         variables.attributes("diverged"))
     data_vars["diverged_at"] = ((), np.int64(-1 if diverged_at is None else diverged_at),
                                 variables.attributes("diverged_at"))
-    sample_index = np.stack([points["train"], points["test"], np.full_like(points["test"], -1)])
+    sample_index = np.stack([points["train"], points["test"], np.full_like(points["test"], -1)]
+                            if "test" in points else [points["train"]])
     coords = {"step": ("step", np.array(steps, dtype=np.int64), {"long_name": "SGD iteration",
-                                                                  "units": "1"}),
-              "subset": ("subset", list(SUBSETS), SUBSET_ATTRS),
+                                                                 "units": "1"}),
+              "subset": ("subset", list(measured_subsets(points)), SUBSET_ATTRS),
               "layer": ("layer", np.arange(len(measured_layers))),
               "layer_name": ("layer", [name for name, _ in measured_layers],
                              {"long_name": "module name in the model"}),
               "layer_type": ("layer", [type(module).__name__ for _, module in measured_layers],
                              {"long_name": "torch module class (Linear, Conv1d, Conv2d)"}),
               "moment": ("moment", list(moments), {"long_name": "order k of the moment",
-                                                  "units": "1"}),
+                                                   "units": "1"}),
               "sample_index": (("subset", "sample"), sample_index,
                                {"long_name": "row in that split of flatrep.data.load",
                                 "units": "1",

@@ -66,7 +66,7 @@ def write_raw_files(name: str, root: str | Path, num_train: int, num_test: int,
     into ``<root>/<folder of the dataset>``; return the files written."""
     if name not in _WRITERS:
         raise datasets.DataError(f"no raw-file writer for dataset {name!r}; "
-                             f"known: {sorted(_WRITERS)}")
+                                 f"known: {sorted(_WRITERS)}")
     raw = datasets.RAW_IMAGES[name]
     num_classes = datasets.spec(name).num_classes
     rng = np.random.default_rng(seed)

@@ -34,7 +34,6 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from flatrep import losses
 from flatrep.measures import memory
 
-
 #: How ``HessianOperator`` computes H V (``measure.curvature.hvp``).
 HVP_METHODS = ("forward_over_reverse", "forward_over_reverse_compiled", "double_backward")
 

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from flatrep import losses
-from flatrep.params import studies
 from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
-                              output_curvature, spectrum, trace_estimators)
+                              output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
+from flatrep.measures import trace_estimators
+from flatrep.params import studies
 
 #: What each family computes and its cost per checkpoint (``core`` runs whenever curvature is
 #: enabled).

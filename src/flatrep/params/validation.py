@@ -70,7 +70,7 @@ def check_studies(configs: dict) -> None:
             schedule = schedules.resolve(study["train"].get("lr_schedule"))
             for run in studies.expand_runs(study):
                 schedules.for_run(schedule, studies.hyperparameters(study["train"],
-                                                                   run)["averaging_start"])
+                                                                    run)["averaging_start"])
         except (datasets.DataError, models.ModelError, schedules.ScheduleError) as err:
             raise studies.ConfigError(f"studies.{name}: {err}") from None
         studies.ensemble_groups(study)
@@ -96,7 +96,7 @@ def _check_sizes(name: str, study: dict, sizes: dict[str, int] | None) -> None:
         batch_size = studies.hyperparameters(study["train"], run).get("batch_size")
         if batch_size is None:
             raise studies.ConfigError(f"{prefix}: run {run.run_id} has no batch_size; set "
-                                     "train.batch_size or sweep it in train.grid")
+                                      "train.batch_size or sweep it in train.grid")
         limits.append((f"{prefix}: run {run.run_id}'s batch_size", batch_size, "train"))
     for key, value, split in limits:
         if value is not None and value > sizes[split]:
@@ -160,8 +160,8 @@ def _check_augment(name: str, study: dict) -> None:
     if problems[augmentation]:
         allowed = [choice for choice, problem in problems.items() if problem is None]
         raise studies.ConfigError(f"studies.{name}.train.augment = {augmentation!r}: "
-                                 f"{problems[augmentation]} (dataset {dataset!r}); allowed: "
-                                 f"{allowed}")
+                                  f"{problems[augmentation]} (dataset {dataset!r}); allowed: "
+                                  f"{allowed}")
 
 
 def _value_error(check, *args) -> str | None:

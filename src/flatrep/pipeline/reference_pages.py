@@ -27,8 +27,8 @@ import yaml
 
 from flatrep.analysis import bounds, claims
 from flatrep.cube import variables
-from flatrep.params import studies, validation
 from flatrep.measures import suite
+from flatrep.params import studies, validation
 
 
 def cell(text: str) -> str:
@@ -123,8 +123,8 @@ def measures_page() -> str:
                for name, var in variables.PER_RUN.items()]
     return ("# Measures\n\n"
             "Generated from `flatrep.measures.suite.COSTS`, "
-            "`flatrep.params.studies.CURVATURE_FAMILIES` and `flatrep.cube.variables`. Every variable of a cube carries its long name and "
-            "definition as NetCDF attributes.\n\n"
+            "`flatrep.params.studies.CURVATURE_FAMILIES` and `flatrep.cube.variables`. Every "
+            "variable of a cube carries its long name and definition as NetCDF attributes.\n\n"
             "## Curvature families and their cost per checkpoint\n\n"
             "`measure.curvature.enabled` turns the suite on; a family key that is absent or "
             "`false` is off, `true` takes the defaults below, a mapping overrides them. Each "

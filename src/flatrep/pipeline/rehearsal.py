@@ -228,5 +228,5 @@ def report(results: list[Outcome]) -> str:
         if not outcome.passed:
             lines += ["", f"{outcome.study}:"]
             lines += [f"  {error}" for error in outcome.errors or ("no job log names an error; "
-                                                                  "see snakemake's output",)]
+                                                                   "see snakemake's output",)]
     return "\n".join(lines)

@@ -19,7 +19,6 @@ import copy
 import torch
 from torch import nn
 
-
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 

@@ -100,7 +100,7 @@ class Ensemble:
         self.base_lr = _member_vector(runs, setup, "lr")
         self.rngs = [preparation.generators(hp["seed"]) for hp in self.hparams]
         self.batches = BatchOrder(len(setup.x), self.batch_size,
-                                 [rng["data_order"] for rng in self.rngs], setup.device)
+                                  [rng["data_order"] for rng in self.rngs], setup.device)
         self.averaging_start = _shared(runs, setup, "averaging_start")
         self.average = averaging.IterateAverage(averaging.start_step(
             self.averaging_start, setup.iterations), members=len(runs),

@@ -281,8 +281,8 @@ def test_a_reversed_relation_is_contradicted():
     assert table["claim_verdict"].sel(claim="sharpness_mls").item() == claims.CONTRADICTED
 
 
-def test_summary_markdown_has_the_three_tables(measured_tiny_run, tiny_study):
-    from flatrep.analysis import markdown, stats
+def test_summary_markdown_has_the_four_tables(measured_tiny_run, tiny_study):
+    from flatrep.analysis import markdown, robust, stats
 
     ds, _ = measured_tiny_run
     evaluated = bounds.evaluate(ds)
@@ -290,8 +290,12 @@ def test_summary_markdown_has_the_three_tables(measured_tiny_run, tiny_study):
     table = claims.evaluate(ds, evaluated, tiny_study["stats"], tiny_study["figures"])
     text = markdown.study_summary("tiny", result, table)
     assert text.startswith("# tiny: summary\n\n1 runs (0 diverged")
+    robust_rows = len(robust.ACCURACY_TARGETS) + len(stats.PAIRED_MEASURES)
     assert text.count("\n| ") == len(claims.CLAIMS) + len(stats.PAIRED_MEASURES) + len(
-        bounds.REGISTRY) + 3
+        bounds.REGISTRY) + robust_rows + 4
+    # one run: no coupled pairs, every robust statistic not tested, with the reason
+    assert text.count("| not tested: no two healthy runs differ in exactly one hyperparameter "
+                      "(seed aside) |") == robust_rows
     assert f"| ma_ying | 0 / {ds.sizes['step']} |" in text
 
 

@@ -4,7 +4,8 @@ The phase of training the runs reach and whether the two log volumes agree, then
 tables from stats.nc: the claims with their verdicts (``flatrep.analysis.claims``), the
 across-runs correlations of sharpness with each compression measure, and every bound's
 violation rate (over all points and where its assumptions hold), the assumptions blamed
-for its violations, and its tightness.
+for its violations, and its tightness; last, sharpness's robust sign-error and conditional
+mutual information over coupled pairs of runs (``flatrep.analysis.robust``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,32 @@ def bounds(stats_ds: xr.Dataset) -> str:
                      f"{met} | {_blame(row)} | "
                      f"{table_text.number(row['tightness_final_median'])} | "
                      f"{int(row['final_n'])} of {healthy} |")
+    return "\n".join(lines) + "\n"
+
+
+def _labelled(value, label: str) -> str:
+    """'value (label)'; a dash without a label (the statistic was not tested)."""
+    return f"{table_text.number(value)} ({label})" if label else table_text.NO_NUMBER
+
+
+def robust(stats_ds: xr.Dataset) -> str:
+    """Sharpness against each target over the coupled pairs: Dziugaite et al.'s weighted
+    mean sign-error and worst environment, the pairs, Jiang et al.'s normalised CMI (minimum
+    over conditioning sets, with its set), and why a statistic is not tested."""
+    lines = ["| sharpness vs | sign-error (weighted mean) | worst environment | pairs | "
+             "CMI / H, min (conditioning set) | not tested |", "|---|---|---|---|---|---|"]
+    for target in stats_ds["robust_target"].values:
+        row = stats_ds.sel(robust_measure="sharpness", robust_target=target)
+        text = {name: str(row[f"robust_{name}"].values)
+                for name in ("worst_environment", "cmi_set", "sign_error_reason",
+                             "cmi_reason")}
+        reasons = dict.fromkeys(reason for reason in (text["sign_error_reason"],
+                                                      text["cmi_reason"]) if reason)
+        lines.append(f"| {target} | {table_text.number(row['robust_sign_error'])} | "
+                     f"{_labelled(row['robust_sign_error_worst'], text['worst_environment'])} | "
+                     f"{int(row['robust_n_pairs'])} | "
+                     f"{_labelled(row['robust_cmi_min'], text['cmi_set'])} | "
+                     f"{'; '.join(reasons) or table_text.NO_NUMBER} |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,4 +160,6 @@ def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) ->
             f"{phase(stats_ds)}{volumes(claims_table)}"
             f"## Claims\n\n{claims.markdown(claims_table)}\n"
             f"## Correlations across runs, final checkpoint\n\n{correlations(stats_ds)}\n"
-            f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}")
+            f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}\n"
+            f"## Robust sign-error and CMI over coupled runs, final checkpoint\n\n"
+            f"{robust(stats_ds)}")

@@ -18,6 +18,10 @@ p-values are computed by ``flatrep.analysis.correlations``, the regressions by
   evaluated point and over the points where the bound's assumptions hold; violations are
   attributed to the assumptions that failed where they occurred (``flatrep.analysis.bounds``).
 * Paired bootstrap comparison of every bound with Ma & Ying's (tightness, Kendall tau).
+* Dziugaite et al.'s robust sign-error (weighted mean and worst environment) and Jiang et
+  al.'s conditional mutual information over coupled pairs of runs
+  (``flatrep.analysis.robust``), of sharpness (and tr H, lambda_max where measured) against
+  the generalisation gap, the test error and each paired measure.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from flatrep.analysis.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootst
 from flatrep.analysis.late_phase import counts as late_phase_counts
 from flatrep.analysis.late_phase import late_phase, phase_statistics
 from flatrep.analysis.regressions import finite_logs, log_regression, mixed_regression
+from flatrep.analysis.robust import n_test_rows, robust_statistics
 from flatrep.cube.views import (diverged_runs, final_healthy, healthy_runs, hyperparameters,
                                 run_level)
 
@@ -378,6 +383,8 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
                    paired_bound_comparison(healthy_bounds, n_boot, level,
                                            np.random.default_rng(seed))],
                   compat="override", combine_attrs="drop")
+    # merged apart so that its variables keep their long_name and definition
+    ds = ds.merge(robust_statistics(cube, PAIRED_MEASURES, n_test_rows(cube)))
     ds.attrs.update({"ci_level": level, "bootstrap_resamples": n_boot, "bootstrap_seed": seed,
                      "permutations": n_perm, "interpolation_loss": threshold,
                      "n_runs": int(cube.sizes["run"]),
@@ -433,7 +440,28 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
                      for key in ("violation_rate", "violation_rate_ci_high", "evaluated",
                                  "tightness_median")}
         for bound in (stats["sample_bound"].values if "sample_bound" in stats.dims else [])}
+    out["robust_test_set_size"] = _number(stats["robust_test_set_size"])
+    out["robust"] = {f"{measure}~{target}": _robust_row(stats.sel(robust_measure=measure,
+                                                                  robust_target=target))
+                     for measure in stats["robust_measure"].values
+                     for target in stats["robust_target"].values}
     return out
+
+
+def _robust_row(row: xr.Dataset) -> dict:
+    """The robust sign-error and CMI of one (measure, target) for ``summary.json``; a
+    reason (else None) where either is not tested."""
+    def text(name: str) -> str | None:
+        return str(row[name].values) or None
+
+    return {"sign_error": _number(row["robust_sign_error"]),
+            "worst_sign_error": _number(row["robust_sign_error_worst"]),
+            "worst_environment": text("robust_worst_environment"),
+            "n_pairs": int(row["robust_n_pairs"]),
+            "cmi_min": _number(row["robust_cmi_min"]),
+            "cmi_conditioning": text("robust_cmi_set"),
+            "reason": text("robust_sign_error_reason"),
+            "cmi_reason": text("robust_cmi_reason")}
 
 
 def _per_method(stats: xr.Dataset, prefix: str, keys: tuple, measure: str,

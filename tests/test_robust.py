@@ -203,6 +203,13 @@ def test_sign_errors_environments_and_cmi_of_a_two_by_two_grid_by_hand():
     assert str(gap["robust_worst_environment"].values) == "batch_size @ lr=0.2"
     assert str(gap["robust_sign_error_reason"].values) == ""
     assert list(result["robust_environment_axis"].values) == ["batch_size"] * 2 + ["lr"] * 2
+    assert {frozenset(pair) for pair in zip(result["robust_pair_run_a"].values,
+                                            result["robust_pair_run_b"].values)} == {
+        frozenset(("r0", "r1")), frozenset(("r2", "r3")), frozenset(("r0", "r2")),
+        frozenset(("r1", "r3"))}
+    assert (result["robust_pair_shared_seed"] == 1).all()
+    np.testing.assert_array_equal(np.sort(result["robust_pair_weight"].sel(
+        robust_target="mls")), np.ones(4))
     # the test error equals the gap here (train accuracy 1): the same numbers
     test_error = sharp.sel(robust_target="test_error")
     for name in ("robust_sign_error", "robust_cmi_min"):
@@ -266,7 +273,7 @@ def test_n_test_rows_reads_the_study_data_section():
     assert robust.n_test_rows(_two_by_two()) is None
 
 
-def test_study_statistics_summary_and_markdown_carry_the_robust_statistics():
+def test_study_statistics_summary_and_markdown_carry_the_robust_statistics(tmp_path):
     """The two-by-two grid through stats.study_statistics (test-set size from the config:
     CIFAR-10 classes 0-1, n = 2000), summary.json and summary.md."""
     config = json.dumps({"data": {"name": "cifar10", "classes": [0, 1]}})
@@ -281,6 +288,9 @@ def test_study_statistics_summary_and_markdown_carry_the_robust_statistics():
     assert result["robust_sign_error"].attrs["long_name"] == (
         "weighted mean sign-error over the coupled pairs")
     assert "definition" in result["robust_cmi_min"].attrs
+    netcdf.write(result, tmp_path / "stats.nc")                     # as the stats job writes
+    assert netcdf.read(tmp_path / "stats.nc")["robust_cmi_min"].attrs["long_name"] == (
+        "normalised CMI, minimum over conditioning sets")
     # n = 2000: the batch pairs weigh 0 (|Δg| = 1/32: n Δ^2 / 2 = 0.9765625,
     # psi = (1 - 2 e^-0.9765625)^2 = (1 - 0.7532)^2 = 0.0609 < 1/2; |Δg| = 1/128 smaller);
     # the lr pairs just under 1/2: |Δg| = 1/8, n Δ^2 / 2 = 15.625, w_01 = 0.49999934;

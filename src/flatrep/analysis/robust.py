@@ -62,10 +62,11 @@ U_S the pair's values of the axes in S (for an axis the pair shares, the shared 
 axis it varies along, the unordered pair of its two values), S any set of at most two axes
 (the empty set included; ``seed`` is no axis). The score is
 min_S I(V_c; V_g | U_S) / H(V_g | U_S) over the sets with H(V_g | U_S) > 0: 0 when c says
-nothing of g's sign in some conditioning, 1 when it determines it in every one. Unweighted: pairs count by their frequency, as in Jiang et al.
-The PGDL scoring program differs in two ways: it pairs every two models (not only coupled
-ones) and conditions on the ordered values (v_a, v_b), averaging I and H over the cells with
-equal weights; here cells weigh by p(u), as in the expectation that defines I(V_c; V_g | U).
+nothing of g's sign in some conditioning, 1 when it determines it in every one. Unweighted: pairs
+count by their frequency, as in Jiang et al. The PGDL scoring program differs in two ways: it pairs
+every two models (not only coupled ones) and conditions on the ordered values (v_a, v_b), averaging
+I and H over the cells with equal weights; here cells weigh by p(u), as in the expectation that
+defines I(V_c; V_g | U).
 """
 
 from __future__ import annotations

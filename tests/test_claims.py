@@ -115,8 +115,16 @@ def test_verdicts_on_a_synthetic_study_with_known_truth():
     assert (table["claim_p_holm"].values[tested] >= table["claim_p"].values[tested]).all()
     markdown = claims.markdown(table)
     assert markdown.count("\n") == len(claims.CLAIMS) + 2
-    # six cells a row: the |s of ||theta|| in a statement are escaped, not cell borders
-    assert all(len(re.split(r"(?<!\\)\|", line)) == 8 for line in markdown.splitlines())
+    # seven cells a row: the |s of ||theta|| in a statement are escaped, not cell borders
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 9 for line in markdown.splitlines())
+    robust = dict(zip(table["claim"].values, table["claim_robust_verdict"].values))
+    covered = {c.name for c in claims.CLAIMS if c.robust}
+    assert covered == {"sharpness_mls", "sharpness_lvr", "sharpness_nmls", "sharpness_nvr",
+                       "sharpness_lvr_top3"}
+    assert all(robust[name] == claims.NOT_APPLICABLE for name in robust if name not in covered)
+    # no robust statistics given: the covered claims are not tested, with the reason
+    assert all(robust[name] == claims.NOT_TESTED for name in covered)
+    assert ("| not tested: no robust sign-error of sharpness against mls |" in markdown)
     assert r"lambda_max \|\|theta\|\|^2 predicts" in markdown
     assert "**not tested** — the study does not sweep weight_decay" in markdown
 
@@ -532,3 +540,125 @@ def test_fragile_verdicts_are_marked_in_the_table_and_the_summary():
     assert claims.summary(table)["sharpness_mls"]["fragile"] is True
     plain = claims.evaluate(cube, bound_ds, CFG, FIGURES)
     assert not plain["claim_fragile"].any() and "(fragile)" not in claims.markdown(plain)
+
+
+#: Environments of the hand-made robust statistics (sorted, as robust.py labels them).
+ENVIRONMENTS = ["batch_size @ lr=0.1", "lr @ batch_size=32", "lr @ batch_size=8"]
+
+
+def robust_stats(cells: dict) -> xr.Dataset:
+    """``robust_*`` variables of stats.nc for measure sharpness: {target: (pooled sign-error,
+    the environments' sign-errors, reason)}."""
+    targets = list(cells)
+    mt = ("robust_measure", "robust_target")
+    return xr.Dataset(
+        {"robust_sign_error": (mt, [[cells[t][0] for t in targets]]),
+         "robust_environment_sign_error": (mt + ("robust_environment",),
+                                           [[cells[t][1] for t in targets]]),
+         "robust_sign_error_reason": (mt, [[cells[t][2] for t in targets]])},
+        coords={"robust_measure": ["sharpness"], "robust_target": targets,
+                "robust_environment": ENVIRONMENTS})
+
+
+NOT_PAIRED = "not tested: no two healthy runs differ in exactly one hyperparameter (seed aside)"
+#: (pooled, environments, reason) of one target each: worst 0.25 (at most t = 1/4); worst
+#: 0.5; pooled 0.8 (at least 1 - t); no pairs. The undefined environment (NaN) is skipped.
+HAND = {"mls": (0.1, [0.0, 0.25, np.nan], ""), "nmls": (0.2, [0.0, 0.5, 0.1], ""),
+        "log_lvr": (0.8, [1.0, 0.6, 0.9], ""),
+        "log_lvr_top3": (np.nan, [np.nan] * 3, NOT_PAIRED)}
+
+
+def robust_claim(direction, target):
+    return claims.Claim("c", "paper", "flatter => X", "statistic", direction,
+                        lambda e: "unused", robust=("sharpness", target))
+
+
+@pytest.mark.parametrize("direction,target,expected,pooled,worst,environment", [
+    ("positive", "mls", claims.SUPPORTED, 0.1, 0.25, "lr @ batch_size=32"),
+    ("positive", "nmls", claims.NOT_ROBUST, 0.2, 0.5, "lr @ batch_size=32"),
+    ("positive", "log_lvr", claims.CONTRADICTED, 0.8, 1.0, "batch_size @ lr=0.1"),
+    # negative: every sign-error becomes 1 - e, pooled 0.2, environments 0, 0.4, 0.1
+    ("negative", "log_lvr", claims.NOT_ROBUST, 0.2, 0.4, "lr @ batch_size=32"),
+    # negative on the positive claim's data: environments 1, 0.75; pooled 0.9 >= 0.75
+    ("negative", "mls", claims.CONTRADICTED, 0.9, 1.0, "batch_size @ lr=0.1"),
+])
+def test_robust_verdict_rule_by_hand(direction, target, expected, pooled, worst, environment):
+    outcome = claims.robust_errors(robust_claim(direction, target), robust_stats(HAND))
+    assert outcome.sign_error == pytest.approx(pooled, abs=1e-15)
+    assert outcome.worst == pytest.approx(worst, abs=1e-15)
+    assert (outcome.environment, outcome.reason) == (environment, "")
+    assert claims.robust_verdict(outcome, RULES) == expected
+
+
+def test_robust_verdict_direction_flip_supports_a_negative_claim():
+    """Environments 1, 0.8, 0.9 and pooled 0.9 against a negative claim: 0, 0.2, 0.1 and 0.1;
+    worst 0.2 <= 1/4. The same data contradict a positive claim (pooled 0.9 >= 0.75)."""
+    data = robust_stats({"mls": (0.9, [1.0, 0.8, 0.9], "")})
+    negative = claims.robust_errors(robust_claim("negative", "mls"), data)
+    assert negative.worst == pytest.approx(0.2, abs=1e-15)
+    assert negative.sign_error == pytest.approx(0.1, abs=1e-15)
+    assert negative.environment == "lr @ batch_size=32"
+    assert claims.robust_verdict(negative, RULES) == claims.SUPPORTED
+    positive = claims.robust_errors(robust_claim("positive", "mls"), data)
+    assert claims.robust_verdict(positive, RULES) == claims.CONTRADICTED
+
+
+def test_robust_verdict_not_tested_not_applicable_and_its_threshold():
+    data = robust_stats(HAND)
+    untested = claims.robust_errors(robust_claim("positive", "log_lvr_top3"), data)
+    assert untested.reason == NOT_PAIRED and np.isnan(untested.worst)
+    assert claims.robust_verdict(untested, RULES) == claims.NOT_TESTED
+    absent = claims.robust_errors(robust_claim("positive", "log_nvr"), data)
+    assert absent.reason == "not tested: no robust sign-error of sharpness against log_nvr"
+    assert claims.robust_errors(robust_claim("positive", "mls"), None).reason == (
+        "not tested: no robust sign-error of sharpness against mls")
+    assert claims.robust_errors(claim("positive"), data) is None          # no robust pair
+    assert claims.robust_errors(robust_claim("none", "mls"), data) is None   # no direction
+    assert claims.robust_verdict(None, RULES) == claims.NOT_APPLICABLE
+    # the threshold is read from stats.claims: worst 0.5 fails t = 0.49, worst 0.25 fails 0.2
+    nmls = claims.robust_errors(robust_claim("positive", "nmls"), data)
+    assert claims.robust_verdict(nmls, {**RULES, "robust_max_sign_error": 0.49}) == (
+        claims.NOT_ROBUST)
+    mls = claims.robust_errors(robust_claim("positive", "mls"), data)
+    assert claims.robust_verdict(mls, {**RULES, "robust_max_sign_error": 0.2}) == (
+        claims.NOT_ROBUST)
+    assert claims.ROBUST_MAX_SIGN_ERROR == 0.25
+
+
+def test_claims_table_summary_and_markdown_carry_the_robust_verdict():
+    """The synthetic study with hand-made robust statistics: sharpness_mls supported,
+    sharpness_nmls not robust, sharpness_lvr contradicted, sharpness_lvr_top3 not tested (no
+    pairs), sharpness_nvr not tested (log_nvr absent); the tau verdicts are unchanged."""
+    cube, bound_ds = synthetic_study()
+    plain = claims.evaluate(cube, bound_ds, CFG, FIGURES)
+    table = claims.evaluate(cube, bound_ds, CFG, FIGURES, robust_stats(HAND))
+    assert (table["claim_verdict"] == plain["claim_verdict"]).all()
+    robust = table.sel(claim=["sharpness_mls", "sharpness_nmls", "sharpness_lvr",
+                              "sharpness_lvr_top3", "sharpness_nvr", "lr_flatter"])
+    assert list(robust["claim_robust_verdict"].values) == [
+        claims.SUPPORTED, claims.NOT_ROBUST, claims.CONTRADICTED, claims.NOT_TESTED,
+        claims.NOT_TESTED, claims.NOT_APPLICABLE]
+    np.testing.assert_array_equal(robust["claim_robust_sign_error"],
+                                  [0.1, 0.2, 0.8, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(robust["claim_robust_sign_error_worst"],
+                                  [0.25, 0.5, 1.0, np.nan, np.nan, np.nan])
+    assert list(robust["claim_robust_worst_environment"].values) == [
+        "lr @ batch_size=32", "lr @ batch_size=32", "batch_size @ lr=0.1", "", "", ""]
+    assert list(robust["claim_robust_note"].values)[3:] == [
+        NOT_PAIRED, "not tested: no robust sign-error of sharpness against log_nvr", ""]
+    out = json.loads(json.dumps(claims.summary(table)))
+    assert {key: out["sharpness_mls"][key] for key in
+            ("robust_verdict", "robust_sign_error", "robust_sign_error_worst")} == {
+        "robust_verdict": "supported", "robust_sign_error": 0.1, "robust_sign_error_worst": 0.25}
+    assert out["lr_flatter"]["robust_verdict"] == "not applicable"
+    assert out["lr_flatter"]["robust_sign_error"] is None
+    rows = {line.split(" | ")[0][2:]: line for line in claims.markdown(table).splitlines()}
+    assert rows["flatter minima have smaller MLS"].endswith(
+        "| **supported** (worst 0.25, pooled 0.1) |")
+    assert rows["flatter minima have smaller NMLS"].endswith(
+        "| **not robust** (worst 0.5, pooled 0.2) |")
+    assert rows["flatter minima have smaller local volumes (LVR)"].endswith(
+        "| **contradicted** (worst 1, pooled 0.8) |")
+    assert rows["flatter minima have smaller top-3 log volumes (the paper's plotted log "
+                "volume)"].endswith(f"| {NOT_PAIRED} |")
+    assert rows["a larger learning rate gives flatter minima"].endswith(" | — |")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flatrep.analysis import markdown, robust, stats
+from flatrep.analysis import claims, markdown, robust, stats
 from flatrep.cube import netcdf
 from test_stats import _bounds
 
@@ -229,6 +229,18 @@ def test_sign_errors_environments_and_cmi_of_a_two_by_two_grid_by_hand():
     np.testing.assert_array_equal(mls_vs_gap.environments[0], [0, 0, 0, 0])
     np.testing.assert_allclose(mls_vs_gap.cmi, np.ones((4, 2)), rtol=1e-12)
     assert mls_vs_gap.cmi_min == pytest.approx(1.0, rel=1e-12)
+
+
+def test_the_robust_verdict_of_sharpness_mls_on_the_two_by_two_grid():
+    """Sharpness against mls (weight 1 each): sign-errors 0 (lr @ batch 8), 1 (lr @ batch
+    32), 0 (batch @ lr 0.1), 1 (batch @ lr 0.2); pooled 0.5, worst 1 at the first in sorted
+    order, batch_size @ lr=0.2: not robust (1 > 1/4, 0.5 < 3/4)."""
+    result = robust.robust_statistics(_two_by_two(), ("mls",), None)
+    claim = next(c for c in claims.CLAIMS if c.name == "sharpness_mls")
+    outcome = claims.robust_errors(claim, result)
+    assert (outcome.sign_error, outcome.worst, outcome.environment, outcome.reason) == (
+        0.5, 1.0, "batch_size @ lr=0.2", "")
+    assert claims.robust_verdict(outcome, {}) == claims.NOT_ROBUST
 
 
 def test_not_tested_with_a_reason_never_an_error(tmp_path):

@@ -113,7 +113,7 @@ def cmd_stats(args) -> None:
     the_cube, the_bounds = netcdf.read(args.cube), netcdf.read(args.bounds)
     stats_cfg = _section(args, "stats")
     result = stats.study_statistics(the_cube, the_bounds, stats_cfg)
-    table = claims.evaluate(the_cube, the_bounds, stats_cfg, _section(args, "figures"))
+    table = claims.evaluate(the_cube, the_bounds, stats_cfg, _section(args, "figures"), result)
     netcdf.write(result.merge(table), args.out)
     headline = {**stats.summary(result, the_cube), "claims": claims.summary(table)}
     atomic.write_text(args.summary, json.dumps(headline, indent=2, sort_keys=True) + "\n")

@@ -21,6 +21,35 @@ before the data are seen):
   it lies wholly outside (above high or below low); otherwise *inconclusive*.
 * *not tested* when the study has no data for the claim (e.g. no weight-decay variation).
 
+**Robust verdict** (beside the tau verdict, which it leaves unchanged). A claim "flatter => X"
+across runs, with sharpness S as the measure and a target that ``flatrep.analysis.robust``
+covers (``Claim.robust`` = (measure, target): the five compression claims ``sharpness_mls``,
+``sharpness_lvr``, ``sharpness_nmls``, ``sharpness_nvr``, ``sharpness_lvr_top3``), is also
+judged on Dziugaite et al.'s sign-errors over the coupled pairs (the ``robust_*`` variables of
+stats.nc). The sign-errors are taken in the claim's direction: for ``positive``, e as robust.py
+defines it (e = 0: the pair's order by S is its order by X); for ``negative``, 1 - e, so the
+pooled error becomes 1 - E and the worst environment 1 - min_e E_e. With
+t = ``robust_max_sign_error``:
+
+* *supported* when the worst environment's sign-error is <= t: in every environment with
+  weight, the pairs agree with the claimed direction at least (1 - t) : t;
+* *contradicted* when the pooled weighted sign-error is >= 1 - t: over all pairs the opposite
+  direction holds as strongly;
+* otherwise *not robust*; *not tested*, with robust.py's reason, where it has no sign-error
+  (no coupled pairs, a variable missing, every weight 0).
+
+Dziugaite et al. read sign-errors against chance, 1/2. t = 1/4 (the default) asks for a clear
+margin over chance in the worst environment, halfway between perfect agreement and chance: an
+environment of two pairs that split (E = 1/2) fails it, one of four with a single reversal
+passes. flatrep's environments hold few pairs (their effective sample sizes are reported), so a
+threshold nearer 1/2 would let one or two pairs decide; one nearer 0 would fail a measure for a
+single reversed pair among many. Contradiction is read on the pooled error because the worst
+environment of the opposite direction is the best environment of the claim's: one environment
+should not overturn a claim, the pairs as a whole should. For t < 1/2 the two cannot both hold
+(the pooled error is a weighted mean of the environments'). Claims of other directions
+(``none``: no association has no direction to take a sign-error in; ``nonpositive``) and
+other measures have no robust verdict (*not applicable*, "—" in the table).
+
 A verdict is marked *fragile* when moving its estimate, CI ends and Holm p by as much as
 rounding moves them (``stats.claims.rounding``, measured on two runs of the study that differ
 only in floating-point rounding) could change it (``fragile``).
@@ -84,6 +113,10 @@ from flatrep.cube import views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
 INCONCLUSIVE, NOT_TESTED = "inconclusive", "not tested"
+NOT_ROBUST, NOT_APPLICABLE = "not robust", "not applicable"
+
+#: ``stats.claims.robust_max_sign_error`` where params.yaml leaves it out (module docstring).
+ROBUST_MAX_SIGN_ERROR = 0.25
 
 
 @dataclass(frozen=True)
@@ -112,6 +145,7 @@ class Claim:
     statistic: str
     direction: str
     measure: Callable[[Evidence], Outcome | str]   # a str: why it is not tested
+    robust: tuple[str, str] | None = None           # (measure, target) of the robust verdict
 
 
 def _rng(evidence: Evidence) -> np.random.Generator:
@@ -526,19 +560,24 @@ CLAIMS: list[Claim] = [
           "violation rate over runs x checkpoints", "bound", _violations(_THEOREMS)),
     Claim("sharpness_mls", CHEN, "flatter minima have smaller MLS",
           "Kendall tau(S, mean MLS), final checkpoint", "positive",
-          _across_runs("sharpness", "mls")),
+          _across_runs("sharpness", "mls"),
+          robust=("sharpness", "mls")),
     Claim("sharpness_lvr", CHEN, "flatter minima have smaller local volumes (LVR)",
           "Kendall tau(S, mean log LVR), final checkpoint", "positive",
-          _across_runs("sharpness", "log_lvr")),
+          _across_runs("sharpness", "log_lvr"),
+          robust=("sharpness", "log_lvr")),
     Claim("sharpness_nmls", CHEN, "flatter minima have smaller NMLS",
           "Kendall tau(S, mean NMLS), final checkpoint", "positive",
-          _across_runs("sharpness", "nmls")),
+          _across_runs("sharpness", "nmls"),
+          robust=("sharpness", "nmls")),
     Claim("sharpness_nvr", CHEN, "flatter minima have smaller network volumes (NVR)",
           "Kendall tau(S, mean log NVR), final checkpoint", "positive",
-          _across_runs("sharpness", "log_nvr")),
+          _across_runs("sharpness", "log_nvr"),
+          robust=("sharpness", "log_nvr")),
     Claim("sharpness_lvr_top3", CHEN, "flatter minima have smaller top-3 log volumes (the "
           "paper's plotted log volume)", "Kendall tau(S, mean top-3 log volume), final "
-          "checkpoint", "positive", _across_runs("sharpness", "log_lvr_top3")),
+          "checkpoint", "positive", _across_runs("sharpness", "log_lvr_top3"),
+          robust=("sharpness", "log_lvr_top3")),
     Claim("local_dim_unbounded", CHEN, "local dimensionality is not bounded by sharpness",
           "Kendall tau(S, mean local dimension), final checkpoint", "none",
           _across_runs("sharpness", "local_dim")),
@@ -666,9 +705,56 @@ def fragile(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
     return False
 
 
-def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
-             figures_cfg: dict) -> xr.Dataset:
-    """The claims table (dim ``claim``) of one study."""
+@dataclass(frozen=True)
+class Robust:
+    """A claim's robust sign-errors taken in its direction: the pooled weighted mean, the
+    worst environment's and its label; ``reason`` (else '') why they are not tested."""
+    sign_error: float = np.nan
+    worst: float = np.nan
+    environment: str = ""
+    reason: str = ""
+
+
+def robust_errors(claim: Claim, robust_stats: xr.Dataset | None) -> Robust | None:
+    """The sign-errors of ``claim.robust`` from the ``robust_*`` variables of stats.nc, in the
+    claim's direction (module docstring); None where the claim has no robust verdict."""
+    if claim.robust is None or claim.direction not in ("positive", "negative"):
+        return None
+    measure, target = claim.robust
+    if (robust_stats is None or "robust_sign_error" not in robust_stats
+            or measure not in robust_stats["robust_measure"].values
+            or target not in robust_stats["robust_target"].values):
+        return Robust(reason=f"not tested: no robust sign-error of {measure} against {target}")
+    cell = robust_stats.sel(robust_measure=measure, robust_target=target)
+    reason = str(cell["robust_sign_error_reason"].values)
+    if reason:
+        return Robust(reason=reason)
+    flip = claim.direction == "negative"
+    errors = cell["robust_environment_sign_error"].values
+    directed = 1 - errors if flip else errors
+    worst = int(np.nanargmax(directed))
+    pooled = float(cell["robust_sign_error"])
+    return Robust(1 - pooled if flip else pooled, float(directed[worst]),
+                  str(robust_stats["robust_environment"].values[worst]))
+
+
+def robust_verdict(outcome: Robust | None, rules: dict) -> str:
+    """The robust verdict (module docstring) under ``stats.claims.robust_max_sign_error``."""
+    if outcome is None:
+        return NOT_APPLICABLE
+    if outcome.reason:
+        return NOT_TESTED
+    threshold = rules.get("robust_max_sign_error", ROBUST_MAX_SIGN_ERROR)
+    if outcome.worst <= threshold:
+        return SUPPORTED
+    return CONTRADICTED if outcome.sign_error >= 1 - threshold else NOT_ROBUST
+
+
+def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict, figures_cfg: dict,
+             robust_stats: xr.Dataset | None = None) -> xr.Dataset:
+    """The claims table (dim ``claim``) of one study; the robust verdicts read the
+    ``robust_*`` variables of ``robust_stats`` (``flatrep.analysis.robust``; without them,
+    not tested)."""
     healthy = views.healthy_runs(cube)
     evidence = Evidence(cube.where(healthy, drop=True), bounds.where(healthy, drop=True),
                         stats_cfg, figures_cfg)
@@ -691,6 +777,11 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict,
     data["claim_fragile"] = ("claim", np.array([fragile(c, o, p, rules) for c, o, p
                                                 in zip(CLAIMS, outcomes, p_holm)]))
     data.update({f"claim_{key}": ("claim", values) for key, values in text.items()})
+    robust = [robust_errors(c, robust_stats) for c in CLAIMS]
+    data["claim_robust_verdict"] = ("claim", [robust_verdict(r, rules) for r in robust])
+    for key, field in (("robust_sign_error", "sign_error"), ("robust_sign_error_worst", "worst"),
+                       ("robust_worst_environment", "environment"), ("robust_note", "reason")):
+        data[f"claim_{key}"] = ("claim", [getattr(r or Robust(), field) for r in robust])
     ds = xr.Dataset(data, coords={"claim": [c.name for c in CLAIMS]})
     ds.attrs["claims_rules"] = repr(sorted(rules.items()))
     return ds
@@ -706,8 +797,8 @@ def markdown(table: xr.Dataset) -> str:
     def text(row: xr.Dataset, key: str) -> str:
         return row[f"claim_{key}"].item().replace("|", "\\|")
 
-    lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict | robust |",
+             "|---|---|---|---|---|---|---|"]
     for name in table["claim"].values:
         row = table.sel(claim=name)
         estimate = table_text.interval(row["claim_estimate"], row["claim_ci_low"],
@@ -718,8 +809,20 @@ def markdown(table: xr.Dataset) -> str:
                      f"{table_text.number(row['claim_p_holm'])} | "
                      f"**{row['claim_verdict'].item()}**"
                      f"{_fragile_mark(bool(row['claim_fragile']))}"
-                     f"{' — ' + note if note else ''} |")
+                     f"{' — ' + note if note else ''} | {_robust_text(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def _robust_text(row: xr.Dataset) -> str:
+    """The robust verdict of one claims-table row: verdict with its worst-environment and
+    pooled sign-errors, the reason where not tested, a dash where not applicable."""
+    verdict_ = row["claim_robust_verdict"].item()
+    if verdict_ == NOT_APPLICABLE:
+        return table_text.NO_NUMBER
+    if verdict_ == NOT_TESTED:
+        return row["claim_robust_note"].item()
+    return (f"**{verdict_}** (worst {table_text.number(row['claim_robust_sign_error_worst'])}, "
+            f"pooled {table_text.number(row['claim_robust_sign_error'])})")
 
 
 def digest(summary_claims: dict) -> str:
@@ -739,13 +842,16 @@ def digest(summary_claims: dict) -> str:
 
 
 def summary(table: xr.Dataset) -> dict:
-    """{claim: {verdict, estimate, ci_low, ci_high, p_holm}} for summary.json (None for NaN)."""
+    """{claim: {verdict, fragile, estimate, ci_low, ci_high, p_holm, robust_verdict,
+    robust_sign_error, robust_sign_error_worst}} for summary.json (None for NaN)."""
     def number(value) -> float | None:
         value = float(value)
         return value if np.isfinite(value) else None
 
     return {str(name): {"verdict": str(row["claim_verdict"].item()),
                         "fragile": bool(row["claim_fragile"]),
+                        "robust_verdict": str(row["claim_robust_verdict"].item()),
                         **{key: number(row[f"claim_{key}"])
-                           for key in ("estimate", "ci_low", "ci_high", "p_holm")}}
+                           for key in ("estimate", "ci_low", "ci_high", "p_holm",
+                                       "robust_sign_error", "robust_sign_error_worst")}}
             for name, row in ((n, table.sel(claim=n)) for n in table["claim"].values)}

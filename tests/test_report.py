@@ -180,7 +180,7 @@ def test_every_image_of_the_html_report_renders_in_chromium(snakemake_project, t
     assert check["url"] == page.as_uri()
     figures = {image["figure"] for image in check["shown"]}
     assert {"trajectories.png", "bounds.png", "correlations.png", "tightness.png",
-            "claims.png"} <= figures
+            "claims.png", "robust_cdf.png"} <= figures
     assert figures <= {image["name"] for image in check["shown"]}     # each one shown as an <img>
     assert figures <= {image["name"] for image in check["embedded"]}
     broken = [image for image in check["embedded"] + check["shown"] if image["width"] == 0]

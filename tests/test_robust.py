@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from flatrep.analysis import claims, markdown, robust, stats
+from flatrep.analysis import claims, figures, markdown, robust, stats
 from flatrep.cube import netcdf
 from test_stats import _bounds
 
@@ -243,14 +243,19 @@ def test_the_robust_verdict_of_sharpness_mls_on_the_two_by_two_grid():
     assert claims.robust_verdict(outcome, {}) == claims.NOT_ROBUST
 
 
+def _half_fraction():
+    """A half fraction of a 2^3 design: every two runs differ in two axes (no coupled pair)."""
+    return _cube({"sharpness": [1.0, 2.0, 3.0, 4.0], "train_acc": np.ones(4),
+                  "test_acc": [0.9, 0.8, 0.7, 0.6], "mls": [1.0, 2.0, 3.0, 4.0]},
+                 {"lr": [0.1, 0.2, 0.1, 0.2], "batch_size": [8, 32, 32, 8],
+                  "weight_decay": [0.0, 0.0, 1e-4, 1e-4]})
+
+
 def test_not_tested_with_a_reason_never_an_error(tmp_path):
     """No coupled pairs (a half fraction of a 2^3 design: every two runs differ in two axes),
     a missing target, an unknown test-set size and a gap within test-set noise each give NaN
     and a reason; stats.nc still writes."""
-    crossed = _cube({"sharpness": [1.0, 2.0, 3.0, 4.0], "train_acc": np.ones(4),
-                     "test_acc": [0.9, 0.8, 0.7, 0.6], "mls": [1.0, 2.0, 3.0, 4.0]},
-                    {"lr": [0.1, 0.2, 0.1, 0.2], "batch_size": [8, 32, 32, 8],
-                     "weight_decay": [0.0, 0.0, 1e-4, 1e-4]})
+    crossed = _half_fraction()
     result = robust.robust_statistics(crossed, ("mls", "log_lvr"), 10_000)
     assert result.sizes["robust_pair"] == 0
     assert np.isnan(result["robust_sign_error"]).all() and np.isnan(result["robust_cmi_min"]).all()
@@ -276,6 +281,20 @@ def test_not_tested_with_a_reason_never_an_error(tmp_path):
     lines = markdown.robust(noisy).splitlines()
     assert all(line.count("|") == 7 for line in lines)       # no reason breaks a table cell
     assert lines[2].startswith("| generalization_gap | — | — | 4 | 0 (none) | not tested: ")
+
+
+def test_the_cdf_figure_with_and_without_coupled_pairs(tmp_path):
+    """The two-by-two grid (sign-errors of every target but the gap and test error, unknown
+    n) and the half fraction (no coupled pair: one panel with the reason) both write a PNG."""
+    png = b"\x89PNG\r\n\x1a\n"
+    figures.robust_cdf(robust.robust_statistics(_two_by_two(), ("mls",), None),
+                       tmp_path / "pairs.png")
+    unpaired = robust.robust_statistics(_half_fraction(), ("mls",), 10_000)
+    assert set(unpaired["robust_sign_error_reason"].values.ravel()) == {
+        "not tested: no two healthy runs differ in exactly one hyperparameter (seed aside)"}
+    figures.robust_cdf(unpaired, tmp_path / "none.png")
+    for name in ("pairs.png", "none.png"):
+        assert (tmp_path / name).read_bytes()[:8] == png
 
 
 def test_n_test_rows_reads_the_study_data_section():

@@ -67,7 +67,7 @@ def test_outputs_of_every_stage_exist(snakemake_project):
     text = (results / "summary.md").read_text()
     assert "| verdict |" in text and "| sharpness vs |" in text and "| ma_ying |" in text
     for png in ("trajectories.png", "bounds.png", "correlations.png", "tightness.png",
-                "claims.png"):
+                "claims.png", "robust_cdf.png"):
         assert (results / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((snakemake_project / "logs/tiny/train").glob("*.log"))
     assert list((snakemake_project / "benchmarks/tiny/measure").glob("*.tsv"))
@@ -243,7 +243,8 @@ def test_the_figures_command_imports_no_statsmodels(snakemake_project, tmp_path)
     results = snakemake_project / "results/tiny"
     figures = json.dumps(yaml.safe_load((snakemake_project / "params.yaml").read_text())
                          ["studies"]["tiny"]["figures"])
-    names = ("trajectories", "bound-plot", "correlations", "tightness", "claims-table")
+    names = ("trajectories", "bound-plot", "correlations", "tightness", "claims-table",
+             "robust-cdf")
     command = ["figures", str(results / "cube.nc"), str(results / "bounds.nc"),
                str(results / "stats.nc"), "--figures-json", figures,
                *[word for name in names for word in (f"--{name}", str(tmp_path / f"{name}.png"))]]

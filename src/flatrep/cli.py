@@ -136,6 +136,7 @@ def cmd_figures(args) -> None:
     figures.correlation_pairs(the_cube, the_stats, args.correlations, _section(args, "figures"))
     figures.tightness_distributions(the_bounds, args.tightness)
     figures.claims_table(the_stats, args.claims_table)
+    figures.robust_cdf(the_stats, args.robust_cdf)
 
 
 def cmd_validate(args) -> None:
@@ -250,7 +251,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("bounds")
     p.add_argument("stats")
     for option in ("--trajectories", "--bound-plot", "--correlations", "--tightness",
-                   "--claims-table"):
+                   "--claims-table", "--robust-cdf"):
         p.add_argument(option, required=True)
     p = command("validate", cmd_validate, "check a params file")
     p.add_argument("params", nargs="?", default="params.yaml")

@@ -117,6 +117,7 @@ def study_targets(names):
             f"results/{name}/figures/correlations.png",
             f"results/{name}/figures/tightness.png",
             f"results/{name}/figures/claims.png",
+            f"results/{name}/figures/robust_cdf.png",
             *(f"results/{name}/trajectory/{plot}.csv" for plot in TRAJECTORY_PLOTS),
         )
     ]

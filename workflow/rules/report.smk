@@ -38,6 +38,12 @@ rule figures:
             category="{study}",
             subcategory="Claims",
         ),
+        robust_cdf=report(
+            "results/{study}/figures/robust_cdf.png",
+            caption="../report/robust_cdf.rst",
+            category="{study}",
+            subcategory="Claims",
+        ),
     params:
         figures=section_json("figures"),
     conda:
@@ -51,4 +57,5 @@ rule figures:
         "flatrep figures {input.cube} {input.bounds} {input.stats} "
         "--figures-json {params.figures:q} --trajectories {output.trajectories} "
         "--bound-plot {output.bounds} --correlations {output.correlations} "
-        "--tightness {output.tightness} --claims-table {output.claims} > {log} 2>&1"
+        "--tightness {output.tightness} --claims-table {output.claims} "
+        "--robust-cdf {output.robust_cdf} > {log} 2>&1"

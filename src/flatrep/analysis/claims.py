@@ -48,7 +48,9 @@ environment of the opposite direction is the best environment of the claim's: on
 should not overturn a claim, the pairs as a whole should. For t < 1/2 the two cannot both hold
 (the pooled error is a weighted mean of the environments'). Claims of other directions
 (``none``: no association has no direction to take a sign-error in; ``nonpositive``) and
-other measures have no robust verdict (*not applicable*, "—" in the table).
+other measures have no robust verdict (*not applicable*, "—" in the table): the claims on the
+generalisation gap are ``nonpositive`` (raw lambda_max) or on lambda_max ||theta||^2, which
+robust.py does not pair, and no claim pairs sharpness with test accuracy.
 
 A verdict is marked *fragile* when moving its estimate, CI ends and Holm p by as much as
 rounding moves them (``stats.claims.rounding``, measured on two runs of the study that differ

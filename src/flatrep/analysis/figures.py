@@ -204,3 +204,48 @@ def claims_table(stats_ds: xr.Dataset, path: str | Path) -> None:
     for i, row in enumerate(rows, start=1):
         table[i, 4].set_facecolor(VERDICT_COLOURS[row[4]])
     _save(fig, path)
+
+
+def robust_cdf(stats_ds: xr.Dataset, path: str | Path) -> None:
+    """Dziugaite et al.'s Fig. 1 for each measure (row) and target (column) of the robust
+    sign-error: the empirical CDF of the environments' sign-errors E_e
+    (``robust_environment_sign_error``, ``robust_environment_cdf``), the pooled weighted mean
+    (dashed) and chance, 1/2 (dotted); a panel without a sign-error says why. A study where
+    none is tested gets one panel with the reasons."""
+    measures, targets = stats_ds["robust_measure"].values, stats_ds["robust_target"].values
+    reasons = stats_ds["robust_sign_error_reason"].values.astype(str)
+    if (reasons != "").all():
+        fig, ax = plt.subplots(figsize=(6, 2), constrained_layout=True)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "\n".join(sorted(set(reasons.ravel()))), ha="center", va="center",
+                fontsize=9, wrap=True)
+        _save(fig, path)
+        return
+    fig, axes = plt.subplots(len(measures), len(targets), squeeze=False,
+                             figsize=(2.6 * len(targets), 2.4 * len(measures)),
+                             constrained_layout=True, sharex=True, sharey=True)
+    for i, measure in enumerate(measures):
+        for j, target in enumerate(targets):
+            ax, cell = axes[i, j], stats_ds.sel(robust_measure=measure, robust_target=target)
+            ax.set_title(f"{measure} vs {target}", fontsize=8)
+            if reasons[i, j]:
+                ax.text(0.5, 0.5, reasons[i, j], ha="center", va="center", fontsize=6,
+                        wrap=True, transform=ax.transAxes)
+                continue
+            errors = cell["robust_environment_sign_error"].values
+            defined = np.isfinite(errors)
+            order = np.argsort(errors[defined], kind="stable")
+            ax.step(np.r_[0.0, errors[defined][order], 1.0],
+                    np.r_[0.0, cell["robust_environment_cdf"].values[defined][order], 1.0],
+                    where="post", color="tab:blue")
+            pooled = float(cell["robust_sign_error"])
+            ax.axvline(pooled, color="k", linestyle="--", linewidth=1,
+                       label=f"pooled {table_text.number(pooled)}")
+            ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+            ax.legend(fontsize=6, loc="lower right")
+    for ax in axes[-1]:
+        ax.set_xlabel("sign-error of an environment", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("CDF over environments", fontsize=8)
+    axes[0, 0].set_xlim(0, 1)
+    _save(fig, path)

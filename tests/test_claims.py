@@ -633,6 +633,7 @@ def test_claims_table_summary_and_markdown_carry_the_robust_verdict():
     plain = claims.evaluate(cube, bound_ds, CFG, FIGURES)
     table = claims.evaluate(cube, bound_ds, CFG, FIGURES, robust_stats(HAND))
     assert (table["claim_verdict"] == plain["claim_verdict"]).all()
+    assert "('robust_max_sign_error', 0.25)" in table.attrs["claims_rules"]
     robust = table.sel(claim=["sharpness_mls", "sharpness_nmls", "sharpness_lvr",
                               "sharpness_lvr_top3", "sharpness_nvr", "lr_flatter"])
     assert list(robust["claim_robust_verdict"].values) == [

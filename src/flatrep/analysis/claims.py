@@ -764,7 +764,8 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict, figures_cfg:
     p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction not in ("bound", "band")
                          else np.nan for claim, o in zip(CLAIMS, outcomes)])
     p_holm = correlations.holm(p_values)
-    rules = stats_cfg["claims"]
+    # the threshold's default written into the rules, so that claims_rules records it
+    rules = {"robust_max_sign_error": ROBUST_MAX_SIGN_ERROR, **stats_cfg["claims"]}
     numbers = {field: [getattr(o, field) if isinstance(o, Outcome) else np.nan
                        for o in outcomes] for field in ("estimate", "ci_low", "ci_high", "p",
                                                         "n")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -229,8 +230,8 @@ def robust_cdf(stats_ds: xr.Dataset, path: str | Path) -> None:
             ax, cell = axes[i, j], stats_ds.sel(robust_measure=measure, robust_target=target)
             ax.set_title(f"{measure} vs {target}", fontsize=8)
             if reasons[i, j]:
-                ax.text(0.5, 0.5, reasons[i, j], ha="center", va="center", fontsize=6,
-                        wrap=True, transform=ax.transAxes)
+                ax.text(0.5, 0.5, textwrap.fill(reasons[i, j], 34), ha="center", va="center",
+                        fontsize=6, transform=ax.transAxes)
                 continue
             errors = cell["robust_environment_sign_error"].values
             defined = np.isfinite(errors)

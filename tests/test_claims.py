@@ -73,8 +73,10 @@ def synthetic_study(n_seeds=12, seed=0):
             "test_acc": (("run", "step"), np.full((n, len(steps)), 0.9)),
             "train_loss": (("run", "step"), np.tile([1.0, 0.1, 0.01], (n, 1))),
             "hessian_lambda_max": (("run", "step"), np.ones((n, len(steps))))}
-    for name in ("mls", "log_lvr", "nmls", "log_nvr", "sample_sharpness"):
+    for name in ("mls", "log_lvr", "nmls", "log_nvr"):
         data[name] = per_sample(sharp * np.exp(0.1 * rng.standard_normal(n)))
+    # the sharpness is the train mean of sample_sharpness, as in a measured cube
+    data["sample_sharpness"] = per_sample(sharp)
     data["local_dim"] = per_sample(3 + 0.1 * rng.standard_normal(n))
     cube = xr.Dataset(data, coords={"run": [f"r{k}" for k in range(n)], "step": steps,
                                     "subset": ["train", "test", "test_misclassified"],
@@ -115,8 +117,8 @@ def test_verdicts_on_a_synthetic_study_with_known_truth():
     assert (table["claim_p_holm"].values[tested] >= table["claim_p"].values[tested]).all()
     markdown = claims.markdown(table)
     assert markdown.count("\n") == len(claims.CLAIMS) + 2
-    # seven cells a row: the |s of ||theta|| in a statement are escaped, not cell borders
-    assert all(len(re.split(r"(?<!\\)\|", line)) == 9 for line in markdown.splitlines())
+    # eight cells a row: the |s of ||theta|| in a statement are escaped, not cell borders
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 10 for line in markdown.splitlines())
     robust = dict(zip(table["claim"].values, table["claim_robust_verdict"].values))
     covered = {c.name for c in claims.CLAIMS if c.robust}
     assert covered == {"sharpness_mls", "sharpness_lvr", "sharpness_nmls", "sharpness_nvr",

@@ -86,17 +86,25 @@ def test_a_cell_keeps_pipes_and_markup_inside_it():
 
 
 def test_digest_lists_tested_claims_in_catalogue_order():
-    first, second, third = claims.CLAIMS[:3]
+    first, second, third, fourth = claims.CLAIMS[:4]
     summary = {third.name: {"verdict": "supported", "estimate": 0.5, "ci_low": 0.25,
-                            "ci_high": 0.75, "p_holm": 0.01, "fragile": True},
+                            "ci_high": 0.75, "p_holm": 0.01, "fragile": True,
+                            "only_without_measurement_error": False},
                first.name: {"verdict": "inconclusive", "estimate": None, "ci_low": None,
-                            "ci_high": None, "p_holm": None, "fragile": False},
+                            "ci_high": None, "p_holm": None, "fragile": False,
+                            "only_without_measurement_error": False},
                second.name: {"verdict": "not tested", "estimate": None, "ci_low": None,
-                             "ci_high": None, "p_holm": None, "fragile": False}}
+                             "ci_high": None, "p_holm": None, "fragile": False,
+                             "only_without_measurement_error": False},
+               fourth.name: {"verdict": "supported", "estimate": 0.4, "ci_low": 0.1,
+                             "ci_high": 0.6, "p_holm": 0.02, "fragile": False,
+                             "only_without_measurement_error": True}}
     lines = claims.digest(summary).splitlines()
     assert lines[2] == f"| {first.statement} | — | **inconclusive** |"
     assert lines[3] == f"| {third.statement} | 0.5 [0.25, 0.75] | **supported** (fragile) |"
-    assert len(lines) == 4
+    assert lines[4] == (f"| {fourth.statement} | 0.4 [0.1, 0.6] | **supported** (only without "
+                        "measurement error) |")
+    assert len(lines) == 5
 
 
 def test_splice_replaces_the_block_and_names_a_missing_marker():

@@ -54,6 +54,26 @@ other measures have no robust verdict (*not applicable*, "—" in the table): th
 generalisation gap are ``nonpositive`` (raw lambda_max) or on lambda_max ||theta||^2, which
 robust.py does not pair, and no claim pairs sharpness with test accuracy.
 
+**Measurement-aware verdict** (issue "measurement error carried into the verdict"). The CIs above
+resample runs as if each run's numbers were exact; every one of them is an estimate (a mean over
+measurement points, a Hutchinson mean over probes, a Ritz value, a frequency over test rows).
+Each association claim and each ratio of arm means also gets the CI of the same statistic under
+the two-stage bootstrap of ``flatrep.analysis.measurement_error`` (runs resampled, then every
+number drawn from its error model), and the verdict that this CI gives under the same rules, with
+the same estimate and Holm p (the permutation p already treats the run-level numbers as
+observed). Bound claims count violations point by point and have none (*not applicable*). With
+``stats.claims.measurement_error``:
+
+* ``flag`` (the default): the headline verdict reads the run-level CI; a supported or
+  contradicted verdict that the measurement-aware CI does not give is marked *only without
+  measurement error*;
+* ``verdict``: the headline verdict reads the measurement-aware CI (the run-level verdict stands
+  beside it, and the mark is the same).
+
+The table gives both CIs and their width ratio (``claim_ci_widening``). The two-stage interval
+errs wide (``measurement_error``: the within-run variance is counted twice), so the mark says a
+verdict *may* hinge on measurement error, and a verdict without it does not.
+
 A verdict is marked *fragile* when moving its estimate, CI ends and Holm p by as much as
 rounding moves them (``stats.claims.rounding``, measured on two runs of the study that differ
 only in floating-point rounding) could change it (``fragile``).
@@ -104,6 +124,7 @@ checkpoint read per run (``Checkpoint``); the "30x" ratios only at the end of tr
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -112,7 +133,8 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep.analysis import bounds, correlations, late_phase, stats, table_text
+from flatrep.analysis import (bounds, correlations, late_phase,
+                              measurement_error, robust, stats, table_text)
 from flatrep.cube import views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
@@ -121,6 +143,10 @@ NOT_ROBUST, NOT_APPLICABLE = "not robust", "not applicable"
 
 #: ``stats.claims.robust_max_sign_error`` where params.yaml leaves it out (module docstring).
 ROBUST_MAX_SIGN_ERROR = 0.25
+
+#: ``stats.claims.measurement_error`` where params.yaml leaves it out: the headline verdict
+#: reads the run-level CI, the measurement-aware verdict stands beside it (module docstring).
+MEASUREMENT_ERROR = "flag"
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,9 @@ class Outcome:
     p: float
     n: int
     note: str = ""
+    measured_low: float = np.nan     # the measurement-aware CI (``measurement_error``)
+    measured_high: float = np.nan
+    measurement: str = ""            # the error model of each quantity read
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,12 @@ class Evidence:
     bounds: xr.Dataset      # healthy runs only
     cfg: dict               # the study's ``stats`` section
     figures: dict           # the study's ``figures`` section (the lr row and batch row)
+
+    @functools.cached_property
+    def draws(self) -> measurement_error.MeasurementDraws:
+        """``bootstrap`` measurement draws of the cube's numbers (``measurement_error``)."""
+        return measurement_error.MeasurementDraws(self.cube, self.cfg["bootstrap"],
+                                                  self.cfg["seed"], robust.n_test_rows(self.cube))
 
 
 @dataclass(frozen=True)
@@ -178,6 +213,52 @@ def _run_value(ds: xr.Dataset, name: str) -> xr.DataArray:
     if name in MA_YING_SMOOTHNESS:
         return np.sqrt(views.run_level(ds, MA_YING_SMOOTHNESS[name]).sel(moment=1))
     return views.run_level(ds, name)
+
+
+def _run_draws(evidence: Evidence, ds: xr.Dataset, name: str) -> np.ndarray:
+    """Measurement draws of ``_run_value(ds, name)``: shape (bootstrap, *its dims)."""
+    if name in MA_YING_SMOOTHNESS:
+        return np.sqrt(evidence.draws.at(ds, MA_YING_SMOOTHNESS[name], moment=1))
+    return evidence.draws.at(ds, name)
+
+
+def _error_model(evidence: Evidence, name: str) -> str:
+    """``name``'s error model (``measurement_error``) for a claim's note."""
+    source = MA_YING_SMOOTHNESS.get(name, name)
+    select = {"moment": 1} if name in MA_YING_SMOOTHNESS else {}
+    return f"{name}: {evidence.draws.error_model(source, **select)}"
+
+
+def _kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall tau-b of every row of (draws, n) ``x`` and ``y`` (+-inf ranked, as
+    ``correlations.correlate`` ranks them); NaN for a row with a NaN."""
+    undefined = np.isnan(x).any(-1) | np.isnan(y).any(-1)
+    x, y = (correlations.rank_stand_ins(np.nan_to_num(v, nan=0.0, posinf=np.inf,
+                                                      neginf=-np.inf)) for v in (x, y))
+    return np.where(undefined, np.nan, correlations.coefficients(x, y, "kendall"))
+
+
+def _tau(point: xr.Dataset, x: str | np.ndarray, y_name: str,
+         evidence: Evidence) -> Outcome | str:
+    """Kendall tau of ``x`` (a measure's name, or exact values per run) with the measure
+    ``y_name`` across the runs of ``point`` (one checkpoint per run): ``_kendall``, with the
+    measurement-aware CI of the same tau (``measurement_error.two_stage_ci`` over the runs
+    that ``_kendall`` uses)."""
+    x_values = _run_value(point, x).values if isinstance(x, str) else np.asarray(x, float)
+    y_values = _run_value(point, y_name).values
+    outcome = _kendall(x_values, y_values, evidence)
+    if isinstance(outcome, str):
+        return outcome
+    keep = ~np.isnan(x_values) & ~np.isnan(y_values)
+    n_draws = evidence.cfg["bootstrap"]
+    x_draws = (_run_draws(evidence, point, x) if isinstance(x, str)
+               else np.broadcast_to(x_values, (n_draws, len(x_values))))
+    low, high = measurement_error.two_stage_ci(
+        _kendall_rows, [x_draws[:, keep], _run_draws(evidence, point, y_name)[:, keep]],
+        n_draws, evidence.cfg["ci_level"], _rng(evidence))
+    models = [_error_model(evidence, name) for name in (x, y_name) if isinstance(name, str)]
+    return replace(outcome, measured_low=low, measured_high=high,
+                   measurement="; ".join(models))
 
 
 def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
@@ -229,7 +310,7 @@ def _across_runs(x_name: str, y_name: str) -> Callable[[Evidence], Outcome | str
             return missing
         final = evidence.cube.isel(step=-1)
         x, y = _run_value(final, x_name).values, _run_value(final, y_name).values
-        outcome = _kendall(x, y, evidence)
+        outcome = _tau(final, x_name, y_name, evidence)
         if x_name == "sharpness":
             outcome = _noted(outcome, paper_axes_note(x, y, y_name))
         if y_name in LOG_VOLUMES:
@@ -252,7 +333,7 @@ def _along(axis: str, y_name: str) -> Callable[[Evidence], Outcome | str]:
         if missing:
             return missing
         row = cube.where(cube[other] == evidence.figures[key], drop=True).isel(step=-1)
-        return _kendall(row[axis].values, _run_value(row, y_name).values, evidence)
+        return _tau(row, row[axis].values, y_name, evidence)
     return measure
 
 
@@ -265,25 +346,66 @@ def _checkpoint_tau(x: np.ndarray, y: np.ndarray) -> float:
     return scipy.stats.kendalltau(x[kept], y[kept]).statistic
 
 
-def _within_runs(x: xr.DataArray, y: xr.DataArray, evidence: Evidence,
-                 note: str) -> Outcome | str:
-    """Per run, Kendall tau over its checkpoints of ``x`` with ``y`` (both (run, step); NaN
-    marks a checkpoint out, ``_checkpoint_tau``); the mean over the runs where it is defined,
-    a bootstrap CI over runs and a Wilcoxon signed-rank p."""
-    x, y = x.transpose("run", "step").values, y.transpose("run", "step").values
+#: One trend variable of ``_within_runs``: (values (run, step), their measurement draws
+#: (bootstrap, run, step), error model).
+Trend = tuple[xr.DataArray, np.ndarray, str]
+
+
+def _trend_of(evidence: Evidence, name: str, subset: str = "train") -> Trend:
+    """A measure's trend variable over the cube's runs and checkpoints."""
+    cube = evidence.cube
+    if name == "step":
+        step = cube["step"].broadcast_like(cube["diverged"]).transpose("run", "step")
+        return step, step.values[None], ""
+    if subset != "train":
+        values = cube[name].sel(subset=subset).mean("sample")
+        return (values, evidence.draws.at(cube, name, subset),
+                f"{name} ({subset}): {evidence.draws.error_model(name, subset)}")
+    return _run_value(cube, name), _run_draws(evidence, cube, name), _error_model(evidence, name)
+
+
+def _within_runs(x: Trend, y: Trend, evidence: Evidence, note: str,
+                 kept: xr.DataArray | None = None) -> Outcome | str:
+    """Per run, Kendall tau over its checkpoints of ``x`` with ``y`` (``kept``: the
+    checkpoints that count, else all; a NaN value also marks a checkpoint out,
+    ``_checkpoint_tau``); the mean over the runs where it is defined, a bootstrap CI over runs
+    and a Wilcoxon signed-rank p; and the measurement-aware CI of that mean: per measurement
+    draw every run's tau over the same checkpoints, the runs resampled as the bootstrap
+    resamples them (``measurement_error.two_stage_ci``)."""
+    (x, x_draws, x_model), (y, y_draws, y_model) = x, y
+    kept = xr.ones_like(x, dtype=bool) if kept is None else kept
+    x, y = (v.where(kept).transpose("run", "step").values for v in (x, y))
     taus = np.array([_checkpoint_tau(a, b) for a, b in zip(x, y)])
-    taus = taus[np.isfinite(taus)]
-    if len(taus) < 3:
+    defined = np.isfinite(taus)
+    if defined.sum() < 3:
         return "fewer than 3 runs with a defined trend"
-    low, high = correlations.bootstrap_mean_ci(taus, evidence.cfg["bootstrap"],
-                                               evidence.cfg["ci_level"], _rng(evidence))
-    return Outcome(taus.mean(), low, high, scipy.stats.wilcoxon(taus).pvalue, len(taus), note)
+    cfg = evidence.cfg
+    low, high = correlations.bootstrap_mean_ci(taus[defined], cfg["bootstrap"],
+                                               cfg["ci_level"], _rng(evidence))
+    drawn = np.full((cfg["bootstrap"], len(taus)), np.nan)
+    for r in np.flatnonzero(defined):
+        used = ~(np.isnan(x[r]) | np.isnan(y[r]))
+        drawn[:, r] = _kendall_rows(*(np.broadcast_to(d[:, r], (len(drawn), d.shape[2]))[:, used]
+                                      for d in (x_draws, y_draws)))
+    measured = measurement_error.two_stage_ci(_mean_defined, [drawn[:, defined]],
+                                              cfg["bootstrap"], cfg["ci_level"], _rng(evidence))
+    return Outcome(taus[defined].mean(), low, high, scipy.stats.wilcoxon(taus[defined]).pvalue,
+                   int(defined.sum()), note, *measured,
+                   "; ".join(model for model in (x_model, y_model) if model))
+
+
+def _mean_defined(values: np.ndarray) -> np.ndarray:
+    """Mean of every row over its finite entries (NaN for a row without one)."""
+    finite = np.isfinite(values)
+    count = finite.sum(-1)
+    total = np.where(finite, values, 0.0).sum(-1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _test_sharpness_trend(evidence: Evidence) -> Outcome | str:
     """Per run, tau of the iteration with the test-point sharpness (``_within_runs``)."""
-    test = evidence.cube["sample_sharpness"].sel(subset="test").mean("sample")
-    return _within_runs(test["step"].broadcast_like(test), test, evidence,
+    return _within_runs(_trend_of(evidence, "step"),
+                        _trend_of(evidence, "sample_sharpness", "test"), evidence,
                         "mean over runs of tau(step, S_test)")
 
 
@@ -298,8 +420,10 @@ def _gauss_newton_at_interpolation(evidence: Evidence) -> Outcome | str:
     missing = _unmeasured(cube, "hessian_residual_fro", "hessian_fro", "train_loss")
     if missing:
         return missing
-    ratio = cube["hessian_residual_fro"] / cube["hessian_fro"]
-    return _within_runs(cube["train_loss"], ratio, evidence,
+    residual = _trend_of(evidence, "hessian_residual_fro")
+    fro = _trend_of(evidence, "hessian_fro")
+    ratio = (residual[0] / fro[0], residual[1] / fro[1], f"{residual[2]}; {fro[2]}")
+    return _within_runs(_trend_of(evidence, "train_loss"), ratio, evidence,
                         "mean over runs of tau(train loss, ||H - G||_F / ||H||_F)")
 
 
@@ -316,17 +440,15 @@ def _late_phase_trend(x_name: str, y_name: str) -> Callable[[Evidence], Outcome 
             return missing
         late = late_phase.late_phase(cube, evidence.cfg["interpolation_loss"])
         counts = late.sum("step").values
-        x = (cube["step"].broadcast_like(late) if x_name == "step"
-             else _run_value(cube, x_name)).where(late)
-        y = _run_value(cube, y_name).where(late)
+        y = _trend_of(evidence, y_name)
         note = (f"{int((counts > 0).sum())} of {len(counts)} runs interpolate, "
                 f"{int((counts >= 3).sum())} with >= 3 checkpoints after it; mean over them of "
                 f"tau({x_name}, {y_name})")
-        outcome = _within_runs(x, y, evidence, note)
+        outcome = _within_runs(_trend_of(evidence, x_name), y, evidence, note, late)
         if isinstance(outcome, str):
             return f"{outcome} after interpolation ({note.split('; ')[0]})"
         if y_name in LOG_VOLUMES:
-            values = y.values
+            values = y[0].where(late).values
             outcome = _noted(outcome, f"{y_name} = -inf at {int(np.isneginf(values).sum())} of "
                                       f"{int((~np.isnan(values)).sum())} late run x checkpoint "
                                       "means (ranked lowest)")
@@ -431,7 +553,7 @@ def _tau_at(at: Checkpoint, cube: xr.Dataset, contrast, y_name: str, reason: str
     x = contrast(checkpoint)
     if x is None:
         return f"{reason} (among the runs with a checkpoint)"
-    return _noted(_kendall(x, _run_value(checkpoint, y_name).values, evidence), note)
+    return _noted(_tau(checkpoint, x, y_name, evidence), note)
 
 
 def _swept(coordinate: str, y_name: str, reason: str,
@@ -481,8 +603,9 @@ def _adaptive_averaged(y_name: str,
 def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
     """mean ``y_name`` of the Adam/AdamW + iterate-averaging runs over that of the SGD runs at
     the final checkpoint (Granziol's "30x sharper"), with a bootstrap CI that resamples the
-    runs within each arm (``correlations.ratio_of_means``); runs with a non-finite value left
-    out."""
+    runs within each arm (``correlations.ratio_of_means``) and its measurement-aware twin
+    (``measurement_error.two_stage_ci``, the same resampling); runs with a non-finite value
+    left out."""
     def measure(evidence: Evidence) -> Outcome | str:
         treated, control = _arms(evidence.cube)
         if not (treated.any() and control.any()):
@@ -490,18 +613,26 @@ def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
         missing = _unmeasured(evidence.cube, y_name)
         if missing:
             return missing
-        final = _run_value(evidence.cube.isel(step=-1), y_name).values
-        adaptive, sgd = final[treated], final[control]
-        adaptive, sgd = adaptive[np.isfinite(adaptive)], sgd[np.isfinite(sgd)]
-        if min(len(adaptive), len(sgd)) < 2:
+        point = evidence.cube.isel(step=-1)
+        final = _run_value(point, y_name).values
+        adaptive, sgd = treated & np.isfinite(final), control & np.isfinite(final)
+        if min(adaptive.sum(), sgd.sum()) < 2:
             return f"fewer than 2 runs with a finite {y_name} in an arm"
         cfg = evidence.cfg
-        estimate, low, high = correlations.ratio_of_means(adaptive, sgd, cfg["bootstrap"],
-                                                          cfg["ci_level"], _rng(evidence))
+        estimate, low, high = correlations.ratio_of_means(final[adaptive], final[sgd],
+                                                          cfg["bootstrap"], cfg["ci_level"],
+                                                          _rng(evidence))
         if not np.isfinite(estimate):
             return f"the SGD arm's mean {y_name} is not positive"
-        return Outcome(estimate, low, high, np.nan, len(adaptive) + len(sgd),
-                       f"ratio of arm means, {len(adaptive)} Adam+IA and {len(sgd)} SGD runs")
+        drawn = _run_draws(evidence, point, y_name)
+        arm = np.repeat([0, 1], [sgd.sum(), adaptive.sum()])
+        measured = measurement_error.two_stage_ci(
+            lambda values: correlations.arm_mean_ratio(values, int(sgd.sum())),
+            [np.concatenate([drawn[:, sgd], drawn[:, adaptive]], axis=1)], cfg["bootstrap"],
+            cfg["ci_level"], _rng(evidence), arm)
+        return Outcome(estimate, low, high, np.nan, int(adaptive.sum() + sgd.sum()),
+                       f"ratio of arm means, {adaptive.sum()} Adam+IA and {sgd.sum()} SGD runs",
+                       *measured, _error_model(evidence, y_name))
     return measure
 
 
@@ -689,6 +820,32 @@ def verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
     return CONTRADICTED if _significant(outcome, p_holm, rules, -sign) else INCONCLUSIVE
 
 
+def measured(outcome: Outcome | str) -> Outcome | str:
+    """``outcome`` with its measurement-aware CI in place of the run-level CI (unchanged where
+    it has none)."""
+    if isinstance(outcome, str) or not np.isfinite([outcome.measured_low,
+                                                    outcome.measured_high]).all():
+        return outcome
+    return replace(outcome, ci_low=outcome.measured_low, ci_high=outcome.measured_high)
+
+
+def measured_verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) -> str:
+    """The verdict that the measurement-aware CI gives under the same rules (module
+    docstring); *not applicable* for a claim without one, *not tested* as ``verdict``."""
+    if isinstance(outcome, str):
+        return NOT_TESTED
+    if measured(outcome) is outcome:
+        return NOT_APPLICABLE
+    return verdict(claim, measured(outcome), p_holm, rules)
+
+
+def only_without_measurement_error(run_level: str, measurement_aware: str) -> bool:
+    """Whether a verdict holds only when measurement error is ignored: the run-level verdict
+    supports or contradicts the claim and the measurement-aware one does not agree."""
+    return (run_level in (SUPPORTED, CONTRADICTED)
+            and measurement_aware not in (run_level, NOT_APPLICABLE))
+
+
 def fragile(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) -> bool:
     """Whether an association claim's verdict changes within rounding: ``rules["rounding"]``
     = {estimate: d, p_factor: f} moves the estimate and each CI end by up to d (independently)
@@ -766,27 +923,40 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict, figures_cfg:
     p_values = np.array([o.p if isinstance(o, Outcome) and claim.direction not in ("bound", "band")
                          else np.nan for claim, o in zip(CLAIMS, outcomes)])
     p_holm = correlations.holm(p_values)
-    # the threshold's default written into the rules, so that claims_rules records it
-    rules = {"robust_max_sign_error": ROBUST_MAX_SIGN_ERROR, **stats_cfg["claims"]}
+    # the defaults written into the rules, so that claims_rules records them
+    rules = {"robust_max_sign_error": ROBUST_MAX_SIGN_ERROR,
+             "measurement_error": MEASUREMENT_ERROR, **stats_cfg["claims"]}
+    run_level = [verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)]
+    aware = [measured_verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)]
+    headline = outcomes
+    if rules["measurement_error"] == "verdict":
+        headline = [measured(o) for o in outcomes]
     numbers = {field: [getattr(o, field) if isinstance(o, Outcome) else np.nan
-                       for o in outcomes] for field in ("estimate", "ci_low", "ci_high", "p",
-                                                        "n")}
+                       for o in outcomes]
+               for field in ("estimate", "ci_low", "ci_high", "p", "n", "measured_low",
+                             "measured_high")}
     text = {"source": [c.source for c in CLAIMS], "statement": [c.statement for c in CLAIMS],
             "statistic": [c.statistic for c in CLAIMS],
             "direction": [c.direction for c in CLAIMS],
-            "verdict": [verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)],
-            "note": [o if isinstance(o, str) else o.note for o in outcomes]}
+            "verdict": [verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, headline, p_holm)],
+            "note": [o if isinstance(o, str) else o.note for o in outcomes],
+            "run_level_verdict": run_level, "measured_verdict": aware,
+            "measurement": [o.measurement if isinstance(o, Outcome) else "" for o in outcomes]}
     data = {f"claim_{key}": ("claim", np.asarray(values, dtype=float))
             for key, values in numbers.items()}
+    data["claim_ci_widening"] = ("claim", [measurement_error.widening(*row) for row in zip(
+        *(numbers[key] for key in ("ci_low", "ci_high", "measured_low", "measured_high")))])
+    data["claim_only_without_measurement_error"] = ("claim", np.array(
+        [only_without_measurement_error(r, a) for r, a in zip(run_level, aware)]))
     data["claim_p_holm"] = ("claim", p_holm)
     data["claim_fragile"] = ("claim", np.array([fragile(c, o, p, rules) for c, o, p
-                                                in zip(CLAIMS, outcomes, p_holm)]))
+                                                in zip(CLAIMS, headline, p_holm)]))
     data.update({f"claim_{key}": ("claim", values) for key, values in text.items()})
-    robust = [robust_errors(c, robust_stats) for c in CLAIMS]
-    data["claim_robust_verdict"] = ("claim", [robust_verdict(r, rules) for r in robust])
+    sign_errors = [robust_errors(c, robust_stats) for c in CLAIMS]
+    data["claim_robust_verdict"] = ("claim", [robust_verdict(r, rules) for r in sign_errors])
     for key, field in (("robust_sign_error", "sign_error"), ("robust_sign_error_worst", "worst"),
                        ("robust_worst_environment", "environment"), ("robust_note", "reason")):
-        data[f"claim_{key}"] = ("claim", [getattr(r or Robust(), field) for r in robust])
+        data[f"claim_{key}"] = ("claim", [getattr(r or Robust(), field) for r in sign_errors])
     ds = xr.Dataset(data, coords={"claim": [c.name for c in CLAIMS]})
     ds.attrs["claims_rules"] = repr(sorted(rules.items()))
     return ds
@@ -802,8 +972,8 @@ def markdown(table: xr.Dataset) -> str:
     def text(row: xr.Dataset, key: str) -> str:
         return row[f"claim_{key}"].item().replace("|", "\\|")
 
-    lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict | robust |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| claim | source | statistic | estimate [CI] | p (Holm) | verdict | "
+             "with measurement error | robust |", "|---|---|---|---|---|---|---|---|"]
     for name in table["claim"].values:
         row = table.sel(claim=name)
         estimate = table_text.interval(row["claim_estimate"], row["claim_ci_low"],
@@ -814,8 +984,25 @@ def markdown(table: xr.Dataset) -> str:
                      f"{table_text.number(row['claim_p_holm'])} | "
                      f"**{row['claim_verdict'].item()}**"
                      f"{_fragile_mark(bool(row['claim_fragile']))}"
-                     f"{' — ' + note if note else ''} | {_robust_text(row)} |")
+                     f"{_measurement_mark(bool(row['claim_only_without_measurement_error']))}"
+                     f"{' — ' + note if note else ''} | {_measured_text(row)} | "
+                     f"{_robust_text(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def _measurement_mark(only_without: bool) -> str:
+    return " (only without measurement error)" if only_without else ""
+
+
+def _measured_text(row: xr.Dataset) -> str:
+    """The measurement-aware CI of one claims-table row, its widening over the run-level CI
+    and the verdict it gives; a dash where the claim has none."""
+    verdict_ = row["claim_measured_verdict"].item()
+    if verdict_ in (NOT_APPLICABLE, NOT_TESTED):
+        return table_text.NO_NUMBER
+    low, high = (table_text.number(row[f"claim_measured_{end}"]) for end in ("low", "high"))
+    return (f"[{low}, {high}], {table_text.number(row['claim_ci_widening'])}x as wide: "
+            f"**{verdict_}**")
 
 
 def _robust_text(row: xr.Dataset) -> str:
@@ -833,7 +1020,8 @@ def _robust_text(row: xr.Dataset) -> str:
 def digest(summary_claims: dict) -> str:
     """The tested claims of a ``summary.json`` (its ``claims``, as ``summary`` writes them) as
     a short Markdown table for the README: statement, estimate [CI] and verdict (marked
-    fragile where ``fragile``), in catalogue order; claims not tested are left out."""
+    fragile where ``fragile``, and where it holds only without measurement error), in
+    catalogue order; claims not tested are left out."""
     lines = ["| claim | estimate [CI] | verdict |", "|---|---|---|"]
     for claim in CLAIMS:
         entry = summary_claims.get(claim.name)
@@ -842,13 +1030,16 @@ def digest(summary_claims: dict) -> str:
         estimate = table_text.interval(entry["estimate"], entry["ci_low"], entry["ci_high"])
         statement = claim.statement.replace("|", "\\|")
         lines.append(f"| {statement} | {estimate} | **{entry['verdict']}**"
-                     f"{_fragile_mark(entry['fragile'])} |")
+                     f"{_fragile_mark(entry['fragile'])}"
+                     f"{_measurement_mark(entry['only_without_measurement_error'])} |")
     return "\n".join(lines) + "\n"
 
 
 def summary(table: xr.Dataset) -> dict:
     """{claim: {verdict, fragile, estimate, ci_low, ci_high, p_holm, robust_verdict,
-    robust_sign_error, robust_sign_error_worst}} for summary.json (None for NaN)."""
+    robust_sign_error, robust_sign_error_worst, run_level_verdict, measured_verdict,
+    only_without_measurement_error, measured_low, measured_high, ci_widening}} for
+    summary.json (None for NaN)."""
     def number(value) -> float | None:
         value = float(value)
         return value if np.isfinite(value) else None
@@ -856,7 +1047,12 @@ def summary(table: xr.Dataset) -> dict:
     return {str(name): {"verdict": str(row["claim_verdict"].item()),
                         "fragile": bool(row["claim_fragile"]),
                         "robust_verdict": str(row["claim_robust_verdict"].item()),
+                        "run_level_verdict": str(row["claim_run_level_verdict"].item()),
+                        "measured_verdict": str(row["claim_measured_verdict"].item()),
+                        "only_without_measurement_error": bool(
+                            row["claim_only_without_measurement_error"]),
                         **{key: number(row[f"claim_{key}"])
                            for key in ("estimate", "ci_low", "ci_high", "p_holm",
-                                       "robust_sign_error", "robust_sign_error_worst")}}
+                                       "robust_sign_error", "robust_sign_error_worst",
+                                       "measured_low", "measured_high", "ci_widening")}}
             for name, row in ((n, table.sel(claim=n)) for n in table["claim"].values)}

@@ -159,17 +159,20 @@ def ratio_of_means(treated: np.ndarray, control: np.ndarray, n_boot: int, level:
     is not positive is undefined (NaN): the estimate then, and such resamples are dropped (the
     CI is NaN when fewer than half remain). Returns ``(estimate, ci_low, ci_high)``.
     """
-    def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-        bottom = np.asarray(bottom, dtype=float)
-        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
-
     treated, control = np.asarray(treated, float), np.asarray(control, float)
     values = np.concatenate([control, treated])
     arm = np.repeat([0, 1], [len(control), len(treated)])
     draws = values[np.stack([resample(arm, rng) for _ in range(n_boot)])]
-    boots = ratio(draws[:, len(control):].mean(1), draws[:, :len(control)].mean(1))
-    return (float(ratio(treated.mean(), control.mean())),
-            *percentile_ci(boots, n_boot, level))
+    boots = arm_mean_ratio(draws, len(control))
+    return (float(arm_mean_ratio(values, len(control))), *percentile_ci(boots, n_boot, level))
+
+
+def arm_mean_ratio(values: np.ndarray, n_control: int) -> np.ndarray:
+    """mean(treated) / mean(control) along the last axis of ``values``, whose first
+    ``n_control`` entries are the control arm's and the rest the treated arm's; NaN where the
+    control mean is not positive."""
+    top, bottom = values[..., n_control:].mean(-1), values[..., :n_control].mean(-1)
+    return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
 
 
 def bootstrap_ci(x: np.ndarray, y: np.ndarray, method: str, n_boot: int, level: float,

@@ -280,12 +280,13 @@ def target_values(final: xr.Dataset, name: str) -> np.ndarray | None:
 def n_test_rows(cube: xr.Dataset) -> int | None:
     """Rows of the test split behind test_acc: ``flatrep.data.datasets.split_sizes`` of the
     cube's study ``data`` section (attribute ``config``); None where that cannot tell."""
-    if "config" not in cube.attrs:
+    data = json.loads(cube.attrs.get("config", "{}")).get("data")
+    if data is None:
         return None
     # imported here: it imports torch, which the rest of the analysis never needs
     from flatrep.data import datasets
 
-    sizes = datasets.split_sizes(json.loads(cube.attrs["config"])["data"])
+    sizes = datasets.split_sizes(data)
     return None if sizes is None else int(sizes["test"])
 
 

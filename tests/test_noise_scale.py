@@ -51,7 +51,8 @@ HAND_Y = np.array([1.0, 3.0, 4.0, 6.0, 0.0, 2.0])
 
 
 def test_nested_anova_by_hand():
-    """Seeds as independent replicates (no seed labels). Configuration means 2, 5, 1; line means 3.5 (4 runs), 1 (2 runs); grand mean 8/3.
+    """Seeds as independent replicates (no seed labels). Configuration means 2, 5, 1; line
+    means 3.5 (4 runs), 1 (2 runs); grand mean 8/3.
     SS_across = 4 (3.5 - 8/3)^2 + 2 (1 - 8/3)^2 = 100/36 + 200/36 = 25/3 (df 1);
     SS_within = 2 (2 - 3.5)^2 + 2 (5 - 3.5)^2 = 9 (df 1);
     SS_seed = 3 configurations x ((-1)^2 + 1^2) = 6 (df 3);

@@ -60,8 +60,12 @@ df_residual) with its F(C - L, df_residual) p-value (normal errors), and a permu
 that needs no normality: runs are permuted among the configurations of their line (with seed
 blocks, among those of their line and seed: ``correlations.shuffle`` within strata;
 exchangeable when only lr / B matters), and p = (1 + #{F* >= F}) / (1 + n_perm) (Phipson &
-Smyth 2010). ``noise_share`` = (C - 1) MS_residual / (SS_within + SS_across) is the part of
-the between-configuration sum of squares that seed noise alone gives on average (its
+Smyth 2010). A permutation that only relabels a line's configurations (with seed blocks: the
+same for every seed) leaves F unchanged, so p cannot fall below about
+prod_l 1 / (k_l!)^(S - 1) over lines of k_l configurations (1/576 for lr_batch_ratio: lines
+of 3, 2, 2 configurations, 3 seeds); the F-test p, with normal errors, has no such floor.
+``noise_share`` = (C - 1) MS_residual / (SS_within + SS_across) is the part of the
+between-configuration sum of squares that seed noise alone gives on average (its
 expectation with no configuration effect at all); a share of the order of
 noise_share * (C - L) / (C - 1) is what seed noise produces inside lines. The across-line
 test is the nested design's F_across = MS_across / MS_within, F(L - 1, C - L).
@@ -99,9 +103,6 @@ RATIO_RTOL = 1e-6
 
 #: The swept coordinates the lines are made of, and the replicate coordinate.
 AXES, SEED = ("lr", "batch_size"), "seed"
-
-#: Permutation resamples where the caller gives none.
-DEFAULT_PERMUTATIONS = 2000
 
 #: Relative tolerance under which a permuted F counts as reaching the observed one
 #: (as ``correlations._TIE_RTOL``: round-off must not decide a tie).

@@ -680,8 +680,8 @@ CLAIMS: list[Claim] = [
           _along("batch_size", "sharpness")),
     *[Claim(f"lr_batch_ratio_{name}", JASTRZEBSKI,
             f"{label} depends on lr and batch size only through lr / B",
-            f"within-line share of the between-configuration SS of {scale} (lines of equal "
-            "lr / B), final checkpoint", RATIO_ONLY, _through_ratio(name))
+            f"within-line SS share of {scale} (lines of equal lr / B), final checkpoint",
+            RATIO_ONLY, _through_ratio(name))
       for name, label, scale in _RATIO_MEASURES],
     Claim("test_sharpness_rises", CHEN, "sharpness at test points rises during training",
           "mean over runs of Kendall tau(step, mean test-point sharpness)", "positive",

@@ -292,7 +292,7 @@ def test_a_reversed_relation_is_contradicted():
 
 
 def test_summary_markdown_has_the_four_tables(measured_tiny_run, tiny_study):
-    from flatrep.analysis import markdown, robust, stats
+    from flatrep.analysis import markdown, noise_scale, robust, stats
 
     ds, _ = measured_tiny_run
     evaluated = bounds.evaluate(ds)
@@ -302,11 +302,13 @@ def test_summary_markdown_has_the_four_tables(measured_tiny_run, tiny_study):
     assert text.startswith("# tiny: summary\n\n1 runs (0 diverged")
     robust_rows = len(robust.ACCURACY_TARGETS) + len(stats.PAIRED_MEASURES)
     assert text.count("\n| ") == len(claims.CLAIMS) + len(stats.PAIRED_MEASURES) + len(
-        bounds.REGISTRY) + robust_rows + 4
+        bounds.REGISTRY) + robust_rows + len(noise_scale.MEASURES) + 5
     # one run: no coupled pairs, every robust statistic not tested, with the reason
     assert text.count("| not tested: no two healthy runs differ in exactly one hyperparameter "
                       "(seed aside) |") == robust_rows
     assert f"| ma_ying | 0 / {ds.sizes['step']} |" in text
+    # one run: no lr / B lines, every ratio decomposition not tested, with the reason
+    assert text.count("| fewer than 2 lr / B lines (1) |") == len(noise_scale.MEASURES)
 
 
 def adaptive_study(factor, seed=4):

@@ -4,8 +4,9 @@ advance.
 A claim states a direction: ``positive`` / ``negative`` (an association, Kendall tau-b with a
 percentile-bootstrap CI and a permutation or signed-rank p-value), ``none`` (no association),
 ``nonpositive`` (no positive association), ``bound`` (a violation rate with an exact binomial
-CI) or ``band`` (a ratio of arm means with a stratified bootstrap CI,
-``correlations.ratio_of_means``). The verdict rule reads ``stats.claims`` in params.yaml (written
+CI), ``band`` (a ratio of arm means with a stratified bootstrap CI,
+``correlations.ratio_of_means``) or ``ratio_only`` (the within-line share of a nested ANOVA
+over lines of equal lr / B, below). The verdict rule reads ``stats.claims`` in params.yaml (written
 before the data are seen):
 
 * positive / negative: *supported* when the Holm-adjusted p < ``alpha``, the CI excludes 0 on
@@ -74,6 +75,41 @@ The table gives both CIs and their width ratio (``claim_ci_widening``). The two-
 errs wide (``measurement_error``: the within-run variance is counted twice), so the mark says a
 verdict *may* hinge on measurement error, and a verdict without it does not.
 
+**lr / B ratio verdict** (``lr_batch_ratio_<measure>``, direction ``ratio_only``). "The
+measure depends on lr and B only through lr / B" (Jastrzębski et al. 2017; Kaur et al. 2023
+for lambda_max) is judged on ``flatrep.analysis.noise_scale``'s nested ANOVA of the final
+checkpoint (configurations (lr, B) nested in lines of equal lr / B; seeds as blocks where
+every configuration ran every seed, else as independent replicates; the log of sharpness, MLS,
+NMLS, lambda_max, the log volumes as they are): the estimate is the within-line share of the
+between-configuration sum of squares, SS_within / (SS_within + SS_across), with a
+percentile-bootstrap CI resampling seeds (as blocks, or within configurations); p is the
+within-line permutation p of F_within = MS_within / MS_residual (runs permuted among the
+configurations of their line, and seed), Holm-adjusted in the study's family. With
+s = ``ratio_max_within_share`` (default 0.05):
+
+* *supported* when the CI's upper end <= s: the configuration means vary inside lines by at
+  most a share s of their whole variation (the bootstrap adds seed noise, so the CI leans
+  upwards: the rule errs against support);
+* *contradicted* when the Holm p < ``alpha`` (the within-line spread exceeds what seed noise
+  gives) and the CI's lower end > s;
+* otherwise *inconclusive* (also when the measure hardly varies with lr or B at all: seed noise
+  alone then gives a share near (C - L) / (C - 1));
+* *not tested*, with noise_scale's reason, where the study has no lr and batch-size
+  coordinates, varies another hyperparameter besides the seed, has fewer than 2 lines or no
+  line of >= 2 configurations, no seed replicates, or lacks the measure.
+
+On a balanced log grid with centred lines (lr {a, 2a, 4a} x B {b, 2b, 4b}) a mean
+alpha log lr + beta log B has share (alpha + beta)^2 / ((alpha + beta)^2 + (alpha - beta)^2):
+s = 0.05 admits exponents with beta / alpha between -1.6 and -0.63 (lr / B^0.63 to
+lr / B^1.6), and rules out lr alone or B alone (share 1/2) and sqrt scaling lr^2 / B (1/10).
+The rule and s were written down before any run of the ``lr_batch_ratio`` study had finished
+(the study was started after they were in params.yaml). Full disclosure: the seed blocks were
+added to the statistic after the study's per-run final values had been seen (not any ratio
+statistic of them): they showed one seed sharper than another in every configuration, which
+left in the residual would have hidden within-line differences; the rule and s were not
+changed. No rounding band is applied (``fragile``: the bands measured are in units of tau, not
+of a share).
+
 A verdict is marked *fragile* when moving its estimate, CI ends and Holm p by as much as
 rounding moves them (``stats.claims.rounding``, measured on two runs of the study that differ
 only in floating-point rounding) could change it (``fragile``).
@@ -133,8 +169,8 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from flatrep.analysis import (bounds, correlations, late_phase,
-                              measurement_error, robust, stats, table_text)
+from flatrep.analysis import (bounds, correlations, late_phase, measurement_error,
+                              noise_scale, robust, stats, table_text)
 from flatrep.cube import views
 
 SUPPORTED, CONTRADICTED = "supported", "contradicted"
@@ -147,6 +183,10 @@ ROBUST_MAX_SIGN_ERROR = 0.25
 #: ``stats.claims.measurement_error`` where params.yaml leaves it out: the headline verdict
 #: reads the run-level CI, the measurement-aware verdict stands beside it (module docstring).
 MEASUREMENT_ERROR = "flag"
+
+#: The direction of the lr / B ratio claims and ``stats.claims.ratio_max_within_share`` where
+#: params.yaml leaves it out (module docstring).
+RATIO_ONLY, RATIO_MAX_WITHIN_SHARE = "ratio_only", 0.05
 
 
 @dataclass(frozen=True)
@@ -540,6 +580,38 @@ def _noted(outcome: Outcome | str, note: str) -> Outcome | str:
 
 CHEN, GRANZIOL = "Chen et al. 2023", "Granziol 2020 (Flatness is a False Friend)"
 MA_YING = "Ma & Ying 2021"
+JASTRZEBSKI = "Jastrzębski et al. 2017 (Three factors influencing minima in SGD)"
+
+
+def _through_ratio(name: str) -> Callable[[Evidence], Outcome | str]:
+    """The within-line share of ``name``'s nested ANOVA over lr / B lines at the final
+    checkpoint (``noise_scale.measure_decomposition``), its bootstrap CI and within-line
+    permutation p; the note gives the design, the F tests and the seed-noise share."""
+    def measure(evidence: Evidence) -> Outcome | str:
+        cfg = evidence.cfg
+        found = noise_scale.measure_decomposition(
+            evidence.cube, name, cfg["bootstrap"], cfg["ci_level"],
+            cfg.get("permutations", correlations.DEFAULT_PERMUTATIONS), cfg["seed"])
+        if found.reason:
+            return found.reason
+        excluded = (f", {found.n_excluded} run(s) with a non-finite value left out"
+                    if found.n_excluded else "")
+        note = (f"{found.n_lines} lr / B lines ({found.n_lines_informative} with >= 2 "
+                f"configurations), {found.n_configs} configurations, {found.n_runs} runs"
+                f"{excluded}; F_within = {found.f_within:.3g} (F-test p {found.p_f_within:.3g}),"
+                f" F_across = {found.f_across:.3g} (p {found.p_f_across:.3g}); seed noise alone "
+                f"gives {found.noise_share:.3g} of the between-configuration SS")
+        return Outcome(found.within_share, found.ci_low, found.ci_high, found.p_perm, found.n_runs,
+                       note=note)
+    return measure
+
+
+#: The lr / B ratio claims' measures: (cube name, label, the scale it is analysed on).
+_RATIO_MEASURES = (("sharpness", "sharpness", "log S"), ("mls", "MLS", "log mean MLS"),
+                   ("log_lvr", "log LVR", "mean log LVR"),
+                   ("log_lvr_top3", "top-3 log volume", "mean top-3 log volume"),
+                   ("nmls", "NMLS", "log mean NMLS"), ("log_nvr", "log NVR", "mean log NVR"),
+                   ("hessian_lambda_max", "lambda_max", "log lambda_max"))
 
 
 def _tau_at(at: Checkpoint, cube: xr.Dataset, contrast, y_name: str, reason: str,
@@ -737,6 +809,11 @@ CLAIMS: list[Claim] = [
     Claim("batch_flatter", CHEN, "a smaller batch gives flatter minima",
           "Kendall tau(batch size, S) at the batch row's lr", "positive",
           _along("batch_size", "sharpness")),
+    *[Claim(f"lr_batch_ratio_{name}", JASTRZEBSKI,
+            f"{label} depends on lr and batch size only through lr / B",
+            f"within-line SS share of {scale} (lines of equal lr / B), final checkpoint",
+            RATIO_ONLY, _through_ratio(name))
+      for name, label, scale in _RATIO_MEASURES],
     Claim("test_sharpness_rises", CHEN, "sharpness at test points rises during training",
           "mean over runs of Kendall tau(step, mean test-point sharpness)", "positive",
           _test_sharpness_trend),
@@ -796,6 +873,8 @@ def verdict(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) ->
     """The verdict of one claim under the rules of ``stats.claims`` (module docstring)."""
     if isinstance(outcome, str):
         return NOT_TESTED
+    if claim.direction == RATIO_ONLY:
+        return _ratio_verdict(outcome, p_holm, rules)
     if claim.direction == "bound":
         if outcome.ci_high <= rules["max_violation_rate"]:
             return SUPPORTED
@@ -846,14 +925,25 @@ def only_without_measurement_error(run_level: str, measurement_aware: str) -> bo
             and measurement_aware not in (run_level, NOT_APPLICABLE))
 
 
+def _ratio_verdict(outcome: Outcome, p_holm: float, rules: dict) -> str:
+    """The lr / B ratio rule (module docstring) under ``ratio_max_within_share``."""
+    limit = rules.get("ratio_max_within_share", RATIO_MAX_WITHIN_SHARE)
+    if outcome.ci_high <= limit:
+        return SUPPORTED
+    if p_holm < rules["alpha"] and outcome.ci_low > limit:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
 def fragile(claim: Claim, outcome: Outcome | str, p_holm: float, rules: dict) -> bool:
     """Whether an association claim's verdict changes within rounding: ``rules["rounding"]``
     = {estimate: d, p_factor: f} moves the estimate and each CI end by up to d (independently)
     and scales the Holm p by up to f, the largest changes measured between two runs of a study
     that differ only in rounding (workflow/analysis/verdict_flips.py). Without ``rounding``,
-    and for bound and band claims, never."""
+    and for bound, band and lr / B ratio claims, never."""
     band = rules.get("rounding")
-    if band is None or isinstance(outcome, str) or claim.direction in ("bound", "band"):
+    if band is None or isinstance(outcome, str) or claim.direction in ("bound", "band",
+                                                                       RATIO_ONLY):
         return False
     nominal = verdict(claim, outcome, p_holm, rules)
     shifts = (-band["estimate"], 0.0, band["estimate"])
@@ -925,6 +1015,7 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict, figures_cfg:
     p_holm = correlations.holm(p_values)
     # the defaults written into the rules, so that claims_rules records them
     rules = {"robust_max_sign_error": ROBUST_MAX_SIGN_ERROR,
+             "ratio_max_within_share": RATIO_MAX_WITHIN_SHARE,
              "measurement_error": MEASUREMENT_ERROR, **stats_cfg["claims"]}
     run_level = [verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)]
     aware = [measured_verdict(c, o, p, rules) for c, o, p in zip(CLAIMS, outcomes, p_holm)]

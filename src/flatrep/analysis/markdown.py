@@ -5,7 +5,8 @@ tables from stats.nc: the claims with their verdicts (``flatrep.analysis.claims`
 across-runs correlations of sharpness with each compression measure, and every bound's
 violation rate (over all points and where its assumptions hold), the assumptions blamed
 for its violations, and its tightness; last, sharpness's robust sign-error and conditional
-mutual information over coupled pairs of runs (``flatrep.analysis.robust``).
+mutual information over coupled pairs of runs (``flatrep.analysis.robust``); and whether each
+measure depends on lr and B only through lr / B (``flatrep.analysis.noise_scale``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,41 @@ def robust(stats_ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_p(value, p) -> str:
+    """'value (p p)'; a dash without a value."""
+    if not np.isfinite(float(value)):
+        return table_text.NO_NUMBER
+    return f"{table_text.number(value)} (p {table_text.number(p)})"
+
+
+def lr_batch_ratio(stats_ds: xr.Dataset) -> str:
+    """Each measure's nested ANOVA over lines of equal lr / B: the within-line share of the
+    between-configuration sum of squares with its CI, the within-line permutation p, the F
+    tests of configurations within lines (against the residual seed variation) and of lines
+    (against configurations within lines), the share seed noise alone gives, the design
+    (whether the seeds were blocks), and why a measure is not tested."""
+    lines = ["| measure | within-line share [CI] | permutation p | F within lines (p) | "
+             "F across lines (p) | seed-noise share | lines (>= 2 configs) / configs / runs "
+             "| not tested |", "|---|---|---|---|---|---|---|---|"]
+    for measure in stats_ds["ratio_measure"].values:
+        row = stats_ds.sel(ratio_measure=measure)
+        reason = str(row["ratio_reason"].values)
+        design = (f"{int(row['ratio_n_lines'])} ({int(row['ratio_n_lines_informative'])}) / "
+                  f"{int(row['ratio_n_configs'])} / {int(row['ratio_n_runs'])}"
+                  f"{', seed blocks' if int(row['ratio_seed_blocks']) else ''}")
+        share = table_text.interval(*(row[f"ratio_{key}"]
+                                      for key in ("within_share", "ci_low", "ci_high")))
+        lines.append(
+            f"| {measure} | {share} | "
+            f"{table_text.number(row['ratio_p_perm'])} | "
+            f"{_with_p(row['ratio_f_within'], row['ratio_p_f_within'])} | "
+            f"{_with_p(row['ratio_f_across'], row['ratio_p_f_across'])} | "
+            f"{table_text.number(row['ratio_noise_share'])} | "
+            f"{table_text.NO_NUMBER if reason else design} | "
+            f"{reason or table_text.NO_NUMBER} |")
+    return "\n".join(lines) + "\n"
+
+
 def diverged_note(stats_ds: xr.Dataset) -> str:
     """One paragraph naming the runs excluded for divergence and where they diverged."""
     runs = json.loads(stats_ds.attrs.get("diverged_runs", "{}"))
@@ -162,4 +198,6 @@ def study_summary(study: str, stats_ds: xr.Dataset, claims_table: xr.Dataset) ->
             f"## Correlations across runs, final checkpoint\n\n{correlations(stats_ds)}\n"
             f"## Bounds over runs x checkpoints\n\n{bounds(stats_ds)}\n"
             f"## Robust sign-error and CMI over coupled runs, final checkpoint\n\n"
-            f"{robust(stats_ds)}")
+            f"{robust(stats_ds)}\n"
+            f"## lr / batch size: within against across lines of equal lr / B, final "
+            f"checkpoint\n\n{lr_batch_ratio(stats_ds)}")

@@ -22,6 +22,9 @@ p-values are computed by ``flatrep.analysis.correlations``, the regressions by
   al.'s conditional mutual information over coupled pairs of runs
   (``flatrep.analysis.robust``), of sharpness (and tr H, lambda_max where measured) against
   the generalisation gap, the test error and each paired measure.
+* Whether sharpness, the compression measures and lambda_max depend on lr and B only through
+  lr / B: the nested ANOVA of configurations within lines of equal lr / B, seeds as
+  replicates (``flatrep.analysis.noise_scale``), variables ``ratio_*``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from flatrep.analysis.correlations import (DEFAULT_PERMUTATIONS, METHODS, bootst
                                            usable_pairs)
 from flatrep.analysis.late_phase import counts as late_phase_counts
 from flatrep.analysis.late_phase import late_phase, phase_statistics
+from flatrep.analysis.noise_scale import ratio_statistics
 from flatrep.analysis.regressions import finite_logs, log_regression, mixed_regression
 from flatrep.analysis.robust import n_test_rows, robust_statistics
 from flatrep.cube.views import (diverged_runs, final_healthy, healthy_runs, hyperparameters,
@@ -385,6 +389,7 @@ def study_statistics(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict) -> x
                   compat="override", combine_attrs="drop")
     # merged apart so that its variables keep their long_name and definition
     ds = ds.merge(robust_statistics(cube, PAIRED_MEASURES, n_test_rows(cube)))
+    ds = ds.merge(ratio_statistics(cube, n_boot, level, n_perm, seed))
     ds.attrs.update({"ci_level": level, "bootstrap_resamples": n_boot, "bootstrap_seed": seed,
                      "permutations": n_perm, "interpolation_loss": threshold,
                      "n_runs": int(cube.sizes["run"]),
@@ -445,7 +450,25 @@ def summary(stats: xr.Dataset, cube: xr.Dataset) -> dict:
                                                                   robust_target=target))
                      for measure in stats["robust_measure"].values
                      for target in stats["robust_target"].values}
+    out["lr_batch_ratio"] = {str(measure): _ratio_row(stats.sel(ratio_measure=measure))
+                             for measure in stats["ratio_measure"].values}
     return out
+
+
+#: Keys of the lr / B ratio decomposition per measure in summary.json (``ratio_<key>``).
+_RATIO_KEYS = ("within_share", "ci_low", "ci_high", "p_perm", "f_within", "p_f_within", "f_across",
+               "p_f_across", "noise_share")
+_RATIO_COUNTS = ("n_runs", "n_excluded", "n_configs", "n_lines", "n_lines_informative")
+
+
+def _ratio_row(row: xr.Dataset) -> dict:
+    """One measure's nested ANOVA over lr / B lines for ``summary.json``: the within-line
+    share with its CI and p-values, the F ratios, the counts, whether the seeds were blocks,
+    and the reason (else None) where it is not tested."""
+    return {**{key: _number(row[f"ratio_{key}"]) for key in _RATIO_KEYS},
+            **{key: int(row[f"ratio_{key}"]) for key in _RATIO_COUNTS},
+            "seed_blocks": bool(row["ratio_seed_blocks"]),
+            "reason": str(row["ratio_reason"].values) or None}
 
 
 def _robust_row(row: xr.Dataset) -> dict:

@@ -213,6 +213,7 @@ def test_claims_without_point_spread_keep_the_run_level_ci_of_their_tau():
                                          np.random.default_rng(CFG["seed"]))
     # synthetic_study's points of a run are equal: no point error, Kendall's tau as before
     assert (float(row["claim_measured_low"]), float(row["claim_measured_high"])) == expected
+    assert float(row["claim_ci_widening"]) == 1.0
     assert row["claim_measured_verdict"].item() == row["claim_verdict"].item()
     assert row["claim_measurement"].item() == "sharpness: points; mls: points"
     assert not bool(row["claim_only_without_measurement_error"])
@@ -256,15 +257,28 @@ def test_a_verdict_drowned_by_point_noise_holds_only_without_measurement_error()
 
 def test_the_within_run_trend_without_point_spread_keeps_its_run_level_ci():
     cube, bound_ds = synthetic_study(n_seeds=4)
+    # test-point sharpness with a trend of its own per run (equal at every point of a run)
+    rng = np.random.default_rng(7)
+    test = cube["sample_sharpness"].loc[{"subset": "test"}]
+    cube["sample_sharpness"].loc[{"subset": "test"}] = test * np.exp(
+        rng.standard_normal(test.shape[:2]))[:, :, None]
     table = claims.evaluate(cube, bound_ds, CFG, FIGURES)
     row = table.sel(claim="test_sharpness_rises")
-    test = cube["sample_sharpness"].sel(subset="test").mean("sample").values
+    means = cube["sample_sharpness"].sel(subset="test").mean("sample").values
     taus = np.array([claims._checkpoint_tau(cube["step"].values.astype(float), run)
-                     for run in test])
-    expected = correlations.bootstrap_mean_ci(taus, CFG["bootstrap"], CFG["ci_level"],
-                                              np.random.default_rng(CFG["seed"]))
-    assert (float(row["claim_ci_low"]), float(row["claim_ci_high"])) == expected
-    assert (float(row["claim_measured_low"]), float(row["claim_measured_high"])) == expected
+                     for run in means])
+    assert len(np.unique(taus)) > 1
+    assert (float(row["claim_ci_low"]), float(row["claim_ci_high"])) == (
+        correlations.bootstrap_mean_ci(taus, CFG["bootstrap"], CFG["ci_level"],
+                                       np.random.default_rng(CFG["seed"])))
+    # without point error the two-stage CI is that of the mean tau over the same resamples (to
+    # rounding: the draws' taus come from correlations.coefficients, the exact ones from scipy)
+    same_resamples = measurement_error.two_stage_ci(
+        lambda t: t.sum(1) / t.shape[1], [np.broadcast_to(taus, (CFG["bootstrap"], len(taus)))],
+        CFG["bootstrap"], CFG["ci_level"], np.random.default_rng(CFG["seed"]))
+    assert (float(row["claim_measured_low"]), float(row["claim_measured_high"])) == (
+        pytest.approx(same_resamples, rel=1e-12))
+    assert float(row["claim_ci_widening"]) == pytest.approx(1.0, rel=1e-12)
     assert row["claim_measurement"].item() == "sample_sharpness (test): points"
 
 

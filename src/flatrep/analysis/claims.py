@@ -71,7 +71,9 @@ observed). Bound claims count violations point by point and have none (*not appl
 * ``verdict``: the headline verdict reads the measurement-aware CI (the run-level verdict stands
   beside it, and the mark is the same).
 
-The table gives both CIs and their width ratio (``claim_ci_widening``). The two-stage interval
+The table gives both CIs and the widening (``claim_ci_widening``): the measurement-aware CI's
+width over that of the run-level CI on the same resamples of runs, so that it measures
+measurement error alone. The two-stage interval
 errs wide (``measurement_error``: the within-run variance is counted twice), so the mark says a
 verdict *may* hinge on measurement error, and a verdict without it does not.
 
@@ -200,6 +202,7 @@ class Outcome:
     measured_low: float = np.nan     # the measurement-aware CI (``measurement_error``)
     measured_high: float = np.nan
     measurement: str = ""            # the error model of each quantity read
+    widening: float = np.nan         # its width over the run-level CI's on the same resamples
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,9 @@ def _tau(point: xr.Dataset, x: str | np.ndarray, y_name: str,
     """Kendall tau of ``x`` (a measure's name, or exact values per run) with the measure
     ``y_name`` across the runs of ``point`` (one checkpoint per run): ``_kendall``, with the
     measurement-aware CI of the same tau (``measurement_error.two_stage_ci`` over the runs
-    that ``_kendall`` uses)."""
+    that ``_kendall`` uses). Its widening is over the run-level CI of the same resamples of
+    runs (``correlations.correlate`` draws its own, so the two CIs of the table differ by
+    Monte-Carlo error as well)."""
     x_values = _run_value(point, x).values if isinstance(x, str) else np.asarray(x, float)
     y_values = _run_value(point, y_name).values
     outcome = _kendall(x_values, y_values, evidence)
@@ -291,14 +296,17 @@ def _tau(point: xr.Dataset, x: str | np.ndarray, y_name: str,
         return outcome
     keep = ~np.isnan(x_values) & ~np.isnan(y_values)
     n_draws = evidence.cfg["bootstrap"]
-    x_draws = (_run_draws(evidence, point, x) if isinstance(x, str)
-               else np.broadcast_to(x_values, (n_draws, len(x_values))))
-    low, high = measurement_error.two_stage_ci(
-        _kendall_rows, [x_draws[:, keep], _run_draws(evidence, point, y_name)[:, keep]],
-        n_draws, evidence.cfg["ci_level"], _rng(evidence))
+    exact = [np.broadcast_to(v[keep], (n_draws, int(keep.sum()))) for v in (x_values, y_values)]
+    x_draws = _run_draws(evidence, point, x) if isinstance(x, str) else exact[0]
+    drawn = [x_draws[:, keep] if isinstance(x, str) else x_draws,
+             _run_draws(evidence, point, y_name)[:, keep]]
+    reference, (low, high) = (measurement_error.two_stage_ci(
+        _kendall_rows, numbers, n_draws, evidence.cfg["ci_level"], _rng(evidence))
+        for numbers in (exact, drawn))
     models = [_error_model(evidence, name) for name in (x, y_name) if isinstance(name, str)]
     return replace(outcome, measured_low=low, measured_high=high,
-                   measurement="; ".join(models))
+                   measurement="; ".join(models),
+                   widening=measurement_error.widening(*reference, low, high))
 
 
 def _kendall(x: np.ndarray, y: np.ndarray, evidence: Evidence) -> Outcome | str:
@@ -410,8 +418,9 @@ def _within_runs(x: Trend, y: Trend, evidence: Evidence, note: str,
     checkpoints that count, else all; a NaN value also marks a checkpoint out,
     ``_checkpoint_tau``); the mean over the runs where it is defined, a bootstrap CI over runs
     and a Wilcoxon signed-rank p; and the measurement-aware CI of that mean: per measurement
-    draw every run's tau over the same checkpoints, the runs resampled as the bootstrap
-    resamples them (``measurement_error.two_stage_ci``)."""
+    draw every run's tau over the same checkpoints, the runs resampled
+    (``measurement_error.two_stage_ci``), its widening over the same resamples without
+    measurement error."""
     (x, x_draws, x_model), (y, y_draws, y_model) = x, y
     kept = xr.ones_like(x, dtype=bool) if kept is None else kept
     x, y = (v.where(kept).transpose("run", "step").values for v in (x, y))
@@ -427,11 +436,15 @@ def _within_runs(x: Trend, y: Trend, evidence: Evidence, note: str,
         used = ~(np.isnan(x[r]) | np.isnan(y[r]))
         drawn[:, r] = _kendall_rows(*(np.broadcast_to(d[:, r], (len(drawn), d.shape[2]))[:, used]
                                       for d in (x_draws, y_draws)))
-    measured = measurement_error.two_stage_ci(_mean_defined, [drawn[:, defined]],
-                                              cfg["bootstrap"], cfg["ci_level"], _rng(evidence))
+    exact = np.broadcast_to(taus[defined], (len(drawn), int(defined.sum())))
+    reference, measured = (measurement_error.two_stage_ci(_mean_defined, [numbers],
+                                                          cfg["bootstrap"], cfg["ci_level"],
+                                                          _rng(evidence))
+                           for numbers in (exact, drawn[:, defined]))
     return Outcome(taus[defined].mean(), low, high, scipy.stats.wilcoxon(taus[defined]).pvalue,
                    int(defined.sum()), note, *measured,
-                   "; ".join(model for model in (x_model, y_model) if model))
+                   "; ".join(model for model in (x_model, y_model) if model),
+                   measurement_error.widening(*reference, *measured))
 
 
 def _mean_defined(values: np.ndarray) -> np.ndarray:
@@ -704,7 +717,8 @@ def _adaptive_ratio(y_name: str) -> Callable[[Evidence], Outcome | str]:
             cfg["ci_level"], _rng(evidence), arm)
         return Outcome(estimate, low, high, np.nan, int(adaptive.sum() + sgd.sum()),
                        f"ratio of arm means, {adaptive.sum()} Adam+IA and {sgd.sum()} SGD runs",
-                       *measured, _error_model(evidence, y_name))
+                       *measured, _error_model(evidence, y_name),
+                       measurement_error.widening(low, high, *measured))
     return measure
 
 
@@ -1035,8 +1049,8 @@ def evaluate(cube: xr.Dataset, bounds: xr.Dataset, stats_cfg: dict, figures_cfg:
             "measurement": [o.measurement if isinstance(o, Outcome) else "" for o in outcomes]}
     data = {f"claim_{key}": ("claim", np.asarray(values, dtype=float))
             for key, values in numbers.items()}
-    data["claim_ci_widening"] = ("claim", [measurement_error.widening(*row) for row in zip(
-        *(numbers[key] for key in ("ci_low", "ci_high", "measured_low", "measured_high")))])
+    data["claim_ci_widening"] = ("claim", [o.widening if isinstance(o, Outcome) else np.nan
+                                           for o in outcomes])
     data["claim_only_without_measurement_error"] = ("claim", np.array(
         [only_without_measurement_error(r, a) for r, a in zip(run_level, aware)]))
     data["claim_p_holm"] = ("claim", p_holm)

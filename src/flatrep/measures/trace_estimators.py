@@ -17,6 +17,9 @@ are always drawn on the CPU from the caller's seeded ``torch.Generator`` and the
   (Chen et al. B7) as v^T H v - v^T G v, so for MSE its variance vanishes at interpolation.
 * Residual Frobenius norm: ||H - G||_F^2 = E[||H v - G v||^2] on the same probes (Ma & Ying's
   B1: the ratio ||H - G||_F / ||H||_F -> 0 at an MSE interpolation).
+* XTrace (Epperly, Tropp & Webber 2024): Hutch++'s split made exchangeable, every test vector
+  both in the basis and in the residual; in ``flatrep.measures.xtrace``, on the ``sphere``
+  test vectors drawn here.
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64
     """
     bits = torch.randint(0, 2, (m, dim), generator=generator)
     return (2 * bits - 1).to(device=device, dtype=dtype)
+
+
+def sphere(m: int, dim: int, generator: torch.Generator, dtype=torch.float64,
+           device: torch.device | None = None) -> torch.Tensor:
+    """m vectors uniform on the sphere of radius sqrt(dim) (normalised Gaussians,
+    sqrt(dim) g / ||g||), shape (m, dim), on ``device``; E[v v^T] = I as for ``rademacher``.
+
+    The Gaussians are drawn in float64 on the CPU from the CPU ``generator`` (the same vectors
+    on every device and in every dtype), normalised, then moved.
+    """
+    gaussians = torch.randn((m, dim), generator=generator, dtype=torch.float64)
+    vectors = gaussians * (math.sqrt(dim) / gaussians.norm(dim=1, keepdim=True))
+    return vectors.to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)

@@ -186,3 +186,22 @@ def test_dtype_and_probes_follow_the_operator_and_the_generator():
     again = xtrace.xtrace(MatrixOperator(matrix), MATVECS, torch.Generator().manual_seed(7))
     assert single.value == pytest.approx(double.value, rel=1e-4)
     assert again == double
+
+
+def test_the_cheapest_estimator_to_a_target_standard_error():
+    """SE ~ matvecs^-1/2: SE 2 at 10 matvecs needs 10 (2 / 0.5)^2 = 160 for SE 0.5, SE 1 at
+    30 needs 30 * 4 = 120, so the second is cheaper; one already at the target costs its
+    measured matvecs; a NaN SE (one test vector) can never be chosen; rate 1 (SE ~ 1/matvecs)
+    needs 10 * 4 = 40."""
+    estimates = {"core": (trace_estimators.Estimate(5.0, 2.0), 10),
+                 "hutch_plus_plus": (trace_estimators.Estimate(5.0, 1.0), 30),
+                 "xtrace": (trace_estimators.Estimate(5.0, math.nan), 2)}
+    name, needed = trace_estimators.cheapest_to_reach(estimates, 0.5)
+    assert name == "hutch_plus_plus"
+    assert needed == pytest.approx({"core": 160.0, "hutch_plus_plus": 120.0,
+                                    "xtrace": math.inf})
+    reached = {**estimates, "xtrace": (trace_estimators.Estimate(5.0, 0.25), 50)}
+    assert trace_estimators.cheapest_to_reach(reached, 0.5) == ("xtrace", {
+        "core": 160.0, "hutch_plus_plus": 120.0, "xtrace": 50.0})
+    faster = trace_estimators.cheapest_to_reach(estimates, 0.5, rates={"core": 1.0})
+    assert faster == ("core", {"core": 40.0, "hutch_plus_plus": 120.0, "xtrace": math.inf})

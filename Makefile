@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 MEASURE_TESTS := tests/test_measures.py tests/test_measures_properties.py tests/test_suite.py \
 	tests/test_curvature.py tests/test_spectrum.py tests/test_invariant.py tests/test_conv.py \
 	tests/test_output_curvature.py tests/test_batchnorm_train.py tests/test_models.py \
-	tests/test_losses.py tests/test_krylov.py
+	tests/test_losses.py tests/test_krylov.py tests/test_xtrace.py
 KERNEL_PATHS := "MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default" "MKL_CBWR=AVX2"
 
 .PHONY: setup run test test-kernels docs front-door report restamp clean

@@ -30,8 +30,8 @@ FLOAT = torch.float64
 LOG_VOLUMES = {"log_lvr", "log_lvr_top3", "layer_log_lvr", "log_nvr", "log_lvr_pseudo",
                "layer_log_lvr_pseudo", "log_nvr_pseudo"}
 #: Every curvature family, on small settings (``probes`` and ``dense_max_params`` are drawn).
-FAMILIES = {"hutch_plus_plus": True, "lanczos": {"steps": 4}, "relative_flatness": True,
-            "adaptive_sharpness": {"pairs": 3},
+FAMILIES = {"hutch_plus_plus": True, "xtrace": True, "lanczos": {"steps": 4},
+            "relative_flatness": True, "adaptive_sharpness": {"pairs": 3},
             "spectral_density": {"probes": 2, "steps": 3, "bins": 20, "smoothing": 0.1},
             "stability": {"steps": 3}, "output_curvature": {"steps": 3, "point_chunk": 8},
             "batchnorm_train": {"batch_size": 3, "steps": 3}}
@@ -260,7 +260,8 @@ def check_misclassified_subset(ds, wrong: np.ndarray, model, x_test) -> None:
 
 
 #: The variables that may hold NaN outside test_misclassified (when: see the test below).
-NAN_BY_DESIGN = {"slq_nodes", "hessian_rank", "hessian_trace_hutchpp_se", "misclassified_index"}
+NAN_BY_DESIGN = {"slq_nodes", "hessian_rank", "hessian_trace_hutchpp_se",
+                 "hessian_trace_xtrace_se", "misclassified_index"}
 
 
 def check_documented_nan(ds, name: str, nan: np.ndarray) -> None:
@@ -298,6 +299,8 @@ def test_every_cube_variable_is_finite_or_non_finite_as_documented(spec, loss_na
     skipped = ds["num_params"].item() > dense_max       # dense rank only up to dense_max_params
     np.testing.assert_array_equal(np.isnan(ds["hessian_rank"].values), skipped)
     assert math.isnan(ds["hessian_trace_hutchpp_se"].item()) == (probes < 6)  # 1 residual probe
+    xtrace_se = ds["hessian_trace_xtrace_se"].item()
+    assert math.isnan(xtrace_se) if probes < 4 else xtrace_se >= 0     # 1 test vector: NaN
     for name in ("hessian_fro", "hessian_fro_se", "hessian_trace_se", "hessian_effective_rank",
                  "hessian_trace_hutchinson_se", "relative_flatness_last",
                  "adaptive_sharpness_gauss_newton", "gauss_newton_nonuniformity",
@@ -420,6 +423,7 @@ def test_zero_hessian_gives_zero_norms_standard_errors_and_effective_rank(activa
     for name in ("hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
                  "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
                  "hessian_fro_se", "hessian_effective_rank", "hessian_trace_hutchpp",
+                 "hessian_trace_xtrace", "hessian_trace_xtrace_se",
                  "hessian_lambda_max", "hessian_lambda_min", "hessian_trace_slq",
                  "loss_weighted_jacobian_sq", "per_sample_hessian_fro_sq"):
         assert values[name] == 0.0, name

@@ -15,7 +15,7 @@ from flatrep.params import studies
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "lanczos": {"steps": 5},
+ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "xtrace": True, "lanczos": {"steps": 5},
                 "relative_flatness": True, "adaptive_sharpness": {"pairs": 4},
                 "spectral_density": {"probes": 2, "steps": 4, "bins": 20, "smoothing": 0.1},
                 "rank": {"points": 4, "dense_max_params": 10_000}, "stability": {"steps": 4},
@@ -66,6 +66,10 @@ def test_only_the_enabled_families_are_computed():
     assert with_lanczos["hessian_lambda_max_scaled"] == pytest.approx(
         with_lanczos["hessian_lambda_max"] * theta_sq, rel=1e-12)
     assert with_lanczos["hessian_trace"] == core["hessian_trace"]   # same probes
+    with_xtrace = suite.measure(model, x, targets, losses.get("mse"),
+                                {"probes": 4, "xtrace": True}, seed=0)
+    assert set(with_xtrace) - CORE == {"hessian_trace_xtrace", "hessian_trace_xtrace_se"}
+    assert with_xtrace["hessian_trace"] == core["hessian_trace"]     # its own probe stream
 
 
 @pytest.mark.parametrize("points", [None, 5])

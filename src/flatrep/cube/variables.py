@@ -68,6 +68,19 @@ CATALOG: dict[str, Variable] = {
                                          "std of the Hutch++ residual probes / sqrt(probes/3); "
                                          "NaN when probes < 6 (a single residual probe has no "
                                          "standard error)"),
+    "hessian_trace_xtrace": Variable((), "trace of the training-loss Hessian (XTrace)", "1",
+                                     "XTrace (Epperly, Tropp & Webber 2024): the mean of the m = "
+                                     "probes // 2 leave-one-out Hutch++ estimates tr_i = "
+                                     "Tr(Q_i^T H Q_i) + d_i r_i^T H r_i / ||r_i||^2, Q_i an "
+                                     "orthonormal basis of H Omega without column i, r_i = "
+                                     "(I - Q_i Q_i^T) omega_i, d_i = P - rank Q_i, omega_i "
+                                     "uniform on the sphere of radius sqrt(P); at most probes "
+                                     "matvecs"),
+    "hessian_trace_xtrace_se": Variable((), "error estimate of hessian_trace_xtrace", "1",
+                                        "std(tr_1..tr_m) / sqrt(m) over the leave-one-out "
+                                        "estimates (the paper's error estimate; they are "
+                                        "positively correlated, so it tends to underestimate); "
+                                        "NaN when probes < 4 (m = 1)"),
     "hessian_trace_hutchinson": Variable((), "trace of the training-loss Hessian (Hutchinson)",
                                          "1", "mean of v^T H v over Rademacher probes v"),
     "hessian_trace_hutchinson_se": Variable((), "standard error of hessian_trace_hutchinson",

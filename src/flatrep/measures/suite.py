@@ -20,7 +20,7 @@ from flatrep import losses
 from flatrep.measures import (batchnorm_train, curvature, invariant, jacobian, krylov, layers,
                               output_curvature, spectrum)
 from flatrep.measures import stability as stability_measures
-from flatrep.measures import trace_estimators
+from flatrep.measures import trace_estimators, xtrace
 from flatrep.params import studies
 
 #: What each family computes and its cost per checkpoint (``core`` runs whenever curvature is
@@ -31,6 +31,8 @@ COSTS = {
             "norm and effective rank from the same probes, the Frobenius norm of H - G on "
             "them, and the loss-weighted Jacobian norm of the False-Friend loss bound",
     "hutch_plus_plus": "probes HVPs: Hutch++ trace with SE",
+    "xtrace": "at most probes HVPs (probes // 2 on the test vectors, at most as many on the "
+              "basis of their products): XTrace trace with its leave-one-out error estimate",
     "lanczos": "steps HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2",
     "relative_flatness": "probes HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact",
     "adaptive_sharpness": "probes HVPs + JVPs, and 2 pairs loss evaluations: Tr(D H D) "
@@ -136,6 +138,13 @@ def core(ctx: Context) -> dict:
 def hutch_plus_plus(ctx: Context, _options: dict) -> dict:
     plus = trace_estimators.hutch_plus_plus(ctx.operator, ctx.cfg["probes"], ctx.generator())
     return {"hessian_trace_hutchpp": plus.value, "hessian_trace_hutchpp_se": plus.standard_error}
+
+
+def xtrace_family(ctx: Context, _options: dict) -> dict:
+    """XTrace with the core's ``probes`` as its matvec budget, on its own probe stream."""
+    estimate = xtrace.xtrace(ctx.operator, ctx.cfg["probes"], ctx.generator(5))
+    return {"hessian_trace_xtrace": estimate.value,
+            "hessian_trace_xtrace_se": estimate.standard_error}
 
 
 def lanczos(ctx: Context, options: dict) -> dict:
@@ -248,7 +257,7 @@ def batchnorm_train_family(ctx: Context, options: dict) -> dict:
             "hessian_bn_train_trace_se": trace.standard_error}
 
 
-FAMILIES = {"hutch_plus_plus": hutch_plus_plus,
+FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "xtrace": xtrace_family,
             "output_curvature": output_curvature_family, "lanczos": lanczos, "stability": stability,
             "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
             "spectral_density": spectral_density, "rank": rank,

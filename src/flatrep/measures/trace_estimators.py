@@ -17,6 +17,11 @@ are always drawn on the CPU from the caller's seeded ``torch.Generator`` and the
   (Chen et al. B7) as v^T H v - v^T G v, so for MSE its variance vanishes at interpolation.
 * Residual Frobenius norm: ||H - G||_F^2 = E[||H v - G v||^2] on the same probes (Ma & Ying's
   B1: the ratio ||H - G||_F / ||H||_F -> 0 at an MSE interpolation).
+* XTrace (Epperly, Tropp & Webber 2024): Hutch++'s split made exchangeable, every test vector
+  both in the basis and in the residual; in ``flatrep.measures.xtrace``, on the ``sphere``
+  test vectors drawn here.
+* Which estimator reaches a target SE with the fewest matvecs, from their measured SEs
+  (``cheapest_to_reach``; SE ~ matvecs^-1/2 unless told otherwise). It only reports.
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ def rademacher(m: int, dim: int, generator: torch.Generator, dtype=torch.float64
     """
     bits = torch.randint(0, 2, (m, dim), generator=generator)
     return (2 * bits - 1).to(device=device, dtype=dtype)
+
+
+def sphere(m: int, dim: int, generator: torch.Generator, dtype=torch.float64,
+           device: torch.device | None = None) -> torch.Tensor:
+    """m vectors uniform on the sphere of radius sqrt(dim) (normalised Gaussians,
+    sqrt(dim) g / ||g||), shape (m, dim), on ``device``; E[v v^T] = I as for ``rademacher``.
+
+    The Gaussians are drawn in float64 on the CPU from the CPU ``generator`` (the same vectors
+    on every device and in every dtype), normalised, then moved.
+    """
+    gaussians = torch.randn((m, dim), generator=generator, dtype=torch.float64)
+    vectors = gaussians * (math.sqrt(dim) / gaussians.norm(dim=1, keepdim=True))
+    return vectors.to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -137,3 +155,40 @@ def hutch_plus_plus(operator: operators.LinearOperator, matvecs: int,
     residual = (g * operator.apply(g)).sum(1)
     rest = mean_and_se(residual)
     return Estimate(exact.item() + rest.value, rest.standard_error)
+
+
+#: The exponent p of SE ~ matvecs^-p that ``matvecs_to_reach`` assumes by default: 1/2, exact
+#: for Hutchinson and the control variate (a mean of i.i.d. probes) and the conservative rate
+#: for Hutch++ and XTrace (their residual term is Hutchinson's; their low-rank part may improve
+#: faster on a decaying spectrum, e.g. Hutch++'s 1/matvecs for PSD matrices, which an
+#: indefinite Hessian does not guarantee).
+SE_RATE = 0.5
+
+
+def matvecs_to_reach(estimate: Estimate, matvecs: float, target_se: float,
+                     rate: float = SE_RATE) -> float:
+    """Matvecs an estimator needs for SE <= ``target_se``, from its SE at ``matvecs``:
+    matvecs (SE / target)^(1/rate) (SE ~ matvecs^-rate, ``SE_RATE``) when SE > target; the
+    measured ``matvecs`` when SE <= target (reached: no extrapolation below the measured
+    budget, where a low-rank estimator's basis would shrink); inf when SE is NaN (m = 1)."""
+    se = estimate.standard_error
+    if math.isnan(se):
+        return math.inf
+    if se <= target_se:
+        return float(matvecs)
+    return matvecs * (se / target_se) ** (1 / rate)
+
+
+def cheapest_to_reach(candidates: dict[str, tuple[Estimate, float]], target_se: float,
+                      rates: dict[str, float] | None = None) -> tuple[str, dict[str, float]]:
+    """(name, needed): which of ``candidates`` (name -> (estimate, matvecs it cost)) reaches
+    ``target_se`` with the fewest matvecs (``matvecs_to_reach``, SE ~ matvecs^-rate with
+    ``rates[name]``, default ``SE_RATE``), the first listed on a tie, and every candidate's
+    matvecs. The costs are the caller's, in HVP-equivalents (the control-variate core: probes
+    HVPs + probes Gauss-Newton products, a JVP and a VJP each; Hutch++: probes; XTrace: at
+    most probes). It reports only: ``hessian_trace`` still takes the control-variate estimate
+    (choosing by this is left for later)."""
+    rates = rates or {}
+    needed = {name: matvecs_to_reach(estimate, matvecs, target_se, rates.get(name, SE_RATE))
+              for name, (estimate, matvecs) in candidates.items()}
+    return min(needed, key=needed.get), needed

@@ -269,6 +269,7 @@ def measure_memory_bytes(measure: dict) -> int:
 #: and their costs: ``flatrep.measures.suite``).
 CURVATURE_FAMILIES: dict[str, dict] = {
     "hutch_plus_plus": {},
+    "xtrace": {},
     "lanczos": {"steps": 20},
     "relative_flatness": {},
     "adaptive_sharpness": {"rho": 0.01, "pairs": 64},

@@ -297,8 +297,7 @@ def _tau(point: xr.Dataset, x: str | np.ndarray, y_name: str,
     keep = ~np.isnan(x_values) & ~np.isnan(y_values)
     n_draws = evidence.cfg["bootstrap"]
     exact = [np.broadcast_to(v[keep], (n_draws, int(keep.sum()))) for v in (x_values, y_values)]
-    x_draws = _run_draws(evidence, point, x) if isinstance(x, str) else exact[0]
-    drawn = [x_draws[:, keep] if isinstance(x, str) else x_draws,
+    drawn = [_run_draws(evidence, point, x)[:, keep] if isinstance(x, str) else exact[0],
              _run_draws(evidence, point, y_name)[:, keep]]
     reference, (low, high) = (measurement_error.two_stage_ci(
         _kendall_rows, numbers, n_draws, evidence.cfg["ci_level"], _rng(evidence))

@@ -114,7 +114,7 @@ class MeasurementDraws:
             return eigenvalue * self._exact("param_norm") ** 2, model
         values = cube[name].sel(select)
         if "sample" in values.dims:
-            return self._point_means(values.sel(subset=subset), name, subset), POINTS
+            return self._point_means(values.sel(subset=subset), subset), POINTS
         rng = self._rng(name)
         shape = (self.n_draws, *self._exact(name).shape)
         if f"{name}_se" in cube:
@@ -140,7 +140,7 @@ class MeasurementDraws:
         return np.random.default_rng([self.seed, *(zlib.crc32(label.encode())
                                                    for label in labels)])
 
-    def _point_means(self, values: xr.DataArray, name: str, subset: str) -> np.ndarray:
+    def _point_means(self, values: xr.DataArray, subset: str) -> np.ndarray:
         """Means over resampled points of (run, step, sample) ``values``: (n_draws, run, step).
 
         The point indices of a run are one stream per subset, shared by every measure."""

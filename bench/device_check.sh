@@ -14,8 +14,8 @@
 #     SKIP_WHEELS=1 PY=.venv/bin/python OUT=/tmp/check bash bench/device_check.sh
 # CHECKS picks the checks (default: pytest_cuda ensemble_training study_wall_time). Further
 # device calls, when time is left:
-#   CHECKS=hvp_compile (about 3 min): whether compiled HVPs pay for the measure jobs on the GPU
-#     (bench/hvp_compile.py);
+#   CHECKS=hvp_engines (about 4 min): which HVP engine (eager, compiled, double backward,
+#     auto) pays for the measure jobs on the GPU (bench/hvp_engines.py);
 #   CHECKS=measure_memory: the GPU rows of bench/measure_memory.py (each measure pass's peak
 #     CUDA allocation against measure.memory_mb);
 #   CHECKS=blocked_jacobians: the CIFAR-100 CNN's per-sample Jacobians in row blocks against
@@ -119,8 +119,8 @@ wants blocked_jacobians && check blocked_jacobians 240 "$PY" bench/blocked_jacob
 # shellcheck disable=SC2086
 wants residual_frobenius && check residual_frobenius 120 "$PY" bench/residual_frobenius.py \
     --device "$DEVICE" --threads 1 $RESIDUAL_SIZES
-wants hvp_compile && check hvp_compile 400 "$PY" bench/hvp_compile.py --device "$DEVICE" \
-    --threads 1
+wants hvp_engines && check hvp_engines 400 "$PY" bench/hvp_engines.py --device "$DEVICE" \
+    --threads 1 --methods forward_over_reverse forward_over_reverse_compiled double_backward
 
 cat "$SUMMARY"
 exit $status

@@ -5,10 +5,13 @@ intermediates. This runs each batched pass once, on the shipped studies' network
 (random initialisation, inputs and labels; the study's K, probes, steps and point counts),
 and reports how far the process's memory rises during it, beside the part B bounds:
 
-* ``hvp``: one forward-over-reverse pass of the probes and points ``memory.hvp_chunking``
-  picks for the study's ``probe_chunk`` and curvature points; bounded part
-  probes * (PARAMETER_COPIES * P + ACTIVATION_COPIES * A * points) floats (A: the floats one
-  sample's forward pass allocates, ``memory.activation_floats``).
+* ``hvp``: one pass, by the study's HVP engine (``measure.curvature.hvp``, ``auto`` by
+  default, as a measure job resolves it for a batch of probes), of the probes and points
+  ``memory.hvp_chunking`` picks for the study's ``probe_chunk`` and curvature points; bounded
+  part probes * (PARAMETER_COPIES * P + ACTIVATION_COPIES * A * points) floats (A: the floats
+  one sample's forward pass allocates, ``memory.activation_floats``); for double backward
+  REVERSE_PARAMETER_COPIES in place of PARAMETER_COPIES, plus GRAPH_COPIES * A * points for
+  its kept gradient graph.
 * ``grams``: the curvature core's per-sample Jacobians (J_i J_i^T only, ``input_jacobians``
   off) of ``--jacobian-points`` points; bounded part one chunk's K rows a sample (dense) or one
   row block, each row P floats and A for its VJP's cotangents (``jacobian.row_bytes``,
@@ -73,6 +76,7 @@ def study_setup(name: str) -> dict:
             "chunk_size": measure_cfg["chunk_size"],
             "curvature_points": curvature_cfg.get("points", 256),
             "probe_chunk": curvature_cfg.get("probe_chunk", 16),
+            "hvp": curvature_cfg.get("hvp", "auto"),
             "lanczos_steps": lanczos["steps"], "lanczos_point_chunk": lanczos["point_chunk"]}
 
 
@@ -134,19 +138,26 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     num_params = sum(p.numel() for p in model.parameters())
     itemsize = x.element_size()
     if what == "hvp":
+        method = setup["hvp"]
+        engine = (curvature.auto_engine(model, setup["probe_chunk"]) if method == "auto"
+                  else method)
+        reverse = engine == "double_backward"
         probes, chunk = memory.hvp_chunking(model, x[:setup["curvature_points"]],
-                                            num_params, setup["probe_chunk"], budget)
-        bounded = probes * (memory.PARAMETER_COPIES * num_params + memory.ACTIVATION_COPIES
-                            * memory.activation_floats(model, x) * chunk) * itemsize
+                                            num_params, setup["probe_chunk"], budget,
+                                            reverse=reverse)
+        floats = memory.activation_floats(model, x)
+        copies = memory.REVERSE_PARAMETER_COPIES if reverse else memory.PARAMETER_COPIES
+        bounded = (probes * (copies * num_params + memory.ACTIVATION_COPIES * floats * chunk)
+                   + (memory.GRAPH_COPIES if reverse else 0) * floats * chunk) * itemsize
         vectors = trace_estimators.rademacher(probes, num_params,
                                               torch.Generator().manual_seed(0), device=device)
 
         def run(points):
-            operator = curvature.HessianOperator(model, x[:points], targets[:points],
+            operator = curvature.HessianOperator(model, x[:points], targets[:points], engine,
                                                  probe_chunk=probes, loss=loss, max_bytes=budget,
                                                  point_chunk=points)
             return operator.apply(vectors)
-        return run, chunk, f"{chunk} points x {probes} probes", bounded
+        return run, chunk, f"{engine}: {chunk} points x {probes} probes", bounded
     if what in ("grams", "grams_with_input"):
         chunking, bounded = parameter_jacobian_block(model, x, k, 32, jacobian_points, budget)
 

@@ -219,7 +219,7 @@ def test_the_api_returns_the_pipelines_checkpoint_slice(checkpoint_slice):
                 "measure_points_per_subset"):
         assert result.attrs[key] == expected.attrs[key], key
     assert json.loads(result.attrs["curvature"]) == {**json.loads(expected.attrs["curvature"]),
-                                                     "hvp": "forward_over_reverse"}
+                                                     "hvp": "auto"}
 
 
 def test_every_variable_carries_the_catalogues_attributes(checkpoint_slice):

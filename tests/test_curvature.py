@@ -48,6 +48,49 @@ def test_hvp_matches_dense_hessian_of_a_tanh_mlp(method, loss_name, point_chunk,
     assert torch.allclose(operator.apply(v), v @ h.T, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", curvature.HVP_METHODS)
+def test_every_engine_matches_the_dense_hessian_of_a_conv_net(method):
+    """A tanh 1-D conv net, cross-entropy: 3 vectors in probe chunks of 2 (a batched chunk
+    and a single row) give H V of the dense Hessian."""
+    torch.manual_seed(4)
+    model = models.cnn((12,), 3, channels=(2,), kernel_size=3, activation="tanh").double()
+    x, y = torch.randn(6, 12), torch.randint(0, 3, (6,))
+    loss = losses.LOSSES["cross_entropy"]
+    operator = curvature.HessianOperator(model, x, y, method=method, probe_chunk=2, loss=loss)
+    v = torch.randn(3, operator.dim)
+    h = dense_reference.loss_hessian(model, x, y, loss)
+    assert torch.allclose(operator.apply(v), v @ h.T, atol=1e-12)
+
+
+def test_auto_takes_double_backward_for_mlps_and_single_vectors():
+    mlp = models.mlp(4, 3, [5])
+    cnn = models.cnn((12,), 3, channels=(2,), kernel_size=3)
+    assert curvature.auto_engine(mlp, 8) == curvature.auto_engine(mlp, 1) == "double_backward"
+    assert curvature.auto_engine(cnn, 1) == "double_backward"
+    assert curvature.auto_engine(cnn, 8) == "forward_over_reverse"
+
+
+@pytest.mark.parametrize("point_chunk, forwards_per_call", [(None, 0), (3, 3)])
+def test_double_backward_keeps_its_gradient_graph_when_one_chunk_holds_every_point(
+        point_chunk, forwards_per_call):
+    """One chunk of all 7 points: the first call builds the gradient graph, later calls only
+    back-propagate through it (no forward pass); chunks of 3 (3, 3, 1) rebuild each chunk's
+    graph every call. The products stay those of the dense Hessian."""
+    torch.manual_seed(5)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x, y = torch.randn(7, 4), torch.randn(7, 3)
+    operator = curvature.HessianOperator(model, x, y, method="double_backward", probe_chunk=2,
+                                         point_chunk=point_chunk)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    h = dense_reference.loss_hessian(model, x, y)
+    first = operator.apply(torch.eye(operator.dim)[:5])
+    calls_before = len(forwards)
+    second = operator.apply(torch.eye(operator.dim)[5:6])
+    assert len(forwards) - calls_before == forwards_per_call
+    torch.testing.assert_close(torch.cat([first, second]), h[:6], rtol=0, atol=1e-12)
+
+
 def test_hutchinson_within_standard_errors_of_the_dense_values():
     torch.manual_seed(2)
     model = models.mlp(4, 3, [6], activation="tanh").double()
@@ -172,6 +215,11 @@ def test_hvp_chunking_fits_probes_then_points_in_the_budget():
     assert chunking(max_bytes=8 * (probe_bytes + point_bytes)) == (8, 1)
     assert chunking(max_bytes=5 * (probe_bytes + point_bytes) + 100) == (5, 1)
     assert chunking(max_bytes=probe_bytes // 2) == (1, 1)
+    # double backward: one more parameter-sized vector a probe, and a gradient graph of
+    # GRAPH_COPIES = ACTIVATION_COPIES floats a point (one more point_bytes a point)
+    reverse_probe_bytes = memory.REVERSE_PARAMETER_COPIES * 43 * 8
+    assert chunking(max_bytes=8 * reverse_probe_bytes + 9 * 12 * point_bytes,
+                    reverse=True) == (8, 12)
     operator = curvature.HessianOperator(model.eval(), x, torch.randn(50, 3), probe_chunk=8,
                                          max_bytes=8 * (probe_bytes + 12 * point_bytes))
     assert (operator.probe_chunk, operator.point_chunk) == (8, 12)
@@ -192,7 +240,8 @@ def test_activation_floats_count_what_runs_outside_modules():
 
 def test_fewer_probes_a_pass_give_the_same_hessian_vector_products():
     """A budget of two probes' parameter-sized vectors and one point's activations each
-    splits 5 probes 2 + 2 + 1 over one point at a time: the same H V as one pass of all probes and points."""
+    splits 5 probes 2 + 2 + 1 over one point at a time: the same H V as one pass of all probes
+    and points."""
     torch.manual_seed(3)
     model = models.mlp(4, 3, [5], activation="tanh").eval()
     x, y = torch.randn(9, 4), torch.randn(9, 3)

@@ -2,12 +2,13 @@
 
 import copy
 
+import dense_reference
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from flatrep import checkpoint, losses
+from flatrep import checkpoint, losses, models
 from flatrep.cube import measuring
 from flatrep.data import datasets
 from flatrep.measures import suite
@@ -68,8 +69,37 @@ def test_only_the_enabled_families_are_computed():
     assert with_lanczos["hessian_trace"] == core["hessian_trace"]   # same probes
     with_xtrace = suite.measure(model, x, targets, losses.get("mse"),
                                 {"probes": 4, "xtrace": True}, seed=0)
-    assert set(with_xtrace) - CORE == {"hessian_trace_xtrace", "hessian_trace_xtrace_se"}
-    assert with_xtrace["hessian_trace"] == core["hessian_trace"]     # its own probe stream
+    assert set(with_xtrace) - CORE == {"hessian_trace_xtrace", "hessian_trace_xtrace_se",
+                                       "hessian_trace_by_xtrace",
+                                       "hessian_trace_control_variate",
+                                       "hessian_trace_control_variate_se"}
+    # XTrace draws its own probe stream: the control variate is the core's
+    assert with_xtrace["hessian_trace_control_variate"] == core["hessian_trace"]
+
+
+@pytest.mark.parametrize("at_interpolation", [True, False])
+def test_hessian_trace_takes_the_cheaper_of_the_control_variate_and_xtrace(at_interpolation):
+    """A tanh MLP with 43 parameters and 24 probes. At an MSE interpolation (targets = the
+    outputs) H = G, the control variate is exact (SE at rounding) and is taken; far from it
+    (targets 5 N(0, 1)) H - G carries trace, XTrace's 12 test vectors resolve the top of the
+    spectrum, its SE at 24 matvecs is below the control variate's at 48, and XTrace is
+    taken. The value taken is always one of the two, with its own SE."""
+    torch.manual_seed(0)
+    model = models.mlp(4, 3, [5], activation="tanh").double()
+    x = torch.randn(20, 4)
+    targets = model(x).detach() if at_interpolation else 5 * torch.randn(20, 3)
+    values = suite.measure(model, x, targets, losses.get("mse"), {"probes": 24, "xtrace": True},
+                           seed=0)
+    taken = "hessian_trace_control_variate" if at_interpolation else "hessian_trace_xtrace"
+    assert values["hessian_trace_by_xtrace"] == (0.0 if at_interpolation else 1.0)
+    assert (values["hessian_trace"], values["hessian_trace_se"]) == (values[taken],
+                                                                     values[taken + "_se"])
+    left = "hessian_trace_xtrace" if at_interpolation else "hessian_trace_control_variate"
+    assert values[taken + "_se"] < values[left + "_se"]
+    if at_interpolation:
+        exact = torch.trace(dense_reference.loss_hessian(model, x, targets)).item()
+        assert values["hessian_trace"] == pytest.approx(exact, rel=1e-12)
+        assert values["hessian_trace_se"] < 1e-12 * exact
 
 
 @pytest.mark.parametrize("points", [None, 5])

@@ -205,3 +205,7 @@ def test_the_cheapest_estimator_to_a_target_standard_error():
         "core": 160.0, "hutch_plus_plus": 120.0, "xtrace": 50.0})
     faster = trace_estimators.cheapest_to_reach(estimates, 0.5, rates={"core": 1.0})
     assert faster == ("core", {"core": 40.0, "hutch_plus_plus": 120.0, "xtrace": math.inf})
+    exact = {"core": (trace_estimators.Estimate(5.0, 0.0), 10),
+             "xtrace": (trace_estimators.Estimate(5.0, 0.25), 2)}
+    assert trace_estimators.cheapest_to_reach(exact, 0.0) == ("core", {"core": 10.0,
+                                                                       "xtrace": math.inf})

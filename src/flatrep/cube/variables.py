@@ -54,9 +54,27 @@ CATALOG: dict[str, Variable] = {
                               "points (attr curvature; l = 1/2 ||f - y||^2 for mse, the "
                               "cross-entropy otherwise): exact Gauss-Newton trace + Hutchinson "
                               "on H - G (control variate; exact at MSE interpolation, Chen et "
-                              "al. B7), forward-over-reverse HVPs"),
+                              "al. B7); with the xtrace family on, XTrace's estimate where it "
+                              "reaches the same accuracy with fewer HVPs "
+                              "(hessian_trace_by_xtrace)"),
     "hessian_trace_se": Variable((), "standard error of hessian_trace", "1",
-                                 "std(v^T H v - v^T G v) / sqrt(probes)"),
+                                 "std(v^T H v - v^T G v) / sqrt(probes) (control variate), or "
+                                 "hessian_trace_xtrace_se where XTrace was taken"),
+    "hessian_trace_by_xtrace": Variable((), "hessian_trace is XTrace's", "1",
+                                        "1 where hessian_trace is XTrace's estimate, 0 where "
+                                        "the control variate's: the one that needs fewer HVP-"
+                                        "equivalents (control variate 2 probes, XTrace probes, "
+                                        "SE ~ matvecs^-1/2) to reach the smaller of their SEs; "
+                                        "only with the xtrace family"),
+    "hessian_trace_control_variate": Variable((), "trace of the training-loss Hessian "
+                                                  "(control variate)", "1",
+                                              "Tr G exact + mean of v^T H v - v^T G v over "
+                                              "the core's Rademacher probes, whichever "
+                                              "estimate hessian_trace took; only with the "
+                                              "xtrace family"),
+    "hessian_trace_control_variate_se": Variable((), "standard error of "
+                                                     "hessian_trace_control_variate", "1",
+                                                 "std(v^T H v - v^T G v) / sqrt(probes)"),
     "hessian_gauss_newton_trace": Variable((), "Gauss-Newton trace on the curvature points", "1",
                                            "Tr G = (1/n) sum_i Tr(M_i J_i J_i^T), exact, M_i "
                                            "the output Hessian of the loss (I for mse: "

@@ -9,8 +9,10 @@ estimators (``flatrep.measures.trace_estimators``, ``flatrep.measures.krylov``,
 ``flatrep.measures.spectrum``) rely on.
 
 * ``HessianOperator`` applies H to a batch of vectors by forward-over-reverse AD (``jvp`` of
-  ``grad``, probes batched with ``vmap``; optionally through ``torch.compile``) or by double
-  backward.
+  ``grad``, probes batched with ``vmap``; optionally through ``torch.compile``) or by
+  reverse-over-reverse AD (double backward: the gradient's graph built once per point chunk,
+  then one backward pass through it per batch of probes); ``"auto"`` picks between them by the
+  model (``auto_engine``).
 * ``GaussNewtonOperator`` applies the (generalised) Gauss-Newton matrix
   G = (1/n) sum_i J_i^T M_i J_i (J_i = d f(x_i) / d theta, M_i the loss's output Hessian):
   G v = (1/n) sum_i J_i^T M_i (J_i v) by one JVP and one VJP of the outputs, and gives the
@@ -32,10 +34,28 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from flatrep import losses
-from flatrep.measures import memory
+from flatrep.measures import jacobian, memory
 
-#: How ``HessianOperator`` computes H V (``measure.curvature.hvp``).
-HVP_METHODS = ("forward_over_reverse", "forward_over_reverse_compiled", "double_backward")
+#: How ``HessianOperator`` computes H V (``measure.curvature.hvp``): ``"auto"`` resolves to one
+#: of the engines after it (``auto_engine``).
+HVP_METHODS = ("auto", "forward_over_reverse", "forward_over_reverse_compiled",
+               "double_backward")
+
+
+def auto_engine(model: nn.Module, probes: int) -> str:
+    """The engine ``"auto"`` takes for ``probes`` vectors at once on ``model``:
+    ``"double_backward"`` for an MLP (every parameter a Linear layer's) or a single vector,
+    ``"forward_over_reverse"`` otherwise.
+
+    Chosen by bench/curvature_peers.py and bench/RESULTS.md ("HVP engines"): on the MLPs the
+    reused gradient graph saves the forward pass and the ``vmap`` set-up of every product, and
+    a single vector (a Lanczos step) pays ``vmap``'s fixed cost alone; on the small VGG the
+    two engines cost about the same per vector for a batch of probes, the convolutions'
+    second derivatives dominating, and forward-over-reverse keeps no graph between calls.
+    """
+    if probes == 1 or jacobian.only_linear_parameters(model):
+        return "double_backward"
+    return "forward_over_reverse"
 
 
 class HessianOperator:
@@ -47,8 +67,13 @@ class HessianOperator:
     ``method`` (``HVP_METHODS``): ``"forward_over_reverse"`` (``jvp`` of ``grad``, batched by
     ``vmap``); ``"forward_over_reverse_compiled"``, the same through ``torch.compile``
     (TorchInductor's kernels: the same H V to rounding, faster per chunk once compiled, a
-    compilation per distinct chunk shape in each process; bench/hvp_compile.py says when it
-    pays); or ``"double_backward"`` (one ``autograd.grad`` of the gradient per vector).
+    compilation per distinct chunk shape in each process; bench/hvp_engines.py says when it
+    pays); ``"double_backward"``: g_c = grad L_c(theta) with its graph, once per point chunk
+    c, then H_c V = d(g_c . v)/d theta for a chunk of probes by one ``autograd.grad`` batched
+    over them (``is_grads_batched``); the graph is kept for later calls when one chunk holds
+    every point, and the chunk sizes leave room for it (``memory.hvp_chunking``'s
+    ``reverse``); or ``"auto"``, one of those by the model and the number of vectors
+    (``auto_engine``). Every engine gives the same H V to rounding.
     At most ``probe_chunk`` vectors are pushed through at once, over ``point_chunk`` points
     at a time (``memory.hvp_chunking`` fits both in ``max_bytes``: fewer probes where their
     parameter-sized vectors and one point each would pass it, then all points unless their
@@ -80,9 +105,11 @@ class HessianOperator:
         self.loss_fn = loss
         with torch.no_grad():
             self.output_values = self.outputs(self.theta)
-        self.probe_chunk, fitted_points = memory.hvp_chunking(model, x, self.dim, probe_chunk,
-                                                              max_bytes)
+        self.probe_chunk, fitted_points = memory.hvp_chunking(
+            model, x, self.dim, probe_chunk, max_bytes,
+            reverse=self.engine(probe_chunk) == "double_backward")
         self.point_chunk = point_chunk or fitted_points
+        self._kept_graph = None
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
@@ -106,24 +133,57 @@ class HessianOperator:
         """(x, targets) of consecutive chunks of ``point_chunk`` points."""
         return zip(self.x.split(self.point_chunk), self.targets.split(self.point_chunk))
 
+    def engine(self, probes: int) -> str:
+        """The engine that computes H V for ``probes`` vectors: ``method``, or for ``"auto"``
+        ``auto_engine``'s choice."""
+        return auto_engine(self.model, probes) if self.method == "auto" else self.method
+
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (m, P) -> (m, P): sum over the point chunks c of H_c V, H_c the
         Hessian of (1/n) sum_{i in c} l_i, ``probe_chunk`` rows of V at a time."""
-        return torch.cat([sum(self._part_products(chunk, x, targets)
+        engine = self.engine(len(vectors))
+        if engine == "double_backward":
+            return self._reverse_over_reverse(vectors)
+        forward_over_reverse = (self._forward_over_reverse if engine == "forward_over_reverse"
+                                else functools.partial(_compiled_forward_over_reverse(), self))
+        return torch.cat([sum(forward_over_reverse(chunk, x, targets)
                               for x, targets in self.parts())
                           for chunk in vectors.split(self.probe_chunk)])
 
-    def _part_products(self, vectors: torch.Tensor, x: torch.Tensor,
-                       targets: torch.Tensor) -> torch.Tensor:
-        """H_c V for the point chunk c (inputs ``x``, ``targets``), by ``method``."""
-        if self.method == "forward_over_reverse":
-            return self._forward_over_reverse(vectors, x, targets)
-        if self.method == "forward_over_reverse_compiled":
-            return _compiled_forward_over_reverse()(self, vectors, x, targets)
-        theta = self.theta.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(self._part_loss(theta, x, targets), theta, create_graph=True)
-        rows = [torch.autograd.grad(g, theta, v, retain_graph=True)[0] for v in vectors]
-        return torch.stack(rows).detach()
+    def _reverse_over_reverse(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H V = sum_c H_c V, H_c v = d(g_c . v)/d theta by a backward pass through the graph
+        of g_c = grad L_c (``_gradient_graphs``), ``probe_chunk`` rows of V in one batched
+        pass (a single row unbatched)."""
+        products = torch.zeros_like(vectors)
+        with torch.enable_grad():
+            for theta, gradient in self._gradient_graphs():
+                for start in range(0, len(vectors), self.probe_chunk):
+                    rows = slice(start, start + self.probe_chunk)
+                    chunk = vectors[rows]
+                    if len(chunk) == 1:
+                        (part,) = torch.autograd.grad(gradient, theta, chunk[0],
+                                                      retain_graph=True)
+                    else:
+                        (part,) = torch.autograd.grad(gradient, theta, chunk, retain_graph=True,
+                                                      is_grads_batched=True)
+                    products[rows] += part.reshape(len(chunk), -1)
+        return products
+
+    def _gradient_graphs(self):
+        """(theta, g_c = grad_theta L_c(theta) with its graph) for each point chunk c, L_c =
+        (1/n) sum_{i in c} l_i. With one chunk for every point its graph is kept for the
+        operator's life (a later product is one backward pass, no forward); with several, each
+        is built per call and dropped after its products (one chunk's graph in memory)."""
+        if self._kept_graph is not None:
+            yield self._kept_graph
+            return
+        for x, targets in self.parts():
+            theta = self.theta.detach().clone().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(self._part_loss(theta, x, targets), theta,
+                                              create_graph=True)
+            if self.point_chunk >= len(self.x):
+                self._kept_graph = (theta, gradient)
+            yield theta, gradient
 
     def _forward_over_reverse(self, vectors: torch.Tensor, x: torch.Tensor,
                               targets: torch.Tensor) -> torch.Tensor:

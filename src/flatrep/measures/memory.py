@@ -25,6 +25,14 @@ ACTIVATION_COPIES = 4
 #: running sum over the point chunks, and the gradient's tangent before it is flattened (an
 #: estimate; bench/measure_memory.py measures the whole rise).
 PARAMETER_COPIES = 3
+#: Parameter-sized vectors a reverse-over-reverse (double backward) pass holds per probe: one
+#: more than forward-over-reverse's, the batched backward's product beside the running sum
+#: (measured by bench/measure_memory.py on the 900k-parameter MLP).
+REVERSE_PARAMETER_COPIES = PARAMETER_COPIES + 1
+#: Copies of a point's activations the gradient graph of a reverse-over-reverse pass holds for
+#: the whole pass, whatever its probes (``curvature.HessianOperator``'s ``"double_backward"``
+#: builds it once per point chunk; an estimate, the same order as one probe's).
+GRAPH_COPIES = ACTIVATION_COPIES
 #: Default bound on the working set of one batch of Lanczos runs (``batch_rows``).
 LANCZOS_BYTES = 1 << 30
 #: P-vectors a run holds besides its ``steps`` basis vectors: its start, the gathered active
@@ -75,20 +83,26 @@ def _tensors(tree) -> list[torch.Tensor]:
 
 
 def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
-                 max_bytes: int = HVP_BYTES) -> tuple[int, int]:
+                 max_bytes: int = HVP_BYTES, reverse: bool = False) -> tuple[int, int]:
     """(probes, points) of one HVP pass over ``dim`` parameters within ``max_bytes``.
 
-    A pass holds about PARAMETER_COPIES * dim floats a probe, whatever its points, and
-    ACTIVATION_COPIES * A floats a probe and point (A = ``activation_floats``). Probes:
+    A forward-over-reverse pass holds about PARAMETER_COPIES * dim floats a probe, whatever
+    its points, and ACTIVATION_COPIES * A floats a probe and point (A =
+    ``activation_floats``); a ``reverse``-over-reverse one REVERSE_PARAMETER_COPIES * dim a
+    probe, and its gradient graph GRAPH_COPIES * A a point whatever its probes. Probes:
     ``probe_chunk``, fewer where even one point each would pass ``max_bytes`` (at least one);
     points: all of ``x``, fewer where their activations would pass what the probes' vectors
     leave (at least one).
     """
     itemsize = x.element_size()
-    probe_bytes = PARAMETER_COPIES * dim * itemsize
-    point_bytes = ACTIVATION_COPIES * activation_floats(model, x) * itemsize
-    probes = max(1, min(probe_chunk, max_bytes // max(probe_bytes + point_bytes, 1)))
-    points = (max_bytes - probes * probe_bytes) // max(probes * point_bytes, 1)
+    resident_copies = GRAPH_COPIES if reverse else 0
+    probe_bytes = (REVERSE_PARAMETER_COPIES if reverse else PARAMETER_COPIES) * dim * itemsize
+    floats = activation_floats(model, x)
+    point_bytes = ACTIVATION_COPIES * floats * itemsize
+    resident_bytes = resident_copies * floats * itemsize
+    probes = max(1, min(probe_chunk, (max_bytes - resident_bytes)
+                        // max(probe_bytes + point_bytes, 1)))
+    points = (max_bytes - probes * probe_bytes) // max(probes * point_bytes + resident_bytes, 1)
     return probes, max(1, min(len(x), points))
 
 

@@ -10,6 +10,7 @@ page is generated from it), each HVP costing about two passes (forward and backw
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,9 @@ COSTS = {
             "them, and the loss-weighted Jacobian norm of the False-Friend loss bound",
     "hutch_plus_plus": "probes HVPs: Hutch++ trace with SE",
     "xtrace": "at most probes HVPs (probes // 2 on the test vectors, at most as many on the "
-              "basis of their products): XTrace trace with its leave-one-out error estimate",
+              "basis of their products): XTrace trace with its leave-one-out error estimate; "
+              "hessian_trace then takes whichever of it and the control variate is cheaper to "
+              "the same accuracy",
     "lanczos": "steps HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2",
     "relative_flatness": "probes HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact",
     "adaptive_sharpness": "probes HVPs + JVPs, and 2 pairs loss evaluations: Tr(D H D) "
@@ -145,6 +148,33 @@ def xtrace_family(ctx: Context, _options: dict) -> dict:
     estimate = xtrace.xtrace(ctx.operator, ctx.cfg["probes"], ctx.generator(5))
     return {"hessian_trace_xtrace": estimate.value,
             "hessian_trace_xtrace_se": estimate.standard_error}
+
+
+def cheapest_trace(values: dict, probes: int) -> dict:
+    """``hessian_trace`` (with its SE) from the cheaper of the core's control variate and
+    XTrace, and which one it is (``hessian_trace_by_xtrace``: 1 for XTrace, 0 for the control
+    variate, whose estimate stays in ``hessian_trace_control_variate``).
+
+    Cheaper: fewer HVP-equivalents to reach the smaller of the two measured SEs
+    (``trace_estimators.cheapest_to_reach``, SE ~ matvecs^-1/2): the control variate costs
+    2 probes (probes HVPs and as many Gauss-Newton products, a JVP and a VJP each), XTrace at
+    most probes. The choice reads the SEs of the same draws it reports, so where the two are
+    close the SE reported is the smaller of two noisy estimates (slightly optimistic); where
+    H - G carries no trace at an MSE interpolation the control variate's SE is orders of
+    magnitude below XTrace's and the choice is not close (bench/RESULTS.md)."""
+    candidates = {
+        "control_variate": (trace_estimators.Estimate(values["hessian_trace"],
+                                                      values["hessian_trace_se"]), 2 * probes),
+        "xtrace": (trace_estimators.Estimate(values["hessian_trace_xtrace"],
+                                             values["hessian_trace_xtrace_se"]), probes)}
+    target = min((estimate.standard_error for estimate, _ in candidates.values()
+                  if not math.isnan(estimate.standard_error)), default=math.nan)
+    name, _ = trace_estimators.cheapest_to_reach(candidates, target)
+    chosen, _ = candidates[name]
+    return {"hessian_trace": chosen.value, "hessian_trace_se": chosen.standard_error,
+            "hessian_trace_by_xtrace": float(name == "xtrace"),
+            "hessian_trace_control_variate": values["hessian_trace"],
+            "hessian_trace_control_variate_se": values["hessian_trace_se"]}
 
 
 def lanczos(ctx: Context, options: dict) -> dict:
@@ -276,7 +306,7 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     pass (its probes' parameter-sized vectors and activations) and one batch of
     output-curvature Lanczos bases.
     """
-    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "forward_over_reverse"),
+    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "auto"),
                                          cfg.get("probe_chunk", 16), loss=loss,
                                          max_bytes=max_bytes)
     families = studies.curvature_families(cfg)
@@ -291,4 +321,6 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     values = core(ctx)
     for name, options in families.items():
         values.update(FAMILIES[name](ctx, options))
+    if "xtrace" in families:
+        values.update(cheapest_trace(values, cfg["probes"]))
     return values

@@ -21,7 +21,8 @@ are always drawn on the CPU from the caller's seeded ``torch.Generator`` and the
   both in the basis and in the residual; in ``flatrep.measures.xtrace``, on the ``sphere``
   test vectors drawn here.
 * Which estimator reaches a target SE with the fewest matvecs, from their measured SEs
-  (``cheapest_to_reach``; SE ~ matvecs^-1/2 unless told otherwise). It only reports.
+  (``cheapest_to_reach``; SE ~ matvecs^-1/2 unless told otherwise); the curvature suite's
+  ``hessian_trace`` takes the cheaper of the control variate and XTrace by it.
 """
 
 from __future__ import annotations
@@ -170,12 +171,15 @@ def matvecs_to_reach(estimate: Estimate, matvecs: float, target_se: float,
     """Matvecs an estimator needs for SE <= ``target_se``, from its SE at ``matvecs``:
     matvecs (SE / target)^(1/rate) (SE ~ matvecs^-rate, ``SE_RATE``) when SE > target; the
     measured ``matvecs`` when SE <= target (reached: no extrapolation below the measured
-    budget, where a low-rank estimator's basis would shrink); inf when SE is NaN (m = 1)."""
+    budget, where a low-rank estimator's basis would shrink); inf when SE is NaN (m = 1) or
+    the target is 0 and SE is not (an exact estimate is out of a sampling estimator's reach)."""
     se = estimate.standard_error
     if math.isnan(se):
         return math.inf
     if se <= target_se:
         return float(matvecs)
+    if target_se <= 0:
+        return math.inf
     return matvecs * (se / target_se) ** (1 / rate)
 
 
@@ -186,8 +190,8 @@ def cheapest_to_reach(candidates: dict[str, tuple[Estimate, float]], target_se: 
     ``rates[name]``, default ``SE_RATE``), the first listed on a tie, and every candidate's
     matvecs. The costs are the caller's, in HVP-equivalents (the control-variate core: probes
     HVPs + probes Gauss-Newton products, a JVP and a VJP each; Hutch++: probes; XTrace: at
-    most probes). It reports only: ``hessian_trace`` still takes the control-variate estimate
-    (choosing by this is left for later)."""
+    most probes). ``flatrep.measures.suite.cheapest_trace`` lets ``hessian_trace`` take the
+    cheaper of the control variate and XTrace by it."""
     rates = rates or {}
     needed = {name: matvecs_to_reach(estimate, matvecs, target_se, rates.get(name, SE_RATE))
               for name, (estimate, matvecs) in candidates.items()}

@@ -14,9 +14,11 @@ each unbiased (omega_i is independent of P_i and E[omega omega^T] = I), and XTra
 average, tr_X = (1/m) sum_i tr_i, symmetric in the test vectors (the exchangeability
 principle). It costs 2m products: A Omega, then A Q for Q an orthonormal basis of A Omega.
 
-Every Q_(i) is a downdate of one QR factorisation A Omega = Q R (the paper's Sec. 2): range
-A Omega_{-i} is range(Q) less the unit direction Q s_i orthogonal to the other columns of
-R, s_i = R^{-T} e_i / ||R^{-T} e_i|| (the normalised i-th column of R^{-T}), so
+Every Q_(i) is a downdate of one QR factorisation A Omega = Q R: range A Omega_{-i} is
+range(Q) less the unit direction Q s_i orthogonal to the other columns of R,
+s_i = R^{-T} e_i / ||R^{-T} e_i|| (the normalised i-th column of R^{-T}; the authors' code,
+eepperly/XTrace ``code/xtrace.m``, normalises the rows of I - triu(R, 1) R^{-1} =
+diag(R) R^{-1}, the same directions up to sign), so
 P_i = Q (I - s_i s_i^T) Q^T and, with H = Q^T A Q, w_i = Q^T omega_i, b_i = Q^T A omega_i
 (= R e_i), u_i = (I - s_i s_i^T) w_i and r_i = (I - P_i) omega_i = omega_i - Q u_i,
 
@@ -27,9 +29,10 @@ P_i = Q (I - s_i s_i^T) Q^T and, with H = Q^T A Q, w_i = Q^T omega_i, b_i = Q^T 
 all from m x m quantities (A symmetric; no product beyond the 2m).
 
 Test vectors: normalised Gaussians, uniform on the sphere of radius sqrt(N)
-(``trace_estimators.sphere``), with the paper's normalisation (Sec. 2.3): the residual probe
-is rescaled to the norm sqrt(d_i) of a sphere vector of the complement, d_i = N - dim
-range(Q_(i)),
+(``trace_estimators.sphere``), with the paper's normalisation (Sec. 2.3, the section the
+authors' README names for their recommended ``'improved'`` test vectors): the residual probe
+is rescaled to the norm sqrt(d_i) of a sphere vector of the complement,
+d_i = N - dim range(Q_(i)) (= N - m + 1, the numerator of their code's scale),
 
     tr_i = Tr(Q_(i)^T A Q_(i)) + d_i r_i^T A r_i / ||r_i||^2.
 
@@ -41,8 +44,8 @@ rotation-invariant: their projections r_i are not uniform on that sphere, the re
 would bias the estimate, and without it they lose that gain; the authors recommend this
 "improved" sphere choice as XTrace's default.
 
-Error estimate (the paper's, Sec. 2): the standard error of the mean of the leave-one-out
-estimates as if they were independent,
+Error estimate (the authors', ``err = std(ests) / sqrt(m)`` in their ``code/xtrace.m``): the
+standard error of the mean of the leave-one-out estimates as if they were independent,
 
     err = sqrt( sum_i (tr_i - tr_X)^2 / (m (m - 1)) ) = std(tr_1..tr_m) / sqrt(m),
 

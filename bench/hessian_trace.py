@@ -64,6 +64,23 @@ def matched(name, estimate, exact, repeats, budgets):
     return {"name": name, "matvecs": None, "rms": rms, "seconds": float("nan")}
 
 
+def train_study(study):
+    """(model, x, labels): one run of ``study`` (seed 0, its ``train.lr`` and
+    ``train.batch_size``) trained by flatrep.training.single in a temporary folder, its last
+    checkpoint, and the study's train split (x float32, int64 labels). Also used by
+    bench/curvature_peers.py."""
+    with tempfile.TemporaryDirectory() as root:
+        options = {k: v for k, v in study["data"].items() if k != "name"}
+        datasets.prepare(study["data"]["name"], root, **options)
+        hparams = {"lr": study["train"]["lr"], "batch_size": study["train"]["batch_size"],
+                   "seed": 0}
+        path = single.train_run("bench", study, studies.Run("bench", hparams), root, root,
+                                threads=1)[-1]
+        model, _ = checkpoint.load(path)
+        x, y = datasets.load_study_split(study["data"], "train", root)
+    return model, x, y
+
+
 def trained_problem(hidden, points, steps):
     """(model, x, one-hot y): an MLP trained on MNIST-1D by flatrep.training.single, its train
     points."""
@@ -71,13 +88,7 @@ def trained_problem(hidden, points, steps):
              "model": {"name": "mlp", "hidden": hidden, "activation": "tanh"},
              "train": {"iterations": steps, "checkpoints": [steps], "optimizer": "sgd",
                        "lr": 0.1, "batch_size": 20, "device": "cpu"}}
-    with tempfile.TemporaryDirectory() as root:
-        options = {k: v for k, v in study["data"].items() if k != "name"}
-        datasets.prepare("mnist1d", root, **options)
-        run = studies.Run("bench", {"lr": 0.1, "batch_size": 20, "seed": 0})
-        path = single.train_run("bench", study, run, root, root, threads=1)[-1]
-        model, _ = checkpoint.load(path)
-        x, y = datasets.load_study_split(study["data"], "train", root)
+    model, x, y = train_study(study)
     return model.double(), x[:points].double(), \
         torch.nn.functional.one_hot(y[:points], 10).double()
 

@@ -4,8 +4,10 @@ PyHessian, run side by side in one process on the same network, points and loss 
 Libraries (``pip install -e .[bench]``; flatrep never imports them):
 
 * flatrep: ``curvature.HessianOperator`` (HVP engine ``--hvp``, any name of
-  ``curvature.HVP_METHODS``; default ``forward_over_reverse``, vmapped over ``--probe-chunk``
-  probes), with ``trace_estimators``, ``xtrace``, ``krylov.lanczos`` and ``spectrum.slq``.
+  ``curvature.HVP_METHODS``; default ``auto``, the measure jobs' default: double backward
+  through a kept gradient graph on the MLPs and for single vectors, forward-over-reverse
+  vmapped over ``--probe-chunk`` probes on the VGG), with ``trace_estimators``, ``xtrace``,
+  ``krylov.lanczos`` and ``spectrum.slq``.
 * curvlinops 3.x: ``HessianLinearOperator(model, loss_func, params, [(x, y)])`` (jvp of jacrev,
   vmapped over the columns of a matrix), ``hutchinson_trace``, ``hutchpp_trace``, ``xtrace``,
   ``hutchinson_squared_fro``, ``scipy.sparse.linalg.eigsh`` on ``.to_scipy()`` and
@@ -830,7 +832,7 @@ QUICK = {"case": ["ce_mlp", "tanh_mlp"], "points": 48, "vgg_points": 4, "repeats
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--hvp", default="forward_over_reverse",
+    parser.add_argument("--hvp", default="auto",
                         help=f"flatrep's HVP engine (curvature.HVP_METHODS: "
                              f"{', '.join(curvature.HVP_METHODS)})")
     parser.add_argument("--probe-chunk", type=int, default=64)

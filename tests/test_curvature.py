@@ -81,14 +81,44 @@ def test_double_backward_keeps_its_gradient_graph_when_one_chunk_holds_every_poi
     x, y = torch.randn(7, 4), torch.randn(7, 3)
     operator = curvature.HessianOperator(model, x, y, method="double_backward", probe_chunk=2,
                                          point_chunk=point_chunk)
+    assert operator.single_point_chunk == (point_chunk or 7)   # sized before the count
+    h = dense_reference.loss_hessian(model, x, y)
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
-    h = dense_reference.loss_hessian(model, x, y)
     first = operator.apply(torch.eye(operator.dim)[:5])
     calls_before = len(forwards)
     second = operator.apply(torch.eye(operator.dim)[5:6])
     assert len(forwards) - calls_before == forwards_per_call
     torch.testing.assert_close(torch.cat([first, second]), h[:6], rtol=0, atol=1e-12)
+
+
+def test_a_single_vector_keeps_its_graph_where_a_batch_of_probes_needs_point_chunks():
+    """auto on a conv net: batches of 4 probes forward-over-reverse, single vectors double
+    backward. A budget that holds one vector's pass and graph over all 6 points but not 4
+    probes' forward-over-reverse pass: the batch runs in point chunks, the single vectors
+    (a Lanczos run) keep one graph, a batch in between drops it, and every product is the
+    dense Hessian's."""
+    torch.manual_seed(6)
+    model = models.cnn((12,), 3, channels=(2,), kernel_size=3, activation="tanh").double()
+    x, y = torch.randn(6, 12), torch.randint(0, 3, (6,))
+    loss = losses.LOSSES["cross_entropy"]
+    dim = sum(p.numel() for p in model.parameters())
+    floats = memory.activation_floats(model, x)
+    budget = 8 * (memory.REVERSE_PARAMETER_COPIES * dim
+                  + (memory.ACTIVATION_COPIES + memory.GRAPH_COPIES) * floats * 6)
+    operator = curvature.HessianOperator(model, x, y, "auto", probe_chunk=4, loss=loss,
+                                         max_bytes=budget)
+    assert operator.single_point_chunk == 6 and operator.point_chunk < 6
+    h = dense_reference.loss_hessian(model, x, y, loss)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    eye = torch.eye(dim)
+    singles = [operator.apply(eye[i:i + 1]) for i in range(3)]
+    assert len(forwards) == 1                        # one graph for the three
+    batch = operator.apply(eye[3:7])
+    assert operator._kept_graph is None
+    again = operator.apply(eye[7:8])
+    torch.testing.assert_close(torch.cat([*singles, batch, again]), h[:8], rtol=0, atol=1e-12)
 
 
 def test_hutchinson_within_standard_errors_of_the_dense_values():

@@ -72,8 +72,10 @@ class HessianOperator:
     c, then H_c V = d(g_c . v)/d theta for a chunk of probes by one ``autograd.grad`` batched
     over them (``is_grads_batched``); the graph is kept for later calls when one chunk holds
     every point, and the chunk sizes leave room for it (``memory.hvp_chunking``'s
-    ``reverse``); or ``"auto"``, one of those by the model and the number of vectors
-    (``auto_engine``). Every engine gives the same H V to rounding.
+    ``reverse``; a single vector's chunks are sized for one probe, ``single_point_chunk``,
+    so that a Lanczos run keeps its graph where a batch of probes could not); or ``"auto"``,
+    one of those by the model and the number of vectors (``auto_engine``). Every engine gives
+    the same H V to rounding.
     At most ``probe_chunk`` vectors are pushed through at once, over ``point_chunk`` points
     at a time (``memory.hvp_chunking`` fits both in ``max_bytes``: fewer probes where their
     parameter-sized vectors and one point each would pass it, then all points unless their
@@ -109,7 +111,17 @@ class HessianOperator:
             model, x, self.dim, probe_chunk, max_bytes,
             reverse=self.engine(probe_chunk) == "double_backward")
         self.point_chunk = point_chunk or fitted_points
-        self._kept_graph = None
+        self._given_point_chunk, self._max_bytes = point_chunk, max_bytes
+        self._kept_graph = None     # (point chunk, theta, gradient with its graph)
+
+    @functools.cached_property
+    def single_point_chunk(self) -> int:
+        """Points a double-backward pass of a single vector takes at once (its gradient graph
+        and one probe within ``max_bytes``): all of them wherever they fit, so that the graph
+        is kept, also where a batch of probes needs smaller chunks (a ``point_chunk`` given is
+        kept)."""
+        return self._given_point_chunk or memory.hvp_chunking(
+            self.model, self.x, self.dim, 1, self._max_bytes, reverse=True)[1]
 
     def _unflatten(self, theta: torch.Tensor) -> dict:
         chunks = torch.split(theta, [math.prod(s) for s in self.shapes])
@@ -129,9 +141,11 @@ class HessianOperator:
         """(1/n) sum_{i in part} l(f(x_i; theta), y_i): the parts' losses add up to L."""
         return self.loss_fn.per_sample(self.outputs(theta, x), targets).sum() / len(self.x)
 
-    def parts(self):
-        """(x, targets) of consecutive chunks of ``point_chunk`` points."""
-        return zip(self.x.split(self.point_chunk), self.targets.split(self.point_chunk))
+    def parts(self, point_chunk: int | None = None):
+        """(x, targets) of consecutive chunks of ``point_chunk`` points (default the
+        operator's)."""
+        chunk = point_chunk or self.point_chunk
+        return zip(self.x.split(chunk), self.targets.split(chunk))
 
     def engine(self, probes: int) -> str:
         """The engine that computes H V for ``probes`` vectors: ``method``, or for ``"auto"``
@@ -144,6 +158,7 @@ class HessianOperator:
         engine = self.engine(len(vectors))
         if engine == "double_backward":
             return self._reverse_over_reverse(vectors)
+        self._kept_graph = None     # its memory is the forward-over-reverse pass's now
         forward_over_reverse = (self._forward_over_reverse if engine == "forward_over_reverse"
                                 else functools.partial(_compiled_forward_over_reverse(), self))
         return torch.cat([sum(forward_over_reverse(chunk, x, targets)
@@ -153,10 +168,11 @@ class HessianOperator:
     def _reverse_over_reverse(self, vectors: torch.Tensor) -> torch.Tensor:
         """H V = sum_c H_c V, H_c v = d(g_c . v)/d theta by a backward pass through the graph
         of g_c = grad L_c (``_gradient_graphs``), ``probe_chunk`` rows of V in one batched
-        pass (a single row unbatched)."""
+        pass (a single row unbatched, over chunks of ``single_point_chunk`` points)."""
         products = torch.zeros_like(vectors)
+        point_chunk = self.single_point_chunk if len(vectors) == 1 else self.point_chunk
         with torch.enable_grad():
-            for theta, gradient in self._gradient_graphs():
+            for theta, gradient in self._gradient_graphs(point_chunk):
                 for start in range(0, len(vectors), self.probe_chunk):
                     rows = slice(start, start + self.probe_chunk)
                     chunk = vectors[rows]
@@ -169,20 +185,22 @@ class HessianOperator:
                     products[rows] += part.reshape(len(chunk), -1)
         return products
 
-    def _gradient_graphs(self):
-        """(theta, g_c = grad_theta L_c(theta) with its graph) for each point chunk c, L_c =
-        (1/n) sum_{i in c} l_i. With one chunk for every point its graph is kept for the
-        operator's life (a later product is one backward pass, no forward); with several, each
-        is built per call and dropped after its products (one chunk's graph in memory)."""
-        if self._kept_graph is not None:
-            yield self._kept_graph
+    def _gradient_graphs(self, point_chunk: int):
+        """(theta, g_c = grad_theta L_c(theta) with its graph) for each chunk c of
+        ``point_chunk`` points, L_c = (1/n) sum_{i in c} l_i. With one chunk for every point its
+        graph is kept for later calls of the same chunking (a later product is one backward
+        pass, no forward) until a pass of another chunking or engine; with several, each is
+        built per call and dropped after its products (one chunk's graph in memory)."""
+        if self._kept_graph is not None and self._kept_graph[0] == point_chunk:
+            yield self._kept_graph[1:]
             return
-        for x, targets in self.parts():
+        self._kept_graph = None
+        for x, targets in self.parts(point_chunk):
             theta = self.theta.detach().clone().requires_grad_(True)
             (gradient,) = torch.autograd.grad(self._part_loss(theta, x, targets), theta,
                                               create_graph=True)
-            if self.point_chunk >= len(self.x):
-                self._kept_graph = (theta, gradient)
+            if point_chunk >= len(self.x):
+                self._kept_graph = (point_chunk, theta, gradient)
             yield theta, gradient
 
     def _forward_over_reverse(self, vectors: torch.Tensor, x: torch.Tensor,

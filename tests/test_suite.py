@@ -201,7 +201,8 @@ def test_point_measures_in_pieces_within_the_budget_equal_one_pass(monkeypatch):
     pieces = []
     full = jacobian.per_sample_jacobians
     monkeypatch.setattr(jacobian, "per_sample_jacobians",
-                        lambda model, x, *a, **kw: pieces.append(len(x)) or full(model, x, *a, **kw))
+                        lambda model, x, *a, **kw: pieces.append(len(x))
+                        or full(model, x, *a, **kw))
     budget = 5 * jacobian.input_jacobian_bytes(model, x)
     budgeted = measuring.point_measures(model, x, chunk_size=7, moments=(1, 2), max_bytes=budget)
     assert pieces == [2, 2, 2, 1]

@@ -138,13 +138,13 @@ def prepare(setup: dict, what: str, budget: int, jacobian_points: int, device):
     num_params = sum(p.numel() for p in model.parameters())
     itemsize = x.element_size()
     if what == "hvp":
-        method = setup["hvp"]
-        engine = (curvature.auto_engine(model, setup["probe_chunk"]) if method == "auto"
-                  else method)
+        points = setup["curvature_points"]
+        job = curvature.HessianOperator(model, x[:points], targets[:points], setup["hvp"],
+                                        setup["probe_chunk"], loss=loss, max_bytes=budget)
+        engine = job.engine(setup["probe_chunk"])    # the engine and chunks of a measure job
         reverse = engine == "double_backward"
-        probes, chunk = memory.hvp_chunking(model, x[:setup["curvature_points"]],
-                                            num_params, setup["probe_chunk"], budget,
-                                            reverse=reverse)
+        probes, chunk = job.probe_chunk, job.point_chunk
+        del job
         floats = memory.activation_floats(model, x)
         copies = memory.REVERSE_PARAMETER_COPIES if reverse else memory.PARAMETER_COPIES
         bounded = (probes * (copies * num_params + memory.ACTIVATION_COPIES * floats * chunk)

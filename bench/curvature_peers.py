@@ -6,8 +6,11 @@ Libraries (``pip install -e .[bench]``; flatrep never imports them):
 * flatrep: ``curvature.HessianOperator`` (HVP engine ``--hvp``, any name of
   ``curvature.HVP_METHODS``; default ``auto``, the measure jobs' default: double backward
   through a kept gradient graph on the MLPs and for single vectors, forward-over-reverse
-  vmapped over ``--probe-chunk`` probes on the VGG), with ``trace_estimators``, ``xtrace``,
-  ``krylov.lanczos`` and ``spectrum.slq``.
+  vmapped over ``--probe-chunk`` probes on the VGG), with ``trace_estimators`` (Hutchinson,
+  Hutch++, the Gauss-Newton control variate, ``deflated_frobenius``), ``xtrace``,
+  ``krylov.lanczos`` and ``spectrum.slq``; on a network linear in each single parameter
+  (``curvature.piecewise_linear``: the ReLU MLPs and the VGG) also Tr G alone, which is then
+  Tr H exactly and what the curvature core reports as ``hessian_trace``.
 * curvlinops 3.x: ``HessianLinearOperator(model, loss_func, params, [(x, y)])`` (jvp of jacrev,
   vmapped over the columns of a matrix), ``hutchinson_trace``, ``hutchpp_trace``, ``xtrace``,
   ``hutchinson_squared_fro``, ``scipy.sparse.linalg.eigsh`` on ``.to_scipy()`` and
@@ -519,8 +522,15 @@ def flatrep_traces(problem: Problem, args) -> dict[str, tuple[Estimator, int]]:
         return trace_estimators.hutchinson(flatrep_operator(problem, args), m,
                                            generator(seed)).trace.value, m
 
-    return {"control variate (Tr G exact + Hutchinson on H − G)": (control, 3),
-            "XTrace": (x_trace, 12), "Hutch++": (hutch_pp, 12), "Hutchinson": (hutchinson, 12)}
+    def exact(_m, _seed):
+        return gauss_newton_trace(flatrep_operator(problem, args)), 0
+
+    estimators = {"control variate (Tr G exact + Hutchinson on H − G)": (control, 3),
+                  "XTrace": (x_trace, 12), "Hutch++": (hutch_pp, 12),
+                  "Hutchinson": (hutchinson, 12)}
+    if curvature.piecewise_linear(problem.model):      # what the curvature core then takes
+        estimators["Tr G exact (piecewise linear: diag(H − G) = 0)"] = (exact, 1)
+    return estimators
 
 
 def curvlinops_traces(problem: Problem) -> dict[str, tuple[Estimator, int]]:
@@ -560,6 +570,10 @@ def frobenius_rows(problem: Problem, reference: Reference, args) -> list[Row]:
         return trace_estimators.hutchinson(flatrep_operator(problem, args), m,
                                            generator(seed)).frobenius.value, m
 
+    def deflated(m, seed):
+        return trace_estimators.deflated_frobenius(flatrep_operator(problem, args), m,
+                                                   generator(seed)).value, m
+
     def theirs(m, seed):
         torch.manual_seed(seed)
         return curvlinops.hutchinson_squared_fro(curvlinops_operator(problem), m).sqrt().item(), m
@@ -567,6 +581,8 @@ def frobenius_rows(problem: Problem, reference: Reference, args) -> list[Row]:
     rows = [ladder_row(problem, FRO, library, name, estimate, reference.fro,
                        doubling(12, problem.dim), problem.rules)
             for library, name, estimate in [(FLATREP, "Hutchinson ‖H v‖²", ours),
+                                            (FLATREP, "Hutch++ on H² (deflated_frobenius)",
+                                             deflated),
                                             ("curvlinops", "hutchinson_squared_fro", theirs)]]
     return rows + [Row(problem.name, FRO, "PyHessian", "—", note="no Frobenius-norm estimator")]
 

@@ -76,7 +76,7 @@ def study_setup(name: str) -> dict:
             "chunk_size": measure_cfg["chunk_size"],
             "curvature_points": curvature_cfg.get("points", 256),
             "probe_chunk": curvature_cfg.get("probe_chunk", 16),
-            "hvp": curvature_cfg.get("hvp", "auto"),
+            "hvp": curvature_cfg.get("hvp", curvature.DEFAULT_HVP),
             "lanczos_steps": lanczos["steps"], "lanczos_point_chunk": lanczos["point_chunk"]}
 
 

@@ -30,7 +30,8 @@ FLOAT = torch.float64
 LOG_VOLUMES = {"log_lvr", "log_lvr_top3", "layer_log_lvr", "log_nvr", "log_lvr_pseudo",
                "layer_log_lvr_pseudo", "log_nvr_pseudo"}
 #: Every curvature family, on small settings (``probes`` and ``dense_max_params`` are drawn).
-FAMILIES = {"hutch_plus_plus": True, "xtrace": True, "lanczos": {"steps": 4},
+FAMILIES = {"hutch_plus_plus": True, "xtrace": True, "deflated_frobenius": True,
+            "lanczos": {"steps": 4},
             "relative_flatness": True, "adaptive_sharpness": {"pairs": 3},
             "spectral_density": {"probes": 2, "steps": 3, "bins": 20, "smoothing": 0.1},
             "stability": {"steps": 3}, "output_curvature": {"steps": 3, "point_chunk": 8},
@@ -261,7 +262,7 @@ def check_misclassified_subset(ds, wrong: np.ndarray, model, x_test) -> None:
 
 #: The variables that may hold NaN outside test_misclassified (when: see the test below).
 NAN_BY_DESIGN = {"slq_nodes", "hessian_rank", "hessian_trace_hutchpp_se",
-                 "hessian_trace_xtrace_se", "misclassified_index"}
+                 "hessian_trace_xtrace_se", "hessian_fro_deflated_se", "misclassified_index"}
 
 
 def check_documented_nan(ds, name: str, nan: np.ndarray) -> None:
@@ -301,6 +302,12 @@ def test_every_cube_variable_is_finite_or_non_finite_as_documented(spec, loss_na
     assert math.isnan(ds["hessian_trace_hutchpp_se"].item()) == (probes < 6)  # 1 residual probe
     xtrace_se = ds["hessian_trace_xtrace_se"].item()
     assert math.isnan(xtrace_se) if probes < 4 else xtrace_se >= 0     # 1 test vector: NaN
+    deflated, deflated_se = (ds[name].item() for name in ("hessian_fro_deflated",
+                                                          "hessian_fro_deflated_se"))
+    if probes < 4 and deflated > 0:                                      # 1 residual probe
+        assert math.isnan(deflated_se)
+    else:
+        assert deflated_se >= 0
     for name in ("hessian_fro", "hessian_fro_se", "hessian_trace_se", "hessian_effective_rank",
                  "hessian_trace_hutchinson_se", "relative_flatness_last",
                  "adaptive_sharpness_gauss_newton", "gauss_newton_nonuniformity",
@@ -423,7 +430,8 @@ def test_zero_hessian_gives_zero_norms_standard_errors_and_effective_rank(activa
     for name in ("hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
                  "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
                  "hessian_fro_se", "hessian_effective_rank", "hessian_trace_hutchpp",
-                 "hessian_trace_xtrace", "hessian_trace_xtrace_se",
+                 "hessian_trace_xtrace", "hessian_trace_xtrace_se", "hessian_fro_deflated",
+                 "hessian_fro_deflated_se",
                  "hessian_lambda_max", "hessian_lambda_min", "hessian_trace_slq",
                  "loss_weighted_jacobian_sq", "per_sample_hessian_fro_sq"):
         assert values[name] == 0.0, name

@@ -16,12 +16,13 @@ from flatrep.params import studies
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "xtrace": True, "lanczos": {"steps": 5},
-                "relative_flatness": True, "adaptive_sharpness": {"pairs": 4},
+ALL_FAMILIES = {"probes": 6, "hutch_plus_plus": True, "xtrace": True,
+                "deflated_frobenius": True, "lanczos": {"steps": 5}, "relative_flatness": True,
+                "adaptive_sharpness": {"pairs": 4},
                 "spectral_density": {"probes": 2, "steps": 4, "bins": 20, "smoothing": 0.1},
                 "rank": {"points": 4, "dense_max_params": 10_000}, "stability": {"steps": 4},
                 "output_curvature": {"steps": 3, "point_chunk": 5}}
-CORE = {"hessian_trace", "hessian_trace_se", "hessian_gauss_newton_trace",
+CORE = {"hessian_trace", "hessian_trace_se", "hessian_trace_exact", "hessian_gauss_newton_trace",
         "hessian_trace_hutchinson", "hessian_trace_hutchinson_se", "hessian_fro",
         "hessian_fro_se", "hessian_residual_fro", "hessian_residual_fro_se",
         "hessian_effective_rank", "loss_weighted_jacobian_sq"}
@@ -270,3 +271,24 @@ def test_measures_file_takes_misclassified_points_from_the_whole_test_split(meas
             assert (model(x[taken].double()).argmax(1) != y[taken]).all()
         assert np.isnan(at["mls"].sel(subset="test_misclassified").values[len(taken):]).all()
         assert not np.isnan(at["mls"].sel(subset="test_misclassified").values[:len(taken)]).any()
+
+
+@pytest.mark.parametrize("activation, exact", [("relu", True), ("tanh", False)])
+def test_hessian_trace_is_the_gauss_newton_trace_on_a_piecewise_linear_network(
+        activation, exact):
+    """Far from interpolation (targets 5 N(0, 1)) with 4 probes: on a ReLU MLP hessian_trace
+    is Tr H of the dense Hessian to rounding with SE 0, though the 4 probes' plain Hutchinson
+    estimate is off; on a tanh MLP the control variate estimates Tr(H - G), with an SE."""
+    torch.manual_seed(2)
+    model = models.mlp(4, 3, [6], activation=activation).double()
+    x, targets = torch.randn(15, 4), 5 * torch.randn(15, 3)
+    values = suite.measure(model, x, targets, losses.get("mse"), {"probes": 4}, seed=0)
+    trace = torch.trace(dense_reference.loss_hessian(model, x, targets)).item()
+    assert values["hessian_trace_exact"] == float(exact)
+    assert abs(values["hessian_trace_hutchinson"] - trace) > 1e-3 * abs(trace)
+    if exact:
+        assert values["hessian_trace"] == pytest.approx(trace, rel=1e-12)
+        assert values["hessian_trace_se"] == 0.0
+    else:
+        assert values["hessian_trace_se"] > 1e-6 * abs(trace)
+        assert values["hessian_trace"] != values["hessian_gauss_newton_trace"]

@@ -58,7 +58,7 @@ def measure(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss:
             *, test_inputs: torch.Tensor | None = None, test_targets: torch.Tensor | None = None,
             families: Iterable[str] | Mapping[str, bool | dict] = (), curvature: bool = True,
             points: int | None = None, point_seed: int = 0, curvature_points: int | None = None,
-            probes: int = 24, hvp: str = "auto", chunk_size: int = 50,
+            probes: int = 24, hvp: str = curvature.DEFAULT_HVP, chunk_size: int = 50,
             moments: tuple[int, ...] = measuring.MOMENTS,
             memory_mb: int = studies.MEASURE_MEMORY_MB) -> xr.Dataset:
     """The cube's measures of ``model`` as an ``xarray.Dataset`` (one checkpoint's slice).

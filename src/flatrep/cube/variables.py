@@ -54,12 +54,21 @@ CATALOG: dict[str, Variable] = {
                               "points (attr curvature; l = 1/2 ||f - y||^2 for mse, the "
                               "cross-entropy otherwise): exact Gauss-Newton trace + Hutchinson "
                               "on H - G (control variate; exact at MSE interpolation, Chen et "
-                              "al. B7); with the xtrace family on, XTrace's estimate where it "
-                              "reaches the same accuracy with fewer HVPs "
-                              "(hessian_trace_by_xtrace)"),
+                              "al. B7); Tr G alone, exact, on a network linear in each "
+                              "parameter (hessian_trace_exact); with the xtrace family on, "
+                              "XTrace's estimate where it reaches the same accuracy with fewer "
+                              "HVPs (hessian_trace_by_xtrace)"),
     "hessian_trace_se": Variable((), "standard error of hessian_trace", "1",
-                                 "std(v^T H v - v^T G v) / sqrt(probes) (control variate), or "
+                                 "std(v^T H v - v^T G v) / sqrt(probes) (control variate), 0 "
+                                 "where exact (hessian_trace_exact), or "
                                  "hessian_trace_xtrace_se where XTrace was taken"),
+    "hessian_trace_exact": Variable((), "hessian_trace is exact (Tr H = Tr G)", "1",
+                                    "1 where every output is linear in each single parameter "
+                                    "(flatrep.measures.curvature.piecewise_linear: Linear and "
+                                    "Conv layers, ReLU-type activations, pools, eval-mode "
+                                    "BatchNorm and Dropout), so d^2 f / d theta_p^2 = 0, "
+                                    "diag(H - G) = 0 and hessian_trace = Tr G exactly; 0 where "
+                                    "the control variate estimates Tr(H - G)"),
     "hessian_trace_by_xtrace": Variable((), "hessian_trace is XTrace's", "1",
                                         "1 where hessian_trace is XTrace's estimate, 0 where "
                                         "the control variate's: the one that needs fewer HVP-"
@@ -69,12 +78,14 @@ CATALOG: dict[str, Variable] = {
     "hessian_trace_control_variate": Variable((), "trace of the training-loss Hessian "
                                                   "(control variate)", "1",
                                               "Tr G exact + mean of v^T H v - v^T G v over "
-                                              "the core's Rademacher probes, whichever "
-                                              "estimate hessian_trace took; only with the "
-                                              "xtrace family"),
+                                              "the core's Rademacher probes (Tr G alone where "
+                                              "hessian_trace_exact), whichever estimate "
+                                              "hessian_trace took; only with the xtrace "
+                                              "family"),
     "hessian_trace_control_variate_se": Variable((), "standard error of "
                                                      "hessian_trace_control_variate", "1",
-                                                 "std(v^T H v - v^T G v) / sqrt(probes)"),
+                                                 "std(v^T H v - v^T G v) / sqrt(probes); 0 "
+                                                 "where hessian_trace_exact"),
     "hessian_gauss_newton_trace": Variable((), "Gauss-Newton trace on the curvature points", "1",
                                            "Tr G = (1/n) sum_i Tr(M_i J_i J_i^T), exact, M_i "
                                            "the output Hessian of the loss (I for mse: "
@@ -109,6 +120,17 @@ CATALOG: dict[str, Variable] = {
     "hessian_fro_se": Variable((), "standard error of hessian_fro", "1",
                                "delta method: SE(||Hv||^2 mean) / (2 ||H||_F); 0 when "
                                "hessian_fro = 0 (every probe gives H v = 0)"),
+    "hessian_fro_deflated": Variable((), "Frobenius norm of the training-loss Hessian "
+                                         "(Hutch++ on H^2)", "1",
+                                     "||H||_F^2 = ||H Q||_F^2 + mean ||H (I - QQ^T) g||^2, Q an "
+                                     "orthonormal basis of H S for probes // 3 Rademacher "
+                                     "columns S, the mean over the other probes - 2 (probes "
+                                     "// 3) Rademacher g (deflated_frobenius family; "
+                                     "flatrep.measures.trace_estimators.deflated_frobenius)"),
+    "hessian_fro_deflated_se": Variable((), "standard error of hessian_fro_deflated", "1",
+                                        "delta method on the residual probes' SE; 0 when "
+                                        "hessian_fro_deflated = 0; otherwise NaN when probes < "
+                                        "4 (a single residual probe has no standard error)"),
     "hessian_residual_fro": Variable((), "Frobenius norm of H - G", "1",
                                      "||H - G||_F, G the Gauss-Newton matrix, by Hutchinson on "
                                      "(H - G)^2 over the core's probes: sqrt(mean ||H v - G v||^2)"

@@ -40,6 +40,8 @@ from flatrep.measures import jacobian, memory
 #: of the engines after it (``auto_engine``).
 HVP_METHODS = ("auto", "forward_over_reverse", "forward_over_reverse_compiled",
                "double_backward")
+#: The engine a measure job takes when ``measure.curvature.hvp`` is not given.
+DEFAULT_HVP = "auto"
 
 
 def auto_engine(model: nn.Module, probes: int) -> str:
@@ -56,6 +58,46 @@ def auto_engine(model: nn.Module, probes: int) -> str:
     if probes == 1 or jacobian.only_linear_parameters(model):
         return "double_backward"
     return "forward_over_reverse"
+
+
+#: Modules whose output is linear in each of their parameters and in their input (weights
+#: enter once, by a product with the input).
+LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Parameterless modules that are piecewise linear in their input.
+PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d,
+                    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                    nn.Unflatten, nn.Identity)
+
+
+def piecewise_linear(model: nn.Module) -> bool:
+    """Whether every output f_c(x; theta) is, wherever it is differentiable, linear in each
+    single parameter theta_p, so that d^2 f_c / d theta_p^2 = 0, diag(H - G) = 0 and
+    Tr H = Tr G exactly (the residual term (1/n) sum_i sum_c (dl/df_c) grad^2 f_c(x_i) of
+    Chen et al. B7 has a zero diagonal, for any loss l).
+
+    True when ``model`` is an ``nn.Sequential`` tree of ``LINEAR_IN_PARAMETERS`` layers,
+    ``PIECEWISE_LINEAR`` activations and pools, and Dropout or BatchNorm with running
+    statistics in eval mode (fixed affine maps), and no parameter is shared between two
+    layers: then f is a product of per-layer factors, each parameter entering one factor
+    linearly. Any other module (tanh, softmax, LayerNorm, a custom forward) makes it False,
+    the conservative answer: the control variate then estimates Tr(H - G).
+    """
+    owners: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Sequential):
+            continue
+        batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if batchnorm and (module.training or not module.track_running_stats):
+            return False
+        if isinstance(module, nn.Dropout) and module.training:
+            return False
+        if not isinstance(module, LINEAR_IN_PARAMETERS + PIECEWISE_LINEAR + (nn.Dropout,)) \
+                and not batchnorm:
+            return False
+        for parameter in module.parameters(recurse=False):
+            owners[id(parameter)] = owners.get(id(parameter), 0) + 1
+    return all(count == 1 for count in owners.values())
 
 
 class HessianOperator:
@@ -105,6 +147,7 @@ class HessianOperator:
         self.fixed.update({name: b.detach() for name, b in model.named_buffers()})
         self.dim, self.dtype, self.device = self.theta.numel(), self.theta.dtype, self.theta.device
         self.loss_fn = loss
+        self._auto_engines: dict[int, str] = {}     # probes -> auto_engine's choice
         with torch.no_grad():
             self.output_values = self.outputs(self.theta)
         self.probe_chunk, fitted_points = memory.hvp_chunking(
@@ -149,8 +192,13 @@ class HessianOperator:
 
     def engine(self, probes: int) -> str:
         """The engine that computes H V for ``probes`` vectors: ``method``, or for ``"auto"``
-        ``auto_engine``'s choice."""
-        return auto_engine(self.model, probes) if self.method == "auto" else self.method
+        ``auto_engine``'s choice (kept per number of vectors: the model does not change
+        during the operator's life)."""
+        if self.method != "auto":
+            return self.method
+        if probes not in self._auto_engines:
+            self._auto_engines[probes] = auto_engine(self.model, probes)
+        return self._auto_engines[probes]
 
     def apply(self, vectors: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (m, P) -> (m, P): sum over the point chunks c of H_c V, H_c the

@@ -95,11 +95,10 @@ def hvp_chunking(model: nn.Module, x: torch.Tensor, dim: int, probe_chunk: int,
     leave (at least one).
     """
     itemsize = x.element_size()
-    resident_copies = GRAPH_COPIES if reverse else 0
     probe_bytes = (REVERSE_PARAMETER_COPIES if reverse else PARAMETER_COPIES) * dim * itemsize
     floats = activation_floats(model, x)
     point_bytes = ACTIVATION_COPIES * floats * itemsize
-    resident_bytes = resident_copies * floats * itemsize
+    resident_bytes = (GRAPH_COPIES if reverse else 0) * floats * itemsize
     probes = max(1, min(probe_chunk, (max_bytes - resident_bytes)
                         // max(probe_bytes + point_bytes, 1)))
     points = (max_bytes - probes * probe_bytes) // max(probes * point_bytes + resident_bytes, 1)

@@ -36,6 +36,8 @@ COSTS = {
               "basis of their products): XTrace trace with its leave-one-out error estimate; "
               "hessian_trace then takes whichever of it and the control variate is cheaper to "
               "the same accuracy",
+    "deflated_frobenius": "probes HVPs: ||H||_F by Hutch++ on H^2 (a third of them on the "
+                          "sketch, a third on its basis, a third on the residual) with SE",
     "lanczos": "steps HVPs: lambda_max, lambda_min with residual bounds; lambda_max ||theta||^2",
     "relative_flatness": "probes HVPs restricted to W_1: kappa_Tr(W_1); kappa_Tr(W_L) exact",
     "adaptive_sharpness": "probes HVPs + JVPs, and 2 pairs loss evaluations: Tr(D H D) "
@@ -118,15 +120,19 @@ def core(ctx: Context) -> dict:
     """Tr H by the Gauss-Newton control variate and ||H - G||_F, both from the core's probes V,
     their products H V and one pass of G V (v^T G v = v . G v; ||H - G||_F by Hutchinson on
     (H - G)^2, sqrt(mean ||H v - G v||^2)), beside the plain Hutchinson estimates of Tr H and
-    ||H||_F and the effective rank from the same probes."""
+    ||H||_F and the effective rank from the same probes. On a network linear in each single
+    parameter (``curvature.piecewise_linear``) Tr H = Tr G exactly, with SE 0."""
     outputs = ctx.operator.output_values
     vectors, products = ctx.probes.vectors, ctx.probes.products
     gauss_newton = ctx.loss.gauss_newton_trace(outputs, ctx.jacobians["param_gram"])
     gauss_newton_products = ctx.gauss_newton.apply(vectors)
-    controlled = trace_estimators.control_variate_trace(
-        gauss_newton, vectors, products, (vectors * gauss_newton_products).sum(1))
+    exact = curvature.piecewise_linear(ctx.model)
+    controlled = trace_estimators.Estimate(gauss_newton, 0.0) if exact else \
+        trace_estimators.control_variate_trace(gauss_newton, vectors, products,
+                                               (vectors * gauss_newton_products).sum(1))
     residual = trace_estimators.residual_frobenius(products, gauss_newton_products)
     return {"hessian_trace": controlled.value, "hessian_trace_se": controlled.standard_error,
+            "hessian_trace_exact": float(exact),
             "hessian_gauss_newton_trace": gauss_newton,
             "hessian_trace_hutchinson": ctx.probes.trace.value,
             "hessian_trace_hutchinson_se": ctx.probes.trace.standard_error,
@@ -148,6 +154,15 @@ def xtrace_family(ctx: Context, _options: dict) -> dict:
     estimate = xtrace.xtrace(ctx.operator, ctx.cfg["probes"], ctx.generator(5))
     return {"hessian_trace_xtrace": estimate.value,
             "hessian_trace_xtrace_se": estimate.standard_error}
+
+
+def deflated_frobenius(ctx: Context, _options: dict) -> dict:
+    """||H||_F by Hutch++ on H^2 with the core's ``probes`` as its matvec budget, on its own
+    probe stream (``trace_estimators.deflated_frobenius``)."""
+    estimate = trace_estimators.deflated_frobenius(ctx.operator, ctx.cfg["probes"],
+                                                   ctx.generator(6))
+    return {"hessian_fro_deflated": estimate.value,
+            "hessian_fro_deflated_se": estimate.standard_error}
 
 
 def cheapest_trace(values: dict, probes: int) -> dict:
@@ -288,6 +303,7 @@ def batchnorm_train_family(ctx: Context, options: dict) -> dict:
 
 
 FAMILIES = {"hutch_plus_plus": hutch_plus_plus, "xtrace": xtrace_family,
+            "deflated_frobenius": deflated_frobenius,
             "output_curvature": output_curvature_family, "lanczos": lanczos, "stability": stability,
             "relative_flatness": relative_flatness, "adaptive_sharpness": adaptive_sharpness,
             "spectral_density": spectral_density, "rank": rank,
@@ -306,7 +322,7 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     pass (its probes' parameter-sized vectors and activations) and one batch of
     output-curvature Lanczos bases.
     """
-    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", "auto"),
+    operator = curvature.HessianOperator(model, x, targets, cfg.get("hvp", curvature.DEFAULT_HVP),
                                          cfg.get("probe_chunk", 16), loss=loss,
                                          max_bytes=max_bytes)
     families = studies.curvature_families(cfg)

@@ -270,6 +270,7 @@ def measure_memory_bytes(measure: dict) -> int:
 CURVATURE_FAMILIES: dict[str, dict] = {
     "hutch_plus_plus": {},
     "xtrace": {},
+    "deflated_frobenius": {},
     "lanczos": {"steps": 20},
     "relative_flatness": {},
     "adaptive_sharpness": {"rho": 0.01, "pairs": 64},

@@ -376,8 +376,9 @@ CASES = {"quick_mlp": quick_mlp, "tanh_mlp": tanh_mlp, "vgg_small": vgg_small, "
 
 def gauss_newton_trace(operator) -> float:
     """Tr G exact from the per-sample Jacobian Grams, as the curvature core computes it."""
-    grams = jacobian.per_sample_jacobians(operator.model, operator.x, moments=(),
-                                          grams=("param_gram",), input_jacobians=False)
+    grams = jacobian.per_sample_jacobians(operator.model, operator.x, len(operator.x),
+                                          moments=(), grams=("param_gram",),
+                                          input_jacobians=False)
     return operator.loss_fn.gauss_newton_trace(operator.output_values, grams["param_gram"])
 
 

@@ -10,9 +10,8 @@ from conftest import MatrixOperator
 from torch import nn
 
 from flatrep import losses, models
-from flatrep.measures import (batchnorm_train, conv, curvature, jacobian,
-                              krylov, memory, operators, stability,
-                              trace_estimators)
+from flatrep.measures import (batchnorm_train, conv, curvature, jacobian, krylov, memory, operators,
+                              stability, trace_estimators)
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 

@@ -133,6 +133,27 @@ def test_chunking_does_not_change_results(chunk_size):
     assert torch.allclose(reference["input"], chunked["input"])
 
 
+def test_linear_chunks_fit_their_cotangents_in_the_memory_budget(monkeypatch):
+    """MLP 4-8-3 (K = 3): a sample's forward pass and cotangents are (K + 1)(d + sum_l (d_l +
+    m_l)) = 4 (4 + 4 + 8 + 8 + 3) = 108 floats, 864 bytes; a budget of 3 samples' bytes splits
+    10 points asked in one chunk into chunks of 3, 3, 3, 1 with the one-chunk values."""
+    torch.manual_seed(9)
+    model = models.mlp(4, 3, [8]).double()
+    x = torch.randn(10, 4)
+    budgets = (1, 3 * 864 - 1, 3 * 864, 10 ** 9)
+    assert [jacobian.linear_chunking(model, x, budget) for budget in budgets] == \
+        [1, 2, 3, 10 ** 9 // 864]
+    whole = jacobian.per_sample_jacobians(model, x, chunk_size=10)
+    sizes = []
+    chunk = jacobian._linear_jacobians
+    monkeypatch.setattr(jacobian, "_linear_jacobians",
+                        lambda model, x, *rest: sizes.append(len(x)) or chunk(model, x, *rest))
+    budgeted = jacobian.per_sample_jacobians(model, x, chunk_size=10, max_bytes=3 * 864)
+    assert sizes == [3, 3, 3, 1]
+    for key in ("input", "param_gram", "param_sq", "weight_grad_norm", "param_moments"):
+        assert torch.allclose(whole[key], budgeted[key], rtol=1e-14, atol=0), key
+
+
 @pytest.mark.parametrize("activation,bias", [("relu", True), ("tanh", False)])
 def test_linear_closed_forms_match_generic_parameter_jacobians(activation, bias):
     """The Linear fast path (no parameter Jacobian) against full reverse-mode Jacobians."""

@@ -52,6 +52,9 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     (``input_jacobian_bytes``) would take 14 GiB for the CIFAR-100 CNN and 145 GiB for
     VGG-16-BN in float64.
 
+    ``chunk_size``: samples a chunk at most (the vmapped passes' fixed cost is paid per chunk:
+    the curvature core passes all its points), fewer where memory says so
+    (``linear_chunking``, ``generic_chunking``).
     ``method="linear"`` (chosen by ``auto`` when every parameter belongs to a measured
     ``nn.Linear``) never forms a parameter Jacobian: with z_l = W_l h_l + b_l and
     g_c = df_c/dz_l, df_c/dW_ja = g_cj h_a, so ||grad_{W_l} f||_F^2 = ||df/dz_l||_F^2 ||h_l||^2,
@@ -70,6 +73,8 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
     if method == "auto":
         method = "linear" if only_linear_parameters(model) else "generic"
     compute = {"linear": _linear_jacobians, "generic": _generic_jacobians}[method]
+    if method == "linear":
+        chunk_size = min(chunk_size, linear_chunking(model, x, max_bytes))
     if method == "generic":
         with torch.no_grad():
             num_outputs = model(x[:1]).shape[1]
@@ -93,6 +98,18 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, chunk_size: int = 32
         "param_moments": torch.cat([c["param_moments"] for c in chunks]),
         "layer_input_norm": torch.stack([h.reshape(len(x), -1).norm(dim=1) for h in inputs], 1),
     }
+
+
+def linear_chunking(model: nn.Module, x: torch.Tensor, max_bytes: int) -> int:
+    """Samples one chunk of the ``linear`` method holds within ``max_bytes``: its forward pass
+    and the K cotangents of x and of every measured layer's input h_l and output z_l,
+    (K + 1) (d + sum_l (d_l + m_l)) floats a sample in x's dtype; at least one."""
+    inputs = layers.layer_inputs(model, x[:1])
+    with torch.no_grad():
+        num_outputs = model(x[:1]).shape[1]
+    outputs = sum(module.out_features for _, module in layers.measured_layers(model))
+    floats = x[0].numel() + sum(h[0].numel() for h in inputs) + outputs
+    return max(1, max_bytes // ((num_outputs + 1) * floats * x.element_size()))
 
 
 def input_jacobian_bytes(model: nn.Module, x: torch.Tensor) -> int:

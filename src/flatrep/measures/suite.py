@@ -329,8 +329,9 @@ def measure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss: loss
     grams = ("param_gram",) + (("param_gram_adaptive",) if "adaptive_sharpness" in families
                                else ())
     ctx = Context(model, x, targets, loss, operator, curvature.GaussNewtonOperator(operator),
-                  jacobian.per_sample_jacobians(model, x, moments=(), max_bytes=max_bytes,
-                                                grams=grams, input_jacobians=False),
+                  jacobian.per_sample_jacobians(model, x, len(x), moments=(),
+                                                max_bytes=max_bytes, grams=grams,
+                                                input_jacobians=False),
                   trace_estimators.hutchinson(operator, cfg["probes"],
                                               torch.Generator().manual_seed(seed)),
                   cfg, seed, max_bytes)
